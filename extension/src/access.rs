@@ -1,0 +1,103 @@
+//! Who may do what. Powers come from the *outer* user (`GetOuterUserId()`), which follows
+//! `SET ROLE` and is unchanged by SECURITY DEFINER: the shim logs in as a member of every
+//! role and narrows itself with `SET LOCAL ROLE apikey_partner`, and must then have exactly
+//! a partner's powers. `session_user` would still say "member of apikey_admin".
+
+use crate::error::{ApiError, ApiResult};
+use crate::identity;
+use crate::scope;
+use pgrx::prelude::*;
+use std::ffi::CStr;
+
+pub const MANAGE_SCOPE: &str = "keys:manage";
+
+fn outer_user() -> pg_sys::Oid {
+    // SAFETY: plain read of backend state, valid in any transaction.
+    unsafe { pg_sys::GetOuterUserId() }
+}
+
+fn has_role(role: &CStr) -> bool {
+    // SAFETY: missing_ok = true, so an absent role yields InvalidOid instead of an ERROR.
+    unsafe {
+        let role_oid = pg_sys::get_role_oid(role.as_ptr(), true);
+        role_oid != pg_sys::InvalidOid && pg_sys::has_privs_of_role(outer_user(), role_oid)
+    }
+}
+
+/// The role name recorded as `actor` in the audit log and `created_by` on keys.
+pub fn actor() -> String {
+    // SAFETY: noerr = true returns NULL for a dropped role instead of raising.
+    unsafe {
+        let name = pg_sys::GetUserNameFromId(outer_user(), true);
+        if name.is_null() {
+            format!("oid {}", outer_user().to_u32())
+        } else {
+            CStr::from_ptr(name).to_string_lossy().into_owned()
+        }
+    }
+}
+
+pub fn is_admin() -> bool {
+    has_role(c"apikey_admin")
+}
+
+pub fn require_admin(action: &str) -> ApiResult<()> {
+    if is_admin() {
+        Ok(())
+    } else {
+        Err(ApiError::denied(format!(
+            "{action} requires the apikey_admin role"
+        )))
+    }
+}
+
+/// Whether the caller may rotate, revoke, enable or disable the key `key_id` of partner
+/// `key_partner`. A partner asking about another partner's key is told it does not exist,
+/// so key ids of other partners cannot be probed.
+pub fn require_key_manager(key_id: &str, key_partner: pgrx::Uuid) -> ApiResult<()> {
+    if is_admin() {
+        return Ok(());
+    }
+    if !has_role(c"apikey_partner") {
+        return Err(ApiError::denied(
+            "managing keys requires the apikey_admin or apikey_partner role",
+        ));
+    }
+    let Some(identity) = identity::current() else {
+        return Err(ApiError::denied(format!(
+            "managing keys as a partner requires a key with scope {MANAGE_SCOPE} verified in this transaction"
+        ))
+        .with_hint("Call apikey_verify(token, '{keys:manage}') first, in the same transaction."));
+    };
+    if identity.partner_id != key_partner {
+        return Err(key_not_found(key_id));
+    }
+    if !scope::has_scope(identity.scopes.iter().map(String::as_str), MANAGE_SCOPE) {
+        return Err(ApiError::denied(format!(
+            "key {} lacks scope {MANAGE_SCOPE}",
+            identity.key_id
+        )));
+    }
+    Ok(())
+}
+
+pub fn key_not_found(key_id: &str) -> ApiError {
+    ApiError::not_found(format!("key \"{}\"", printable(key_id)))
+}
+
+/// Echoes a caller-supplied identifier in a message without letting a pasted token (or a
+/// megabyte of garbage) reach the message and the server log.
+pub fn printable(id: &str) -> String {
+    if crate::token::is_key_id(id) {
+        id.to_string()
+    } else if crate::token::parse(id).is_some() {
+        "<a token, not a key id>".to_string()
+    } else {
+        let short: String = id.chars().take(40).filter(|c| !c.is_control()).collect();
+        if short.len() < id.len() {
+            format!("{short}...")
+        } else {
+            short
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! The identity proven by the last `apikey_verify` of the current transaction. It lives in
+//! backend memory, tagged with the local transaction id, so it cannot be set by `set_config`
+//! or survive into the next transaction.
+
+use crate::error::{ApiError, OrRaise};
+use crate::scope;
+use pgrx::prelude::*;
+use std::cell::RefCell;
+
+#[derive(Clone)]
+pub struct Identity {
+    pub partner_id: pgrx::Uuid,
+    pub key_id: String,
+    pub scopes: Vec<String>,
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<(pg_sys::LocalTransactionId, Identity)>> =
+        const { RefCell::new(None) };
+}
+
+fn local_xid() -> pg_sys::LocalTransactionId {
+    // SAFETY: MyProc is set for every backend before any SQL function can run.
+    unsafe { (*pg_sys::MyProc).lxid }
+}
+
+pub fn set(identity: Identity) {
+    CURRENT.set(Some((local_xid(), identity)));
+}
+
+/// A failed verification forgets any earlier identity: after it, the transaction holds no
+/// proven key, so a policy cannot act on a key the caller has just failed to present.
+pub fn clear() {
+    CURRENT.set(None);
+}
+
+pub fn current() -> Option<Identity> {
+    let now = local_xid();
+    CURRENT.with_borrow(|c| match c {
+        Some((lxid, identity)) if *lxid == now => Some(identity.clone()),
+        _ => None,
+    })
+}
+
+#[pg_extern(stable, parallel_restricted)]
+fn apikey_current_partner() -> Option<pgrx::Uuid> {
+    current().map(|i| i.partner_id)
+}
+
+#[pg_extern(stable, parallel_restricted)]
+fn apikey_current_key() -> Option<String> {
+    current().map(|i| i.key_id)
+}
+
+#[pg_extern(stable, parallel_restricted)]
+fn apikey_current_scopes() -> Option<Vec<String>> {
+    current().map(|i| i.scopes)
+}
+
+#[pg_extern(stable, parallel_restricted)]
+fn apikey_require_scope(required: Option<&str>) {
+    let required = required.unwrap_or_default();
+    match current() {
+        Some(identity)
+            if scope::has_scope(identity.scopes.iter().map(String::as_str), required) => {}
+        Some(identity) => Err(ApiError::denied(format!(
+            "key {} lacks scope \"{required}\"",
+            identity.key_id
+        )))
+        .or_raise(),
+        None => Err(ApiError::denied(format!(
+            "scope \"{required}\" required, but no key was verified in this transaction"
+        ))
+        .with_hint("Call apikey_verify(token, ...) first, in the same transaction."))
+        .or_raise(),
+    }
+}

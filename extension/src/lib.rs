@@ -1,0 +1,43 @@
+//! apikey: API keys that live inside PostgreSQL.
+//!
+//! Pure logic (no database): `token`, `scope`, `hash`, `pepper`, `validate`.
+//! SQL-facing glue: `verify`, `lifecycle`, `partner`, `identity`, with `access` (who may do
+//! what), `audit`, `db` (SPI plans), `guc` and `error` shared between them.
+
+use pgrx::prelude::*;
+
+mod access;
+mod audit;
+mod db;
+mod error;
+mod guc;
+mod hash;
+mod identity;
+mod lifecycle;
+mod partner;
+mod pepper;
+mod scope;
+mod sqltypes;
+mod token;
+mod validate;
+mod verify;
+
+::pgrx::pg_module_magic!();
+
+extension_sql_file!("../../sql/schema.sql", name = "schema", bootstrap);
+extension_sql_file!("../../sql/security.sql", name = "security", finalize);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    guc::init();
+}
+
+/// Required by `cargo pgrx test`; unused otherwise.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

@@ -1,0 +1,395 @@
+//! Issue, rotate, revoke, enable/disable. Each runs as the extension owner (SECURITY DEFINER)
+//! but decides the caller's powers from the outer user (see `access`), validates every
+//! argument with a SQLSTATE naming it, and writes one audit row.
+
+use crate::access;
+use crate::audit::{self, Event};
+use crate::error::{ApiError, ApiResult, OrRaise};
+use crate::sqltypes::CidrArray;
+use crate::{guc, hash, pepper, token, validate};
+use pgrx::datum::{Interval, TimestampWithTimeZone};
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use pgrx::JsonB;
+
+type IssuedKey = (String, String);
+
+#[allow(clippy::too_many_arguments)]
+#[pg_extern(volatile, security_definer, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn apikey_issue(
+    partner_id: Option<pgrx::Uuid>,
+    scopes: Option<Vec<Option<String>>>,
+    name: default!(Option<String>, "NULL"),
+    expires_at: default!(Option<TimestampWithTimeZone>, "NULL"),
+    not_before: default!(Option<TimestampWithTimeZone>, "NULL"),
+    rate_per_minute: default!(Option<i32>, 300),
+    allowed_cidrs: default!(Option<CidrArray>, "NULL"),
+    environment: default!(Option<String>, "'live'"),
+    tags: default!(Option<Vec<Option<String>>>, "'{}'"),
+    metadata: default!(Option<JsonB>, "'{}'"),
+    prefix: default!(Option<String>, "NULL"),
+) -> TableIterator<'static, (name!(key_id, String), name!(token, String))> {
+    let request = IssueRequest {
+        partner_id,
+        scopes,
+        name,
+        expires_at,
+        not_before,
+        rate_per_minute,
+        allowed_cidrs,
+        environment,
+        tags,
+        metadata,
+        prefix,
+    };
+    let issued = Spi::connect_mut(|client| issue(client, request)).or_raise();
+    TableIterator::once(issued)
+}
+
+struct IssueRequest {
+    partner_id: Option<pgrx::Uuid>,
+    scopes: Option<Vec<Option<String>>>,
+    name: Option<String>,
+    expires_at: Option<TimestampWithTimeZone>,
+    not_before: Option<TimestampWithTimeZone>,
+    rate_per_minute: Option<i32>,
+    allowed_cidrs: Option<CidrArray>,
+    environment: Option<String>,
+    tags: Option<Vec<Option<String>>>,
+    metadata: Option<JsonB>,
+    prefix: Option<String>,
+}
+
+fn issue(client: &mut SpiClient<'_>, r: IssueRequest) -> ApiResult<IssuedKey> {
+    access::require_admin("apikey_issue")?;
+    let partner_id = r.partner_id.ok_or_else(|| ApiError::null("partner_id"))?;
+    let scopes = validate::scopes(&r.scopes.ok_or_else(|| ApiError::null("scopes"))?)
+        .map_err(|e| ApiError::invalid("scopes", e))?;
+    if let Some(name) = &r.name {
+        validate::name(name).map_err(|e| ApiError::invalid("name", e))?;
+    }
+    let rate = r
+        .rate_per_minute
+        .ok_or_else(|| ApiError::null("rate_per_minute"))?;
+    validate::rate_per_minute(rate).map_err(|e| ApiError::invalid("rate_per_minute", e))?;
+    let environment = r.environment.ok_or_else(|| ApiError::null("environment"))?;
+    token::validate_environment(&environment).map_err(|e| ApiError::invalid("environment", e))?;
+    let tags =
+        validate::tags(&r.tags.unwrap_or_default()).map_err(|e| ApiError::invalid("tags", e))?;
+    let metadata = r
+        .metadata
+        .map(|j| j.0)
+        .unwrap_or_else(|| serde_json::json!({}));
+    validate::metadata(&metadata).map_err(|e| ApiError::invalid("metadata", e))?;
+    let prefix = match r.prefix {
+        Some(p) => {
+            token::validate_prefix(&p).map_err(|e| ApiError::invalid("prefix", e))?;
+            p
+        }
+        None => {
+            let p = guc::default_prefix();
+            token::validate_prefix(&p)
+                .map_err(|e| ApiError::invalid("apikey.default_prefix", e))?;
+            p
+        }
+    };
+    check_partner_times_and_cidrs(
+        client,
+        partner_id,
+        r.expires_at,
+        r.not_before,
+        r.allowed_cidrs.as_ref(),
+    )?;
+
+    let peppers = pepper::load(guc::pepper_file().as_deref())?;
+    let pepper = peppers.newest();
+    let params = guc::argon2_params();
+    let actor = access::actor();
+    // A key id collision is astronomically unlikely (95 random bits), but cheap to survive.
+    for _ in 0..3 {
+        let new = token::generate(&prefix, &environment)
+            .map_err(|e| ApiError::internal(format!("OS random number generator failed: {e}")))?;
+        let phc = hash::hash(
+            &hash::digest(pepper.bytes(), new.secret().as_bytes()),
+            params,
+        )
+        .map_err(ApiError::config)?;
+        let inserted = client.update(
+            "INSERT INTO apikey.keys (key_id, partner_id, secret_hash, pepper_fingerprint, name, \
+                scopes, tags, metadata, environment, not_before, expires_at, rate_per_minute, \
+                allowed_cidrs, created_by) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+             ON CONFLICT (key_id) DO NOTHING RETURNING key_id",
+            None,
+            &[
+                new.key_id.as_str().into(),
+                partner_id.into(),
+                phc.into(),
+                pepper.fingerprint.as_str().into(),
+                r.name.as_deref().into(),
+                scopes.clone().into(),
+                tags.clone().into(),
+                JsonB(metadata.clone()).into(),
+                environment.as_str().into(),
+                r.not_before.into(),
+                r.expires_at.into(),
+                rate.into(),
+                cidr_arg(r.allowed_cidrs.as_ref()),
+                actor.as_str().into(),
+            ],
+        )?;
+        if inserted.is_empty() {
+            continue;
+        }
+        let mut event = Event::new("issue");
+        event.key_id = Some(&new.key_id);
+        event.partner_id = Some(partner_id);
+        event.detail =
+            serde_json::json!({ "scopes": scopes, "environment": environment, "tags": tags });
+        audit::record(client, event)?;
+        return Ok((new.key_id.clone(), new.token.clone()));
+    }
+    Err(ApiError::internal("could not allocate a unique key id"))
+}
+
+fn cidr_arg(cidrs: Option<&CidrArray>) -> pgrx::datum::DatumWithOid<'static> {
+    cidrs.copied().into()
+}
+
+/// The checks that need the database: the partner exists, the times make sense against
+/// `now()`, and the CIDR list is usable.
+fn check_partner_times_and_cidrs(
+    client: &SpiClient<'_>,
+    partner_id: pgrx::Uuid,
+    expires_at: Option<TimestampWithTimeZone>,
+    not_before: Option<TimestampWithTimeZone>,
+    cidrs: Option<&CidrArray>,
+) -> ApiResult<()> {
+    let row = client.select(
+        "SELECT EXISTS (SELECT 1 FROM apikey.partners WHERE partner_id = $1), \
+                $2 <= now(), $3 >= $2, cardinality($4) = 0, array_position($4, NULL) IS NOT NULL",
+        Some(1),
+        &[
+            partner_id.into(),
+            expires_at.into(),
+            not_before.into(),
+            cidr_arg(cidrs),
+        ],
+    )?;
+    let row = row.first();
+    if !row.get::<bool>(1)?.unwrap_or(false) {
+        return Err(ApiError::not_found(format!("partner_id {partner_id}")));
+    }
+    if row.get::<bool>(2)?.unwrap_or(false) {
+        return Err(ApiError::invalid("expires_at", "must be in the future"));
+    }
+    if row.get::<bool>(3)?.unwrap_or(false) {
+        return Err(ApiError::invalid("not_before", "must be before expires_at"));
+    }
+    if row.get::<bool>(4)?.unwrap_or(false) {
+        return Err(ApiError::invalid(
+            "allowed_cidrs",
+            "is empty; pass NULL to allow every address",
+        ));
+    }
+    if row.get::<bool>(5)?.unwrap_or(false) {
+        return Err(ApiError::invalid("allowed_cidrs", "contains NULL"));
+    }
+    Ok(())
+}
+
+/// The columns of a key that lifecycle decisions need, read under `FOR UPDATE` so that
+/// concurrent rotations and revocations of one key are serialised.
+struct LockedKey {
+    partner_id: pgrx::Uuid,
+    revoked: bool,
+    expired: bool,
+    rotated_to: Option<String>,
+}
+
+fn lock_key(client: &mut SpiClient<'_>, key_id: Option<&str>) -> ApiResult<(String, LockedKey)> {
+    let key_id = key_id.ok_or_else(|| ApiError::null("key_id"))?;
+    let rows = client.update(
+        "SELECT partner_id, revoked_at IS NOT NULL AND revoked_at <= now(), \
+                expires_at IS NOT NULL AND expires_at <= now(), rotated_to \
+         FROM apikey.keys WHERE key_id = $1 FOR UPDATE",
+        Some(1),
+        &[key_id.into()],
+    )?;
+    let Some(row) = rows.into_iter().next() else {
+        return Err(access::key_not_found(key_id));
+    };
+    let key = LockedKey {
+        partner_id: row
+            .get(1)?
+            .ok_or_else(|| ApiError::internal("key without partner"))?,
+        revoked: row.get(2)?.unwrap_or(false),
+        expired: row.get(3)?.unwrap_or(false),
+        rotated_to: row.get(4)?,
+    };
+    access::require_key_manager(key_id, key.partner_id)?;
+    Ok((key_id.to_string(), key))
+}
+
+#[pg_extern(volatile, security_definer, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn apikey_rotate(
+    key_id: Option<&str>,
+    grace: default!(Option<Interval>, "'0'"),
+    scopes: default!(Option<Vec<Option<String>>>, "NULL"),
+) -> TableIterator<'static, (name!(key_id, String), name!(token, String))> {
+    let rotated = Spi::connect_mut(|client| rotate(client, key_id, grace, scopes)).or_raise();
+    TableIterator::once(rotated)
+}
+
+fn rotate(
+    client: &mut SpiClient<'_>,
+    key_id: Option<&str>,
+    grace: Option<Interval>,
+    scopes: Option<Vec<Option<String>>>,
+) -> ApiResult<IssuedKey> {
+    let scopes = scopes
+        .map(|s| validate::scopes(&s).map_err(|e| ApiError::invalid("scopes", e)))
+        .transpose()?;
+    let (key_id, key) = lock_key(client, key_id)?;
+    if key.revoked {
+        return Err(
+            ApiError::state(format!("key {key_id} is revoked and cannot be rotated"))
+                .with_hint("Issue a new key with apikey_issue."),
+        );
+    }
+    if let Some(successor) = key.rotated_to {
+        return Err(
+            ApiError::state(format!("key {key_id} was already rotated to {successor}"))
+                .with_hint("Rotate the successor key instead."),
+        );
+    }
+    if key.expired {
+        return Err(
+            ApiError::state(format!("key {key_id} has expired and cannot be rotated"))
+                .with_hint("Issue a new key with apikey_issue."),
+        );
+    }
+    let negative = client
+        .select("SELECT $1 < interval '0'", Some(1), &[grace.into()])?
+        .first()
+        .get::<bool>(1)?
+        .unwrap_or(false);
+    if negative {
+        return Err(ApiError::invalid("grace", "must not be negative"));
+    }
+    let (prefix, environment) = token::key_id_parts(&key_id)
+        .ok_or_else(|| ApiError::internal("stored key id has an unexpected shape"))?;
+
+    let peppers = pepper::load(guc::pepper_file().as_deref())?;
+    let pepper = peppers.newest();
+    let new = token::generate(prefix, environment)
+        .map_err(|e| ApiError::internal(format!("OS random number generator failed: {e}")))?;
+    let phc = hash::hash(
+        &hash::digest(pepper.bytes(), new.secret().as_bytes()),
+        guc::argon2_params(),
+    )
+    .map_err(ApiError::config)?;
+    client.update(
+        "INSERT INTO apikey.keys (key_id, partner_id, secret_hash, pepper_fingerprint, name, \
+            scopes, tags, metadata, environment, expires_at, rate_per_minute, allowed_cidrs, \
+            created_by) \
+         SELECT $1, partner_id, $2, $3, name, coalesce($4, scopes), tags, metadata, environment, \
+            expires_at, rate_per_minute, allowed_cidrs, $5 \
+         FROM apikey.keys WHERE key_id = $6",
+        None,
+        &[
+            new.key_id.as_str().into(),
+            phc.into(),
+            pepper.fingerprint.as_str().into(),
+            scopes.clone().into(),
+            access::actor().into(),
+            key_id.as_str().into(),
+        ],
+    )?;
+    // The old key lives on for the grace period, but never past its own expiry.
+    client.update(
+        "UPDATE apikey.keys SET rotated_to = $2, revoke_reason = 'rotated', \
+            revoked_at = least(revoked_at, expires_at, now() + $3) \
+         WHERE key_id = $1",
+        None,
+        &[
+            key_id.as_str().into(),
+            new.key_id.as_str().into(),
+            grace.into(),
+        ],
+    )?;
+    let mut event = Event::new("rotate");
+    event.key_id = Some(&key_id);
+    event.partner_id = Some(key.partner_id);
+    event.detail = serde_json::json!({
+        "rotated_to": new.key_id,
+        "grace": grace.map(|g| g.to_string()),
+        "scopes_changed": scopes.is_some(),
+    });
+    audit::record(client, event)?;
+    Ok((new.key_id.clone(), new.token.clone()))
+}
+
+#[pg_extern(volatile, security_definer, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn apikey_revoke(key_id: Option<&str>, reason: default!(Option<&str>, "NULL")) -> bool {
+    Spi::connect_mut(|client| revoke(client, key_id, reason)).or_raise()
+}
+
+fn revoke(
+    client: &mut SpiClient<'_>,
+    key_id: Option<&str>,
+    reason: Option<&str>,
+) -> ApiResult<bool> {
+    if let Some(reason) = reason {
+        validate::reason(reason).map_err(|e| ApiError::invalid("reason", e))?;
+    }
+    let (key_id, key) = lock_key(client, key_id)?;
+    if key.revoked {
+        return Ok(false);
+    }
+    client.update(
+        "UPDATE apikey.keys SET revoked_at = now(), revoke_reason = coalesce($2, 'revoked') \
+         WHERE key_id = $1",
+        None,
+        &[key_id.as_str().into(), reason.into()],
+    )?;
+    let mut event = Event::new("revoke");
+    event.key_id = Some(&key_id);
+    event.partner_id = Some(key.partner_id);
+    event.reason = reason;
+    audit::record(client, event)?;
+    Ok(true)
+}
+
+#[pg_extern(volatile, security_definer, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn apikey_set_enabled(key_id: Option<&str>, enabled: Option<bool>) {
+    Spi::connect_mut(|client| set_enabled(client, key_id, enabled)).or_raise()
+}
+
+fn set_enabled(
+    client: &mut SpiClient<'_>,
+    key_id: Option<&str>,
+    enabled: Option<bool>,
+) -> ApiResult<()> {
+    let enabled = enabled.ok_or_else(|| ApiError::null("enabled"))?;
+    let (key_id, key) = lock_key(client, key_id)?;
+    if enabled && key.revoked {
+        return Err(ApiError::state(format!(
+            "key {key_id} is revoked and cannot be enabled"
+        )));
+    }
+    client.update(
+        "UPDATE apikey.keys SET enabled = $2 WHERE key_id = $1",
+        None,
+        &[key_id.as_str().into(), enabled.into()],
+    )?;
+    let mut event = Event::new(if enabled { "enable" } else { "disable" });
+    event.key_id = Some(&key_id);
+    event.partner_id = Some(key.partner_id);
+    audit::record(client, event)?;
+    Ok(())
+}

@@ -1,0 +1,189 @@
+//! Argument checks for the management functions: pure, so they are unit-tested without a
+//! database. Each error says what is wrong; the caller adds which argument it was.
+
+use crate::scope;
+
+pub const MAX_NAME_LEN: usize = 200;
+pub const MAX_TAGS: usize = 32;
+pub const MAX_TAG_LEN: usize = 64;
+pub const MAX_METADATA_BYTES: usize = 16 * 1024;
+pub const MAX_REASON_LEN: usize = 500;
+const MAX_EMAIL_LEN: usize = 254;
+
+/// Scopes as stored: validated, duplicates removed, order kept.
+pub fn scopes(scopes: &[Option<String>]) -> Result<Vec<String>, String> {
+    if scopes.len() > scope::MAX_SCOPES {
+        return Err(format!("at most {} scopes", scope::MAX_SCOPES));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(scopes.len());
+    for s in scopes {
+        let s = s.as_deref().ok_or("a scope is NULL")?;
+        scope::validate(s).map_err(|why| format!("scope \"{}\" {why}", shorten(s)))?;
+        if !out.iter().any(|o| o == s) {
+            out.push(s.to_string());
+        }
+    }
+    Ok(out)
+}
+
+pub fn tags(tags: &[Option<String>]) -> Result<Vec<String>, String> {
+    if tags.len() > MAX_TAGS {
+        return Err(format!("at most {MAX_TAGS} tags"));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(tags.len());
+    for t in tags {
+        let t = t.as_deref().ok_or("a tag is NULL")?;
+        let ok = !t.is_empty()
+            && t.len() <= MAX_TAG_LEN
+            && t.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'/')
+            });
+        if !ok {
+            return Err(format!(
+                "tag \"{}\" must be 1 to {MAX_TAG_LEN} letters, digits or _ - . : /",
+                shorten(t)
+            ));
+        }
+        if !out.iter().any(|o| o == t) {
+            out.push(t.to_string());
+        }
+    }
+    Ok(out)
+}
+
+/// A display name: optional, but not blank, not huge, no control characters.
+pub fn name(name: &str) -> Result<(), String> {
+    if name.trim().is_empty() {
+        return Err("must not be blank".into());
+    }
+    if name.chars().count() > MAX_NAME_LEN {
+        return Err(format!("longer than {MAX_NAME_LEN} characters"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err("contains control characters".into());
+    }
+    Ok(())
+}
+
+pub fn reason(reason: &str) -> Result<(), String> {
+    if reason.chars().count() > MAX_REASON_LEN {
+        return Err(format!("longer than {MAX_REASON_LEN} characters"));
+    }
+    Ok(())
+}
+
+/// Deliberately loose (one `@`, something on each side, no spaces): the address is for humans
+/// to read, and stricter checks reject real addresses.
+pub fn email(email: &str) -> Result<(), String> {
+    let ok = email.len() <= MAX_EMAIL_LEN
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+        && matches!(email.split_once('@'), Some((local, domain))
+            if !local.is_empty() && !domain.is_empty() && !domain.contains('@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("\"{}\" is not an email address", shorten(email)))
+    }
+}
+
+pub fn metadata(value: &serde_json::Value) -> Result<(), String> {
+    if !value.is_object() {
+        return Err("must be a JSON object".into());
+    }
+    if value.to_string().len() > MAX_METADATA_BYTES {
+        return Err(format!("larger than {MAX_METADATA_BYTES} bytes"));
+    }
+    Ok(())
+}
+
+pub fn rate_per_minute(rate: i32) -> Result<(), String> {
+    if rate > 0 {
+        Ok(())
+    } else {
+        Err(format!("must be positive, got {rate}"))
+    }
+}
+
+/// Echo at most 64 characters of a rejected value, so huge inputs do not flood messages.
+fn shorten(s: &str) -> String {
+    let short: String = s.chars().take(64).collect();
+    if short.len() < s.len() {
+        format!("{short}...")
+    } else {
+        short
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owned(items: &[&str]) -> Vec<Option<String>> {
+        items.iter().map(|s| Some(s.to_string())).collect()
+    }
+
+    #[test]
+    fn scopes_are_validated_and_deduplicated() {
+        assert_eq!(
+            scopes(&owned(&["a:b", "c:*", "a:b"])).unwrap(),
+            vec!["a:b", "c:*"]
+        );
+        assert_eq!(scopes(&[]).unwrap(), Vec::<String>::new());
+        assert!(scopes(&[None]).unwrap_err().contains("NULL"));
+        assert!(scopes(&owned(&["bad scope"]))
+            .unwrap_err()
+            .contains("bad scope"));
+        let many: Vec<Option<String>> = (0..=scope::MAX_SCOPES)
+            .map(|i| Some(format!("r:{i}")))
+            .collect();
+        assert!(scopes(&many).is_err());
+        let huge = format!("a:{}", "b".repeat(100_000));
+        assert!(scopes(&owned(&[&huge])).unwrap_err().len() < 300);
+    }
+
+    #[test]
+    fn tags_rules() {
+        assert_eq!(
+            tags(&owned(&["team:pay", "prod", "prod"])).unwrap(),
+            vec!["team:pay", "prod"]
+        );
+        for bad in ["", "has space", "tab\t", &"x".repeat(65)] {
+            assert!(tags(&owned(&[bad])).is_err(), "{bad:?}");
+        }
+        assert!(tags(&[None]).is_err());
+    }
+
+    #[test]
+    fn names_emails_reasons() {
+        assert!(name("Acme Corp").is_ok());
+        assert!(name("  ").is_err());
+        assert!(name("a\u{0}b").is_err());
+        assert!(name(&"é".repeat(MAX_NAME_LEN)).is_ok());
+        assert!(name(&"é".repeat(MAX_NAME_LEN + 1)).is_err());
+        assert!(email("ops@example.com").is_ok());
+        for bad in [
+            "",
+            "ops",
+            "@x",
+            "x@",
+            "a@b@c",
+            "a b@c",
+            &format!("{}@x", "a".repeat(300)),
+        ] {
+            assert!(email(bad).is_err(), "{bad:?}");
+        }
+        assert!(reason("rotated after leak").is_ok());
+        assert!(reason(&"r".repeat(MAX_REASON_LEN + 1)).is_err());
+    }
+
+    #[test]
+    fn metadata_and_rate() {
+        assert!(metadata(&serde_json::json!({"team": "payments"})).is_ok());
+        assert!(metadata(&serde_json::json!([1, 2])).is_err());
+        assert!(metadata(&serde_json::json!("x")).is_err());
+        assert!(metadata(&serde_json::json!({"big": "x".repeat(MAX_METADATA_BYTES)})).is_err());
+        assert!(rate_per_minute(1).is_ok());
+        assert!(rate_per_minute(0).is_err());
+        assert!(rate_per_minute(-5).is_err());
+    }
+}

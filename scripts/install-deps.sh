@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs everything a fresh Debian 12 machine needs to build, run and test apikey.
+# Idempotent: each step is skipped when its result is already present.
+set -euo pipefail
+
+PGRX_VERSION=0.18.1
+PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+need_apt=()
+for pkg in postgresql-15 postgresql-server-dev-15 postgresql-contrib libclang-dev clang sudo pkg-config libssl-dev; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need_apt+=("$pkg")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+  log "apt-get install ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+# Debian's package starts a default cluster on 5432; apikey never uses it, but it must not
+# hold the port a user may want, and it wastes memory on a 2-core machine.
+if command -v pg_lsclusters >/dev/null && pg_lsclusters -h 2>/dev/null | grep -q online; then
+  log "stopping Debian's default PostgreSQL cluster (apikey runs its own)"
+  pg_ctlcluster 15 main stop 2>/dev/null || true
+fi
+
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! cargo pgrx --version 2>/dev/null | grep -q "$PGRX_VERSION"; then
+  log "cargo install cargo-pgrx $PGRX_VERSION (about 5 minutes)"
+  cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
+fi
+
+if ! grep -qs "pg15" "$HOME/.pgrx/config.toml"; then
+  log "cargo pgrx init --pg15 $PG_CONFIG"
+  cargo pgrx init --pg15 "$PG_CONFIG"
+fi
+log "dependencies ready"

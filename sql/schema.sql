@@ -1,0 +1,79 @@
+-- Tables of the apikey extension. Functions (apikey_*) are generated from Rust; roles,
+-- grants and row-level security are in security.sql, which runs after them.
+
+CREATE SCHEMA apikey;
+COMMENT ON SCHEMA apikey IS 'Partners, API keys and their audit log (extension apikey)';
+
+CREATE TABLE apikey.partners (
+    partner_id    uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    name          text NOT NULL CHECK (length(name) BETWEEN 1 AND 200),
+    contact_email text CHECK (length(contact_email) <= 254),
+    active        boolean NOT NULL DEFAULT true,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    updated_at    timestamptz NOT NULL DEFAULT now()
+);
+CREATE UNIQUE INDEX partners_name_key ON apikey.partners (lower(name));
+
+CREATE TABLE apikey.keys (
+    key_id             text PRIMARY KEY,
+    partner_id         uuid NOT NULL REFERENCES apikey.partners (partner_id),
+    -- Argon2id PHC string of HMAC-SHA256(pepper, secret); never the secret or the token.
+    secret_hash        text NOT NULL,
+    -- Which pepper of apikey.pepper_file made secret_hash (not the pepper itself).
+    pepper_fingerprint text NOT NULL,
+    name               text,
+    scopes             text[] NOT NULL DEFAULT '{}',
+    tags               text[] NOT NULL DEFAULT '{}',
+    metadata           jsonb NOT NULL DEFAULT '{}',
+    environment        text NOT NULL CHECK (environment IN ('live', 'test')),
+    enabled            boolean NOT NULL DEFAULT true,
+    not_before         timestamptz,
+    expires_at         timestamptz,
+    -- In the future while a rotated key is in its grace period.
+    revoked_at         timestamptz,
+    revoke_reason      text,
+    rotated_to         text REFERENCES apikey.keys (key_id),
+    rate_per_minute    integer NOT NULL CHECK (rate_per_minute > 0),
+    allowed_cidrs      cidr[],
+    created_at         timestamptz NOT NULL DEFAULT now(),
+    created_by         text NOT NULL DEFAULT current_user,
+    last_used_at       timestamptz
+);
+CREATE INDEX keys_partner_id_idx ON apikey.keys (partner_id);
+CREATE UNIQUE INDEX keys_rotated_to_key ON apikey.keys (rotated_to);
+
+-- Lifecycle events and failed verifications. Append-only: see the trigger below.
+CREATE TABLE apikey.audit_log (
+    id         bigserial PRIMARY KEY,
+    at         timestamptz NOT NULL DEFAULT clock_timestamp(),
+    action     text NOT NULL,
+    key_id     text,
+    partner_id uuid,
+    actor      text NOT NULL,
+    reason     text,
+    client_ip  inet,
+    detail     jsonb NOT NULL DEFAULT '{}'
+);
+CREATE INDEX audit_log_key_id_idx ON apikey.audit_log (key_id, at);
+CREATE INDEX audit_log_partner_id_idx ON apikey.audit_log (partner_id, at);
+
+CREATE FUNCTION apikey.audit_log_is_append_only() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RAISE EXCEPTION 'apikey.audit_log is append-only: % is not allowed', TG_OP
+        USING ERRCODE = 'insufficient_privilege';
+END
+$$;
+CREATE TRIGGER audit_log_append_only
+    BEFORE UPDATE OR DELETE ON apikey.audit_log
+    FOR EACH ROW EXECUTE FUNCTION apikey.audit_log_is_append_only();
+CREATE TRIGGER audit_log_no_truncate
+    BEFORE TRUNCATE ON apikey.audit_log
+    FOR EACH STATEMENT EXECUTE FUNCTION apikey.audit_log_is_append_only();
+
+-- pg_dump keeps the contents of these tables (they would otherwise be treated as part of
+-- the extension's definition and left out), so a restore keeps every key working.
+SELECT pg_catalog.pg_extension_config_dump('apikey.partners', '');
+SELECT pg_catalog.pg_extension_config_dump('apikey.keys', '');
+SELECT pg_catalog.pg_extension_config_dump('apikey.audit_log', '');
+SELECT pg_catalog.pg_extension_config_dump('apikey.audit_log_id_seq', '');

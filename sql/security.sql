@@ -1,0 +1,107 @@
+-- Roles, grants, row-level security and the key_info view. Runs after every apikey_*
+-- function exists, because grants and policies name them.
+
+DO $$
+DECLARE
+    role_name text;
+BEGIN
+    FOREACH role_name IN ARRAY ARRAY['apikey_admin', 'apikey_verifier', 'apikey_partner'] LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = role_name) THEN
+            EXECUTE format('CREATE ROLE %I NOLOGIN', role_name);
+        END IF;
+    END LOOP;
+END
+$$;
+
+-- PUBLIC gets nothing: not the functions (EXECUTE is granted to PUBLIC by default), not the
+-- schema.
+DO $$
+DECLARE
+    fn regprocedure;
+BEGIN
+    FOR fn IN
+        SELECT d.objid::regprocedure
+        FROM pg_catalog.pg_depend d
+        JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid
+        WHERE e.extname = 'apikey'
+          AND d.classid = 'pg_catalog.pg_proc'::regclass
+          AND d.refclassid = 'pg_catalog.pg_extension'::regclass
+          AND d.deptype = 'e'
+    LOOP
+        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', fn);
+    END LOOP;
+END
+$$;
+REVOKE ALL ON SCHEMA apikey FROM PUBLIC;
+REVOKE ALL ON ALL TABLES IN SCHEMA apikey FROM PUBLIC;
+
+GRANT USAGE ON SCHEMA @extschema@ TO apikey_admin, apikey_verifier, apikey_partner;
+GRANT USAGE ON SCHEMA apikey TO apikey_admin, apikey_partner;
+
+-- Verification and identity: every role.
+GRANT EXECUTE ON FUNCTION
+    @extschema@.apikey_verify,
+    @extschema@.apikey_current_partner,
+    @extschema@.apikey_current_key,
+    @extschema@.apikey_current_scopes
+TO apikey_admin, apikey_verifier, apikey_partner;
+GRANT EXECUTE ON FUNCTION
+    @extschema@.apikey_has_scope,
+    @extschema@.apikey_require_scope
+TO apikey_admin, apikey_partner;
+
+-- Management. The functions check the caller again (a partner only touches its own keys,
+-- and only with a keys:manage key verified in the same transaction).
+GRANT EXECUTE ON FUNCTION
+    @extschema@.apikey_partner_create,
+    @extschema@.apikey_partner_set_active,
+    @extschema@.apikey_issue
+TO apikey_admin;
+GRANT EXECUTE ON FUNCTION
+    @extschema@.apikey_rotate,
+    @extschema@.apikey_revoke,
+    @extschema@.apikey_set_enabled
+TO apikey_admin, apikey_partner;
+
+-- security_invoker: a plain view runs as its owner, a superuser who bypasses row-level
+-- security, and would show every partner's keys to everyone who can read it.
+CREATE VIEW apikey.key_info WITH (security_invoker = true) AS
+SELECT
+    key_id, partner_id, name, scopes, tags, metadata, environment, enabled, not_before,
+    expires_at, revoked_at, revoke_reason, rotated_to, rate_per_minute, allowed_cidrs,
+    created_at, created_by, last_used_at,
+    CASE
+        WHEN revoked_at IS NOT NULL AND revoked_at <= now() THEN 'revoked'
+        WHEN expires_at IS NOT NULL AND expires_at <= now() THEN 'expired'
+        WHEN NOT enabled THEN 'disabled'
+        WHEN not_before IS NOT NULL AND not_before > now() THEN 'not_yet_valid'
+        ELSE 'live'
+    END AS status
+FROM apikey.keys;
+COMMENT ON VIEW apikey.key_info IS
+    'Every key column except the secret hash and pepper fingerprint, plus a derived status';
+
+-- Reading: the hash and the pepper fingerprint are readable by no role but the owner.
+GRANT SELECT (
+    key_id, partner_id, name, scopes, tags, metadata, environment, enabled, not_before,
+    expires_at, revoked_at, revoke_reason, rotated_to, rate_per_minute, allowed_cidrs,
+    created_at, created_by, last_used_at
+) ON apikey.keys TO apikey_admin, apikey_partner;
+GRANT SELECT ON apikey.key_info, apikey.audit_log, apikey.partners TO apikey_admin, apikey_partner;
+
+ALTER TABLE apikey.partners ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apikey.partners FORCE ROW LEVEL SECURITY;
+ALTER TABLE apikey.keys ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apikey.keys FORCE ROW LEVEL SECURITY;
+ALTER TABLE apikey.audit_log ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apikey.audit_log FORCE ROW LEVEL SECURITY;
+
+CREATE POLICY admin_reads_all ON apikey.partners FOR SELECT TO apikey_admin USING (true);
+CREATE POLICY partner_reads_own ON apikey.partners FOR SELECT TO apikey_partner
+    USING (partner_id = @extschema@.apikey_current_partner());
+CREATE POLICY admin_reads_all ON apikey.keys FOR SELECT TO apikey_admin USING (true);
+CREATE POLICY partner_reads_own ON apikey.keys FOR SELECT TO apikey_partner
+    USING (partner_id = @extschema@.apikey_current_partner());
+CREATE POLICY admin_reads_all ON apikey.audit_log FOR SELECT TO apikey_admin USING (true);
+CREATE POLICY partner_reads_own ON apikey.audit_log FOR SELECT TO apikey_partner
+    USING (partner_id = @extschema@.apikey_current_partner());
