@@ -1,0 +1,190 @@
+//! Shared helpers for the end-to-end tests. They talk to the private cluster that
+//! `scripts/test.sh` starts (socket directory, port and paths come from its environment),
+//! as the superuser or as real login roles.
+
+use postgres::{Client, NoTls};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+pub use postgres;
+pub use uuid::Uuid;
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the end-to-end tests through scripts/test.sh")
+    })
+}
+
+pub fn server_log_path() -> String {
+    env("APIKEY_TEST_LOG")
+}
+
+pub fn pepper_file_path() -> String {
+    env("APIKEY_TEST_PEPPER_FILE")
+}
+
+pub fn pgbin(tool: &str) -> String {
+    format!("{}/{tool}", env("APIKEY_TEST_PGBIN"))
+}
+
+/// libpq-style arguments (-h -p -U) for the cluster's command-line tools.
+pub fn cli_args(role: &str, db: &str) -> Vec<String> {
+    vec![
+        "-h".into(),
+        env("APIKEY_TEST_PGHOST"),
+        "-p".into(),
+        env("APIKEY_TEST_PGPORT"),
+        "-U".into(),
+        role.into(),
+        "-d".into(),
+        db.into(),
+    ]
+}
+
+/// Connects over the private unix socket (trust auth) as `role` to database `db`.
+pub fn connect_to(role: &str, db: &str) -> Client {
+    let config = format!(
+        "host={} port={} user={role} dbname={db} application_name=apikey-tests",
+        env("APIKEY_TEST_PGHOST"),
+        env("APIKEY_TEST_PGPORT"),
+    );
+    Client::connect(&config, NoTls).unwrap_or_else(|e| panic!("connect as {role} to {db}: {e}"))
+}
+
+pub fn connect(role: &str) -> Client {
+    connect_to(role, &env("APIKEY_TEST_PGDATABASE"))
+}
+
+pub fn superuser() -> Client {
+    connect(&env("APIKEY_TEST_PGUSER"))
+}
+
+/// A name no other test (or earlier run against the same cluster) has used.
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    format!(
+        "{prefix}_{}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        nanos
+    )
+}
+
+/// A LOGIN role that is a member of `member_of`; created fresh for each call.
+pub fn login_role(admin: &mut Client, prefix: &str, member_of: &[&str]) -> String {
+    let name = unique(prefix).to_lowercase();
+    admin
+        .batch_execute(&format!("CREATE ROLE \"{name}\" LOGIN"))
+        .expect("create login role");
+    for group in member_of {
+        admin
+            .batch_execute(&format!("GRANT {group} TO \"{name}\""))
+            .expect("grant role membership");
+    }
+    name
+}
+
+pub fn create_partner(c: &mut Client) -> Uuid {
+    c.query_one(
+        "SELECT apikey_partner_create($1, 'ops@example.com')",
+        &[&unique("partner")],
+    )
+    .expect("apikey_partner_create")
+    .get(0)
+}
+
+pub struct Issued {
+    pub key_id: String,
+    pub token: String,
+}
+
+impl Issued {
+    /// The secret part of the token: everything after the key id and its `_`, without the
+    /// 6-character checksum.
+    pub fn secret(&self) -> &str {
+        &self.token[self.key_id.len() + 1..self.token.len() - 6]
+    }
+}
+
+pub fn issue(c: &mut Client, partner: Uuid, scopes: &[&str]) -> Issued {
+    let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
+    let row = c
+        .query_one(
+            "SELECT key_id, token FROM apikey_issue($1, $2)",
+            &[&partner, &scopes],
+        )
+        .expect("apikey_issue");
+    Issued {
+        key_id: row.get(0),
+        token: row.get(1),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    pub valid: bool,
+    pub reason: String,
+    pub key_id: Option<String>,
+    pub partner_id: Option<Uuid>,
+    pub scopes: Option<Vec<String>>,
+    pub rate_per_minute: Option<i32>,
+}
+
+/// `apikey_verify` with the token as a bind parameter, as applications should call it (a
+/// literal token in the SQL text could reach the server log if the statement fails).
+pub fn verify(c: &mut Client, token: Option<&str>, scopes: &[&str], ip: Option<&str>) -> Verdict {
+    try_verify(c, token, scopes, ip).expect("apikey_verify never raises for a token value")
+}
+
+pub fn try_verify(
+    c: &mut Client,
+    token: Option<&str>,
+    scopes: &[&str],
+    ip: Option<&str>,
+) -> Result<Verdict, postgres::Error> {
+    let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
+    let rows = c.query(
+        "SELECT valid, reason, key_id, partner_id, scopes, rate_per_minute \
+         FROM apikey_verify($1, $2, $3::text::inet)",
+        &[&token, &scopes, &ip],
+    )?;
+    assert_eq!(rows.len(), 1, "apikey_verify returns exactly one row");
+    let row = &rows[0];
+    Ok(Verdict {
+        valid: row.get(0),
+        reason: row.get(1),
+        key_id: row.get(2),
+        partner_id: row.get(3),
+        scopes: row.get(4),
+        rate_per_minute: row.get(5),
+    })
+}
+
+pub fn reason(c: &mut Client, token: &str) -> String {
+    verify(c, Some(token), &[], None).reason
+}
+
+/// The SQLSTATE of a failed statement, or a panic if it did not fail.
+pub fn sqlstate<T: std::fmt::Debug>(result: Result<T, postgres::Error>) -> String {
+    match result {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(e) => e
+            .code()
+            .map(|c| c.code().to_string())
+            .unwrap_or_else(|| panic!("error without SQLSTATE: {e}")),
+    }
+}
+
+/// The message of a failed statement, or a panic if it did not fail.
+pub fn error_message<T: std::fmt::Debug>(result: Result<T, postgres::Error>) -> String {
+    match result {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(e) => e
+            .as_db_error()
+            .map(|d| d.message().to_string())
+            .unwrap_or_else(|| e.to_string()),
+    }
+}

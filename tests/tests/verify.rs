@@ -1,0 +1,427 @@
+//! apikey_verify: every reason code, bad tokens, identity, read-only transactions, and
+//! that the warm path never keeps a dead key alive.
+
+use apikey_tests::*;
+
+fn setup() -> (postgres::Client, Uuid) {
+    let mut c = superuser();
+    let partner = create_partner(&mut c);
+    (c, partner)
+}
+
+/// Only authentic keys reveal who they belong to.
+fn assert_anonymous(v: &Verdict, reason: &str) {
+    assert_eq!(v.reason, reason);
+    assert!(!v.valid);
+    assert_eq!(
+        (&v.key_id, v.partner_id, &v.scopes, v.rate_per_minute),
+        (&None, None, &None, None),
+        "{v:?}"
+    );
+}
+
+#[test]
+fn ok_returns_the_identity() {
+    let (mut c, partner) = setup();
+    let key = issue(&mut c, partner, &["orders:read", "invoices:*"]);
+    let v = verify(
+        &mut c,
+        Some(&key.token),
+        &["orders:read", "invoices:write"],
+        None,
+    );
+    assert!(v.valid);
+    assert_eq!(v.reason, "ok");
+    assert_eq!(v.key_id.as_deref(), Some(key.key_id.as_str()));
+    assert_eq!(v.partner_id, Some(partner));
+    assert_eq!(
+        v.scopes,
+        Some(vec!["orders:read".to_string(), "invoices:*".to_string()])
+    );
+    assert_eq!(v.rate_per_minute, Some(300));
+    // The warm path (proof cache) gives the same answer.
+    assert_eq!(verify(&mut c, Some(&key.token), &["orders:read"], None), v);
+}
+
+#[test]
+fn missing_and_malformed_tokens_never_raise() {
+    let (mut c, partner) = setup();
+    let key = issue(&mut c, partner, &["a:b"]);
+    assert_anonymous(&verify(&mut c, None, &[], None), "missing_key");
+    assert_anonymous(&verify(&mut c, Some(""), &[], None), "missing_key");
+    let mut typo = key.token.clone().into_bytes();
+    let i = key.key_id.len() + 5;
+    typo[i] = if typo[i] == b'x' { b'y' } else { b'x' };
+    let typo = String::from_utf8(typo).expect("ascii");
+    let huge = "a".repeat(1 << 20);
+    let truncated = &key.token[..key.token.len() - 1];
+    for bad in [
+        "garbage",
+        "ak_live_",
+        huge.as_str(),
+        "ключ_live_0000000000000000_секрет",
+        "ak_live_\t\r\n",
+        typo.as_str(),
+        truncated,
+        &format!("{} ", key.token),
+        &key.key_id,
+    ] {
+        assert_anonymous(&verify(&mut c, Some(bad), &[], None), "malformed");
+    }
+}
+
+#[test]
+fn unknown_key_id() {
+    let (mut c, partner) = setup();
+    let key = issue(&mut c, partner, &["a:b"]);
+    c.execute("DELETE FROM apikey.keys WHERE key_id = $1", &[&key.key_id])
+        .expect("delete");
+    assert_anonymous(&verify(&mut c, Some(&key.token), &[], None), "unknown_key");
+}
+
+#[test]
+fn secret_mismatch_even_after_a_warm_success() {
+    let (mut c, partner) = setup();
+    let a = issue(&mut c, partner, &["a:b"]);
+    let b = issue(&mut c, partner, &["a:b"]);
+    assert_eq!(reason(&mut c, &a.token), "ok");
+    // Give key a the hash of key b's secret: a's token no longer matches its row. The proof
+    // cached by the success above must not hide the change.
+    c.execute(
+        "UPDATE apikey.keys k SET secret_hash = o.secret_hash, pepper_fingerprint = o.pepper_fingerprint \
+         FROM apikey.keys o WHERE k.key_id = $1 AND o.key_id = $2",
+        &[&a.key_id, &b.key_id],
+    )
+    .expect("swap hash");
+    assert_anonymous(
+        &verify(&mut c, Some(&a.token), &[], None),
+        "secret_mismatch",
+    );
+    assert_eq!(reason(&mut c, &b.token), "ok");
+}
+
+#[test]
+fn state_reasons_apply_on_the_very_next_call() {
+    let (mut c, partner) = setup();
+    let mut other = superuser();
+    let cases: [(&str, &str); 4] = [
+        ("revoked", "SELECT apikey_revoke($1)"),
+        ("disabled", "SELECT apikey_set_enabled($1, false)"),
+        (
+            "expired",
+            "UPDATE apikey.keys SET expires_at = now() - interval '1 second' WHERE key_id = $1",
+        ),
+        (
+            "not_yet_valid",
+            "UPDATE apikey.keys SET not_before = now() + interval '1 hour' WHERE key_id = $1",
+        ),
+    ];
+    for (expected, change) in cases {
+        let key = issue(&mut c, partner, &["a:b"]);
+        assert_eq!(reason(&mut c, &key.token), "ok");
+        assert_eq!(reason(&mut c, &key.token), "ok", "warm");
+        other.execute(change, &[&key.key_id]).expect(change);
+        assert_anonymous(&verify(&mut c, Some(&key.token), &[], None), expected);
+    }
+}
+
+#[test]
+fn partner_inactive_and_back() {
+    let (mut c, partner) = setup();
+    let key = issue(&mut c, partner, &["a:b"]);
+    c.execute("SELECT apikey_partner_set_active($1, false)", &[&partner])
+        .expect("deactivate");
+    assert_anonymous(
+        &verify(&mut c, Some(&key.token), &[], None),
+        "partner_inactive",
+    );
+    c.execute("SELECT apikey_partner_set_active($1, true)", &[&partner])
+        .expect("activate");
+    assert_eq!(reason(&mut c, &key.token), "ok");
+}
+
+#[test]
+fn not_before_and_expiry_at_issue() {
+    let (mut c, partner) = setup();
+    let row = c
+        .query_one(
+            "SELECT token FROM apikey_issue($1, '{a:b}', not_before => now() + interval '1 day', \
+             expires_at => now() + interval '2 days')",
+            &[&partner],
+        )
+        .expect("issue");
+    let token: String = row.get(0);
+    assert_anonymous(&verify(&mut c, Some(&token), &[], None), "not_yet_valid");
+    let row = c
+        .query_one("SELECT token, expires_at IS NOT NULL FROM apikey_issue($1, '{a:b}', expires_at => now() + interval '1 day') \
+                    CROSS JOIN LATERAL (SELECT expires_at FROM apikey_verify(token)) v", &[&partner])
+        .expect("issue + verify");
+    assert!(row.get::<_, bool>(1), "verify returns expires_at");
+}
+
+#[test]
+fn ip_allow_list_with_authentic_identity() {
+    let (mut c, partner) = setup();
+    let token: String = c
+        .query_one(
+            "SELECT token FROM apikey_issue($1, '{a:b}', allowed_cidrs => '{10.0.0.0/8, 2001:db8::/32}')",
+            &[&partner],
+        )
+        .expect("issue")
+        .get(0);
+    assert_eq!(
+        verify(&mut c, Some(&token), &[], Some("10.20.30.40")).reason,
+        "ok"
+    );
+    assert_eq!(
+        verify(&mut c, Some(&token), &[], Some("2001:db8::1")).reason,
+        "ok"
+    );
+    for ip in [Some("11.0.0.1"), Some("2001:db9::1"), None] {
+        let v = verify(&mut c, Some(&token), &[], ip);
+        assert_eq!(v.reason, "ip_not_allowed", "{ip:?}");
+        assert!(!v.valid);
+        assert_eq!(v.partner_id, Some(partner), "the key was authentic");
+    }
+}
+
+#[test]
+fn scopes_are_all_of_with_wildcards() {
+    let (mut c, partner) = setup();
+    let narrow = issue(&mut c, partner, &["orders:read", "invoices:*"]);
+    let admin = issue(&mut c, partner, &["admin:*"]);
+    let star = issue(&mut c, partner, &["*"]);
+    let cases: [(&Issued, &[&str], &str); 7] = [
+        (&narrow, &["orders:read"], "ok"),
+        (&narrow, &["invoices:delete", "orders:read"], "ok"),
+        (
+            &narrow,
+            &["orders:read", "orders:write"],
+            "insufficient_scope",
+        ),
+        (&narrow, &["orders:*"], "insufficient_scope"),
+        (&admin, &["orders:write", "billing:refund"], "ok"),
+        (&star, &["anything:at_all"], "ok"),
+        (&narrow, &[], "ok"),
+    ];
+    for (key, required, expected) in cases {
+        let v = verify(&mut c, Some(&key.token), required, None);
+        assert_eq!(v.reason, expected, "{required:?}");
+        assert_eq!(
+            v.key_id.as_deref(),
+            Some(key.key_id.as_str()),
+            "authentic either way"
+        );
+    }
+    let none: Option<Vec<String>> = None;
+    let row = c
+        .query_one(
+            "SELECT reason FROM apikey_verify($1, $2)",
+            &[&narrow.token, &none],
+        )
+        .expect("NULL required_scopes");
+    assert_eq!(row.get::<_, String>(0), "ok");
+}
+
+#[test]
+fn identity_lasts_one_transaction_and_a_failure_clears_it() {
+    let (mut c, partner) = setup();
+    let key = issue(&mut c, partner, &["orders:read"]);
+    let identity = "SELECT apikey_current_partner(), apikey_current_key(), apikey_current_scopes()";
+    let mut tx = c.transaction().expect("begin");
+    let before = tx.query_one(identity, &[]).expect("identity");
+    assert_eq!(before.get::<_, Option<Uuid>>(0), None);
+    tx.query("SELECT * FROM apikey_verify($1)", &[&key.token])
+        .expect("verify");
+    let during = tx.query_one(identity, &[]).expect("identity");
+    assert_eq!(during.get::<_, Option<Uuid>>(0), Some(partner));
+    assert_eq!(during.get::<_, Option<String>>(1), Some(key.key_id.clone()));
+    assert_eq!(
+        during.get::<_, Option<Vec<String>>>(2),
+        Some(vec!["orders:read".to_string()])
+    );
+    tx.execute("SELECT apikey_require_scope('orders:read')", &[])
+        .expect("has scope");
+    assert_eq!(
+        sqlstate(tx.execute("SELECT apikey_require_scope('orders:write')", &[])),
+        "42501"
+    );
+    tx.rollback().expect("rollback");
+
+    assert_eq!(
+        c.query_one(identity, &[])
+            .expect("identity")
+            .get::<_, Option<Uuid>>(0),
+        None,
+        "next transaction"
+    );
+
+    let mut tx = c.transaction().expect("begin");
+    tx.query("SELECT * FROM apikey_verify($1)", &[&key.token])
+        .expect("verify");
+    tx.query("SELECT * FROM apikey_verify('garbage')", &[])
+        .expect("verify");
+    assert_eq!(
+        tx.query_one(identity, &[])
+            .expect("identity")
+            .get::<_, Option<Uuid>>(0),
+        None
+    );
+    assert_eq!(
+        sqlstate(tx.execute("SELECT apikey_require_scope('orders:read')", &[])),
+        "42501"
+    );
+}
+
+#[test]
+fn identity_cannot_be_set_with_set_config() {
+    let (mut c, partner) = setup();
+    let mut tx = c.transaction().expect("begin");
+    for name in [
+        "apikey.current_partner",
+        "apikey.partner_id",
+        "apikey.current_key",
+    ] {
+        tx.query_one(
+            "SELECT set_config($1, $2, true)",
+            &[&name, &partner.to_string()],
+        )
+        .expect("set_config");
+    }
+    let row = tx
+        .query_one("SELECT apikey_current_partner(), apikey_current_key()", &[])
+        .expect("identity");
+    assert_eq!(row.get::<_, Option<Uuid>>(0), None);
+    assert_eq!(row.get::<_, Option<String>>(1), None);
+}
+
+#[test]
+fn verify_works_in_a_read_only_transaction() {
+    let (mut c, partner) = setup();
+    let key = issue(&mut c, partner, &["a:b"]);
+    let audit_rows = |c: &mut postgres::Client| -> i64 {
+        c.query_one(
+            "SELECT count(*) FROM apikey.audit_log WHERE key_id = $1",
+            &[&key.key_id],
+        )
+        .expect("count")
+        .get(0)
+    };
+    let before = audit_rows(&mut c);
+    let mut tx = c
+        .build_transaction()
+        .read_only(true)
+        .start()
+        .expect("begin read only");
+    let cold = tx
+        .query_one(
+            "SELECT reason FROM apikey_verify($1, '{a:b}')",
+            &[&key.token],
+        )
+        .expect("verify");
+    assert_eq!(cold.get::<_, String>(0), "ok");
+    let denied = tx
+        .query_one(
+            "SELECT reason FROM apikey_verify($1, '{c:d}')",
+            &[&key.token],
+        )
+        .expect("verify");
+    assert_eq!(denied.get::<_, String>(0), "insufficient_scope");
+    tx.commit().expect("commit");
+    assert_eq!(
+        audit_rows(&mut c),
+        before,
+        "nothing written in a read-only transaction"
+    );
+    let last_used: Option<std::time::SystemTime> = c
+        .query_one(
+            "SELECT last_used_at FROM apikey.keys WHERE key_id = $1",
+            &[&key.key_id],
+        )
+        .expect("row")
+        .get(0);
+    assert_eq!(last_used, None);
+}
+
+#[test]
+fn last_used_at_is_written_at_most_once_a_minute() {
+    let (mut c, partner) = setup();
+    let key = issue(&mut c, partner, &["a:b"]);
+    let last_used = |c: &mut postgres::Client| -> Option<String> {
+        c.query_one(
+            "SELECT last_used_at::text FROM apikey.keys WHERE key_id = $1",
+            &[&key.key_id],
+        )
+        .expect("row")
+        .get(0)
+    };
+    assert_eq!(last_used(&mut c), None);
+    assert_eq!(reason(&mut c, &key.token), "ok");
+    let first = last_used(&mut c);
+    assert!(first.is_some());
+    assert_eq!(reason(&mut c, &key.token), "ok");
+    assert_eq!(
+        last_used(&mut c),
+        first,
+        "second use within a minute is not written"
+    );
+    c.execute(
+        "UPDATE apikey.keys SET last_used_at = now() - interval '2 minutes' WHERE key_id = $1",
+        &[&key.key_id],
+    )
+    .expect("age it");
+    let aged = last_used(&mut c);
+    assert_eq!(reason(&mut c, &key.token), "ok");
+    assert_ne!(
+        last_used(&mut c),
+        aged,
+        "older than a minute: written again"
+    );
+}
+
+#[test]
+fn failed_verifications_are_audited_without_the_token() {
+    let (mut c, partner) = setup();
+    let key = issue(&mut c, partner, &["a:b"]);
+    let v = verify(&mut c, Some(&key.token), &["x:y"], Some("192.0.2.7"));
+    assert_eq!(v.reason, "insufficient_scope");
+    let row = c
+        .query_one(
+            "SELECT action, reason, partner_id, client_ip::text, actor, detail::text FROM apikey.audit_log \
+             WHERE key_id = $1 ORDER BY id DESC LIMIT 1",
+            &[&key.key_id],
+        )
+        .expect("audit row");
+    assert_eq!(row.get::<_, String>(0), "verify_failed");
+    assert_eq!(row.get::<_, String>(1), "insufficient_scope");
+    assert_eq!(row.get::<_, Option<Uuid>>(2), Some(partner));
+    assert_eq!(row.get::<_, String>(3), "192.0.2.7/32");
+    assert_eq!(row.get::<_, String>(4), "postgres");
+    assert!(!row.get::<_, String>(5).contains(key.secret()));
+}
+
+#[test]
+fn concurrent_verifications_agree() {
+    let (mut c, partner) = setup();
+    let keys: Vec<Issued> = (0..4).map(|_| issue(&mut c, partner, &["a:b"])).collect();
+    let tokens: Vec<String> = keys.iter().map(|k| k.token.clone()).collect();
+    let handles: Vec<_> = (0..4)
+        .map(|t| {
+            let tokens = tokens.clone();
+            std::thread::spawn(move || {
+                let mut c = superuser();
+                (0..40)
+                    .map(|i| reason(&mut c, &tokens[(t + i) % tokens.len()]))
+                    .filter(|r| r != "ok")
+                    .count()
+            })
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(
+            h.join().expect("thread"),
+            0,
+            "every concurrent verification is ok"
+        );
+    }
+}
