@@ -82,22 +82,12 @@ pub fn require_key_manager(key_id: &str, key_partner: pgrx::Uuid) -> ApiResult<(
 }
 
 pub fn key_not_found(key_id: &str) -> ApiError {
-    ApiError::not_found(format!("key \"{}\"", printable(key_id)))
-}
-
-/// Echoes a caller-supplied identifier in a message without letting a pasted token (or a
-/// megabyte of garbage) reach the message and the server log.
-pub fn printable(id: &str) -> String {
-    if crate::token::is_key_id(id) {
-        id.to_string()
-    } else if crate::token::parse(id).is_some() {
-        "<a token, not a key id>".to_string()
+    if crate::token::is_key_id(key_id) {
+        ApiError::not_found(format!("key \"{key_id}\""))
     } else {
-        let short: String = id.chars().take(40).filter(|c| !c.is_control()).collect();
-        if short.len() < id.len() {
-            format!("{short}...")
-        } else {
-            short
-        }
+        // Never echo it: a mistyped or padded token pasted here would put its secret into the
+        // error message and the server log.
+        ApiError::not_found("the key named by key_id")
+            .with_hint("A key_id looks like ak_live_3xF0q9LmZ2bT7cYw: the token up to its last '_'. Was a token passed instead?")
     }
 }

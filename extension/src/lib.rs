@@ -10,6 +10,7 @@ mod access;
 mod audit;
 mod db;
 mod error;
+mod fetch;
 mod guc;
 mod hash;
 mod identity;

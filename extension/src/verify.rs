@@ -12,7 +12,7 @@ use crate::error::{ApiError, ApiResult, OrRaise};
 use crate::hash::{self, Digest, Params};
 use crate::identity::{self, Identity};
 use crate::pepper::{self, Pepper};
-use crate::{guc, scope, token};
+use crate::{fetch, guc, scope, token};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::Inet;
@@ -165,42 +165,77 @@ impl Outcome {
     }
 }
 
-const LOOKUP: &str = "SELECT k.partner_id, k.secret_hash, k.pepper_fingerprint, k.scopes, \
-        k.rate_per_minute, k.expires_at, k.enabled, p.active, \
-        k.revoked_at IS NOT NULL AND k.revoked_at <= now(), \
-        k.not_before IS NOT NULL AND k.not_before > now(), \
-        k.expires_at IS NOT NULL AND k.expires_at <= now(), \
-        k.allowed_cidrs IS NULL OR coalesce($2 <<= ANY (k.allowed_cidrs), false), \
-        k.last_used_at IS NULL OR k.last_used_at < now() - interval '1 minute' \
-    FROM apikey.keys k JOIN apikey.partners p ON p.partner_id = k.partner_id \
-    WHERE k.key_id = $1";
+/// A minute, in PostgreSQL timestamp units (microseconds).
+const MINUTE: i64 = 60_000_000;
 
 fn lookup(
-    client: &SpiClient<'_>,
+    client: &mut SpiClient<'_>,
     key_id: &str,
     client_ip: Option<&Inet>,
 ) -> ApiResult<Option<KeyRow>> {
-    let plan = db::plan(client, LOOKUP, &[pg_sys::TEXTOID, pg_sys::INETOID], false)?;
-    let table = client.select(&*plan, Some(1), &[key_id.into(), client_ip.cloned().into()])?;
-    let Some(row) = table.into_iter().next() else {
+    // SAFETY: plain read of the transaction start time, i.e. now().
+    let now = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
+    let at = |t: Option<TimestampWithTimeZone>| t.map(pg_sys::TimestampTz::from);
+    let missing = || ApiError::internal("apikey.keys row has NULL in a NOT NULL column");
+    let key = key_id.into_datum().ok_or_else(missing)?;
+    let found = fetch::by_primary_key(c"keys", c"keys_pkey", pg_sys::F_TEXTEQ, key, |row| {
+        let expires_at: Option<TimestampWithTimeZone> = row.get("expires_at")?;
+        Ok((
+            KeyRow {
+                partner_id: row.get("partner_id")?.ok_or_else(missing)?,
+                secret_hash: row.get("secret_hash")?.ok_or_else(missing)?,
+                pepper_fingerprint: row.get("pepper_fingerprint")?.ok_or_else(missing)?,
+                scopes: row.get::<Vec<String>>("scopes")?.ok_or_else(missing)?,
+                rate_per_minute: row.get("rate_per_minute")?.ok_or_else(missing)?,
+                expires_at,
+                enabled: row.get("enabled")?.ok_or_else(missing)?,
+                partner_active: false,
+                revoked: at(row.get("revoked_at")?).is_some_and(|t| t <= now),
+                not_yet_valid: at(row.get("not_before")?).is_some_and(|t| t > now),
+                expired: at(expires_at).is_some_and(|t| t <= now),
+                ip_allowed: true,
+                touch_due: at(row.get("last_used_at")?).is_none_or(|t| t < now - MINUTE),
+            },
+            row.get::<pgrx::AnyArray>("allowed_cidrs")?.is_some(),
+        ))
+    })?;
+    let Some((mut row, ip_restricted)) = found else {
         return Ok(None);
     };
-    let missing = || ApiError::internal("apikey.keys row has NULL in a NOT NULL column");
-    Ok(Some(KeyRow {
-        partner_id: row.get(1)?.ok_or_else(missing)?,
-        secret_hash: row.get(2)?.ok_or_else(missing)?,
-        pepper_fingerprint: row.get(3)?.ok_or_else(missing)?,
-        scopes: row.get::<Vec<String>>(4)?.ok_or_else(missing)?,
-        rate_per_minute: row.get(5)?.ok_or_else(missing)?,
-        expires_at: row.get(6)?,
-        enabled: row.get(7)?.ok_or_else(missing)?,
-        partner_active: row.get(8)?.ok_or_else(missing)?,
-        revoked: row.get(9)?.unwrap_or(false),
-        not_yet_valid: row.get(10)?.unwrap_or(false),
-        expired: row.get(11)?.unwrap_or(false),
-        ip_allowed: row.get(12)?.unwrap_or(false),
-        touch_due: row.get(13)?.unwrap_or(false),
-    }))
+    let partner = row.partner_id.into_datum().ok_or_else(missing)?;
+    row.partner_active = fetch::by_primary_key(
+        c"partners",
+        c"partners_pkey",
+        pg_sys::F_UUID_EQ,
+        partner,
+        |p| p.get::<bool>("active"),
+    )?
+    .flatten()
+    .unwrap_or(false);
+    if ip_restricted {
+        row.ip_allowed = client_ip.is_some() && ip_in_allowed_cidrs(client, key_id, client_ip)?;
+    }
+    Ok(Some(row))
+}
+
+/// Only keys with an allow-list pay for this query.
+fn ip_in_allowed_cidrs(
+    client: &mut SpiClient<'_>,
+    key_id: &str,
+    client_ip: Option<&Inet>,
+) -> ApiResult<bool> {
+    const CHECK: &str =
+        "SELECT coalesce($2 <<= ANY (allowed_cidrs), false) FROM apikey.keys WHERE key_id = $1";
+    // Mutating (not read-only) only for the fresh snapshot, to agree with `fetch`.
+    let plan = db::plan(client, CHECK, &[pg_sys::TEXTOID, pg_sys::INETOID], true)?;
+    let table = client.update(&*plan, Some(1), &[key_id.into(), client_ip.cloned().into()])?;
+    Ok(table
+        .into_iter()
+        .next()
+        .map(|r| r.get::<bool>(1))
+        .transpose()?
+        .flatten()
+        .unwrap_or(false))
 }
 
 fn verify(client: &mut SpiClient<'_>, request: &Request<'_>) -> ApiResult<Outcome> {
