@@ -37,7 +37,7 @@ pub fn record(client: &mut SpiClient<'_>, event: Event<'_>) -> pgrx::spi::SpiRes
     if !db::can_write() {
         return Ok(());
     }
-    let plan = db::plan(
+    db::execute(
         client,
         INSERT,
         &[
@@ -49,11 +49,6 @@ pub fn record(client: &mut SpiClient<'_>, event: Event<'_>) -> pgrx::spi::SpiRes
             pg_sys::INETOID,
             pg_sys::JSONBOID,
         ],
-        true,
-    )?;
-    client.update(
-        &*plan,
-        None,
         &[
             event.action.into(),
             event.key_id.into(),

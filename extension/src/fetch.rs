@@ -28,7 +28,7 @@ impl Found {
             let attrs = (*desc).attrs.as_slice(natts as usize);
             let Some(index) = attrs
                 .iter()
-                .position(|a| !a.attisdropped && pgrx::name_data_to_str(&a.attname) == column)
+                .position(|a| !a.attisdropped && name_is(&a.attname, column))
             else {
                 return Err(ApiError::internal(format!(
                     "column {column} is missing from apikey's tables"
@@ -46,6 +46,19 @@ impl Found {
             ))
         }
     }
+}
+
+/// Byte comparison of a NUL-terminated `NameData` with `column`: this runs for every column
+/// of every verification, where a UTF-8 conversion per attribute showed in profiles.
+fn name_is(name: &pg_sys::NameData, column: &str) -> bool {
+    let wanted = column.as_bytes();
+    wanted.len() < name.data.len()
+        && name.data[wanted.len()] == 0
+        && name
+            .data
+            .iter()
+            .zip(wanted)
+            .all(|(&have, &want)| have as u8 == want)
 }
 
 /// Looks up the single row of `apikey.<table>` whose primary key (index `apikey.<index>`,

@@ -72,8 +72,9 @@ type VerifyRow = (
     Option<TimestampWithTimeZone>,
 );
 
+/// SECURITY DEFINER without `SET search_path`: see `db::execute`, which pins it for every
+/// statement this function runs.
 #[pg_extern(volatile, security_definer, parallel_unsafe)]
-#[search_path(pg_catalog, pg_temp)]
 fn apikey_verify(
     token: Option<&str>,
     required_scopes: default!(Option<Vec<Option<String>>>, "'{}'"),
@@ -226,9 +227,12 @@ fn ip_in_allowed_cidrs(
 ) -> ApiResult<bool> {
     const CHECK: &str =
         "SELECT coalesce($2 <<= ANY (allowed_cidrs), false) FROM apikey.keys WHERE key_id = $1";
-    // Mutating (not read-only) only for the fresh snapshot, to agree with `fetch`.
-    let plan = db::plan(client, CHECK, &[pg_sys::TEXTOID, pg_sys::INETOID], true)?;
-    let table = client.update(&*plan, Some(1), &[key_id.into(), client_ip.cloned().into()])?;
+    let table = db::execute(
+        client,
+        CHECK,
+        &[pg_sys::TEXTOID, pg_sys::INETOID],
+        &[key_id.into(), client_ip.cloned().into()],
+    )?;
     Ok(table
         .into_iter()
         .next()
@@ -293,12 +297,13 @@ fn decide(client: &mut SpiClient<'_>, request: &Request<'_>) -> ApiResult<Outcom
         return fail(Reason::SecretMismatch, Some(key_id), Some(row));
     };
     let digest = hash::digest(pepper.bytes(), secret);
-    if !proofs::proven(key_id, &row.secret_hash, &digest) {
-        if !hash::verify(&row.secret_hash, &digest) {
-            return fail(Reason::SecretMismatch, Some(key_id), Some(row));
+    let proof = match proofs::proven(key_id, &row.secret_hash, &digest) {
+        Some(proof) => proof,
+        None if hash::verify(&row.secret_hash, &digest) => {
+            proofs::remember(key_id, &row.secret_hash, digest)
         }
-        proofs::remember(key_id, &row.secret_hash, digest);
-    }
+        None => return fail(Reason::SecretMismatch, Some(key_id), Some(row)),
+    };
 
     let reason = if row.revoked {
         Reason::Revoked
@@ -320,7 +325,7 @@ fn decide(client: &mut SpiClient<'_>, request: &Request<'_>) -> ApiResult<Outcom
     if reason == Reason::Ok && db::can_write() {
         let newest = peppers.newest();
         if newest.fingerprint != row.pepper_fingerprint
-            || hash::needs_rehash(&row.secret_hash, params)
+            || proofs::needs_rehash(key_id, &proof, params)
         {
             rehash(client, key_id, &row, newest, secret, params)?;
         }
@@ -349,14 +354,14 @@ fn rehash(
         "Check apikey.argon2_memory_kib, apikey.argon2_iterations and apikey.argon2_parallelism.",
     )
     })?;
-    let plan = db::plan(client, UPDATE, &[pg_sys::TEXTOID; 4], true)?;
+
     let args = [
         key_id.into(),
         phc.as_str().into(),
         newest.fingerprint.as_str().into(),
         row.secret_hash.as_str().into(),
     ];
-    client.update(&*plan, None, &args)?;
+    db::execute(client, UPDATE, &[pg_sys::TEXTOID; 4], &args)?;
     proofs::remember(key_id, &phc, digest);
     let mut event = Event::new("rehash");
     event.key_id = Some(key_id);
@@ -376,8 +381,7 @@ fn rehash(
 fn touch(client: &mut SpiClient<'_>, key_id: &str) -> ApiResult<()> {
     const TOUCH: &str = "UPDATE apikey.keys SET last_used_at = now() WHERE key_id = \
         (SELECT key_id FROM apikey.keys WHERE key_id = $1 FOR UPDATE SKIP LOCKED)";
-    let plan = db::plan(client, TOUCH, &[pg_sys::TEXTOID], true)?;
-    client.update(&*plan, None, &[key_id.into()])?;
+    db::execute(client, TOUCH, &[pg_sys::TEXTOID], &[key_id.into()])?;
     Ok(())
 }
 
@@ -412,24 +416,56 @@ mod proofs {
 
     const MAX_ENTRIES: usize = 10_000;
 
-    thread_local! {
-        static PROOFS: RefCell<HashMap<String, (String, Digest)>> = RefCell::new(HashMap::new());
+    #[derive(Clone)]
+    pub struct Proof {
+        stored_hash: String,
+        digest: Digest,
+        /// Parameters the stored hash was last found to match, so the warm path need not
+        /// parse the PHC string again to decide about re-hashing.
+        current_for: Option<Params>,
     }
 
-    pub fn proven(key_id: &str, stored_hash: &str, digest: &Digest) -> bool {
+    thread_local! {
+        static PROOFS: RefCell<HashMap<String, Proof>> = RefCell::new(HashMap::new());
+    }
+
+    pub fn proven(key_id: &str, stored_hash: &str, digest: &Digest) -> Option<Proof> {
         PROOFS.with_borrow(|proofs| {
             proofs
                 .get(key_id)
-                .is_some_and(|(h, d)| h == stored_hash && hash::digests_equal(d, digest))
+                .filter(|p| p.stored_hash == stored_hash && hash::digests_equal(&p.digest, digest))
+                .cloned()
         })
     }
 
-    pub fn remember(key_id: &str, stored_hash: &str, digest: Digest) {
+    pub fn remember(key_id: &str, stored_hash: &str, digest: Digest) -> Proof {
+        let proof = Proof {
+            stored_hash: stored_hash.to_string(),
+            digest,
+            current_for: None,
+        };
         PROOFS.with_borrow_mut(|proofs| {
             if proofs.len() >= MAX_ENTRIES && !proofs.contains_key(key_id) {
                 proofs.clear();
             }
-            proofs.insert(key_id.to_string(), (stored_hash.to_string(), digest));
+            proofs.insert(key_id.to_string(), proof.clone());
         });
+        proof
+    }
+
+    /// Whether the proven hash was made with parameters other than `params`.
+    pub fn needs_rehash(key_id: &str, proof: &Proof, params: Params) -> bool {
+        if proof.current_for == Some(params) {
+            return false;
+        }
+        let stale = hash::needs_rehash(&proof.stored_hash, params);
+        if !stale {
+            PROOFS.with_borrow_mut(|proofs| {
+                if let Some(p) = proofs.get_mut(key_id) {
+                    p.current_for = Some(params);
+                }
+            });
+        }
+        stale
     }
 }

@@ -425,3 +425,39 @@ fn concurrent_verifications_agree() {
         );
     }
 }
+
+#[test]
+fn a_hostile_search_path_cannot_hijack_what_verify_runs() {
+    let (mut c, partner) = setup();
+    let key = issue(&mut c, partner, &["a:b"]);
+    let evil = unique("evil").to_lowercase();
+    c.batch_execute(&format!(
+        "CREATE SCHEMA {evil};
+         CREATE FUNCTION {evil}.now() RETURNS timestamptz LANGUAGE sql AS $$ SELECT '2001-01-01'::timestamptz $$;
+         GRANT USAGE ON SCHEMA {evil} TO PUBLIC;"
+    ))
+    .expect("hostile schema");
+    let mut tx = c.transaction().expect("begin");
+    tx.batch_execute(&format!(
+        "SET LOCAL search_path = {evil}, pg_catalog, public"
+    ))
+    .expect("hostile search_path");
+    let v = tx
+        .query_one("SELECT reason FROM public.apikey_verify($1)", &[&key.token])
+        .expect("verify");
+    assert_eq!(v.get::<_, String>(0), "ok");
+    let hijacked: bool = tx
+        .query_one(
+            "SELECT last_used_at < '2020-01-01' FROM apikey.keys WHERE key_id = $1",
+            &[&key.key_id],
+        )
+        .expect("last_used_at")
+        .get(0);
+    assert!(
+        !hijacked,
+        "verify's statements must resolve now() in pg_catalog, not in {evil}"
+    );
+    tx.commit().expect("commit");
+    c.batch_execute(&format!("DROP SCHEMA {evil} CASCADE"))
+        .expect("drop hostile schema");
+}
