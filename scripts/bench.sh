@@ -130,11 +130,39 @@ run_pgbench "$work/cold.out" -n -M prepared -C -c 2 -j 2 -T "$cold_seconds" "${s
 
 check_keys "after the runs"
 
+# (d) Timing must not tell which key ids exist: an unknown key id pays one Argon2id
+# verification against a decoy hash, as a wrong secret does against the real one.
+log "(d) rejections: unknown key id vs wrong secret, $cold_seconds s each"
+psql_as postgres -tA -F ' ' -v pid="$partner_id" >"$work/rejects" <<'SQL'
+SELECT g, i.key_id, i.token
+FROM generate_series(1, 20) AS g, LATERAL apikey_issue(:'pid'::uuid, ARRAY['orders:read']) AS i;
+SQL
+unknown_args=()
+mismatch_args=()
+while read -r n key_id token; do
+  f="$work/reject_$n.sql"
+  printf "SELECT * FROM apikey_verify('%s');\n" "$token" >"$f"
+  if [ "$n" -le 10 ]; then
+    psql_as postgres -q -c "DELETE FROM apikey.keys WHERE key_id = '$key_id'"
+    unknown_args+=(-f "$f@1")
+  else
+    # Give the key another key's hash: its own token no longer matches.
+    psql_as postgres -q -c "UPDATE apikey.keys SET secret_hash = (SELECT secret_hash FROM apikey.keys
+      WHERE key_id <> '$key_id' AND partner_id = '$partner_id' LIMIT 1) WHERE key_id = '$key_id'"
+    mismatch_args+=(-f "$f@1")
+  fi
+done <"$work/rejects"
+run_pgbench "$work/unknown.out" -n -M prepared -c 2 -j 2 -T "$cold_seconds" "${unknown_args[@]}" apikey
+run_pgbench "$work/mismatch.out" -n -M prepared -c 2 -j 2 -T "$cold_seconds" "${mismatch_args[@]}" apikey
+
 ceiling_steady="$(steady_tps "$work/select.out")"
 ceiling_all="$(overall_tps "$work/select.out")"
 warm_steady="$(steady_tps "$work/warm.out")"
 warm_all="$(overall_tps "$work/warm.out")"
 cold_all="$(overall_tps "$work/cold.out")"
+unknown_all="$(overall_tps "$work/unknown.out")"
+mismatch_all="$(overall_tps "$work/mismatch.out")"
+unknown_vs_mismatch="$(ratio "$unknown_all" "$mismatch_all" 1 '%.2f')"
 cold_conn_ms="$(awk '/^average connection time = / { print $5; exit }' "$work/cold.out")"
 cold_lat_ms="$(awk '/^latency average = / { print $4; exit }' "$work/cold.out")"
 warm_pct="$(ratio "$warm_steady" "$ceiling_steady" 100 '%.0f')"
@@ -153,10 +181,13 @@ printf '%-52s %14s %14s\n' "run" "steady tps" "overall tps"
 printf '%-52s %14s %14s\n' "(a) pgbench -S, ceiling" "$ceiling_steady" "$ceiling_all"
 printf '%-52s %14s %14s\n' "(b) apikey_verify, $nkeys keys, warm" "$warm_steady" "$warm_all"
 printf '%-52s %14s %14s\n' "(c) apikey_verify, new connection per call (cold)" "-" "$cold_all"
+printf '%-52s %14s %14s\n' "(d) rejected: unknown key id" "-" "$unknown_all"
+printf '%-52s %14s %14s\n' "(d) rejected: wrong secret" "-" "$mismatch_all"
 echo
 echo "cold verifications/s:   $cold_all (2 clients; per call ${cold_lat_ms:-?} ms, of which connecting ${cold_conn_ms:-?} ms)"
 echo "warm / ceiling:         $warm_pct%"
 echo "warm / cold:            ${warm_vs_cold}x"
+echo "unknown / wrong secret: ${unknown_vs_mismatch} (1.00 = timing reveals nothing about which key ids exist)"
 echo "note: (c) is only cold while the proof cache is per backend; a shared cache would make it warm."
 echo
 echo "RESULT warm_vs_pgbench_S=${warm_pct}%"
