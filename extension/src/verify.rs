@@ -74,6 +74,8 @@ type VerifyRow = (
 
 /// SECURITY DEFINER without `SET search_path`: see `db::execute`, which pins it for every
 /// statement this function runs.
+// The signature is the contract's result columns, spelled the way pgrx needs them.
+#[allow(clippy::type_complexity)]
 #[pg_extern(volatile, security_definer, parallel_unsafe)]
 fn apikey_verify(
     token: Option<&str>,

@@ -2,6 +2,7 @@
 //! `scripts/test.sh` starts (socket directory, port and paths come from its environment),
 //! as the superuser or as real login roles.
 
+use postgres::types::ToSql;
 use postgres::{Client, NoTls};
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -111,10 +112,15 @@ impl Issued {
 
 pub fn issue(c: &mut Client, partner: Uuid, scopes: &[&str]) -> Issued {
     let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
+    issue_with(c, "$1, $2", &[&partner, &scopes])
+}
+
+/// `apikey_issue` with the given argument list, e.g. `"$1, '{a:b}', environment => 'test'"`.
+pub fn issue_with(c: &mut Client, sql_args: &str, params: &[&(dyn ToSql + Sync)]) -> Issued {
     let row = c
         .query_one(
-            "SELECT key_id, token FROM apikey_issue($1, $2)",
-            &[&partner, &scopes],
+            &format!("SELECT key_id, token FROM apikey_issue({sql_args})"),
+            params,
         )
         .expect("apikey_issue");
     Issued {

@@ -52,23 +52,6 @@ fn run(tool: &str, args: &[String]) {
     );
 }
 
-fn issue_with(
-    c: &mut Client,
-    sql_args: &str,
-    params: &[&(dyn postgres::types::ToSql + Sync)],
-) -> Issued {
-    let row = c
-        .query_one(
-            &format!("SELECT key_id, token FROM apikey_issue({sql_args})"),
-            params,
-        )
-        .expect("apikey_issue");
-    Issued {
-        key_id: row.get(0),
-        token: row.get(1),
-    }
-}
-
 /// Every row of a table as JSON text, in a stable order: equal in source and restore.
 fn table_rows(c: &mut Client, table: &str, order_by: &str) -> Vec<String> {
     c.query(

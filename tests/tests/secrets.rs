@@ -2,7 +2,6 @@
 //! message, whatever a client does with them; and `apikey_verify` never raises for any
 //! token value.
 
-use apikey_tests::postgres::types::ToSql;
 use apikey_tests::postgres::Client;
 use apikey_tests::*;
 use std::collections::HashMap;
@@ -110,19 +109,6 @@ fn server_log_len() -> usize {
 fn server_log_since(from: usize) -> String {
     let bytes = std::fs::read(server_log_path()).expect("read the server log");
     String::from_utf8_lossy(&bytes[from..]).into_owned()
-}
-
-fn issue_with(c: &mut Client, sql_args: &str, params: &[&(dyn ToSql + Sync)]) -> Issued {
-    let row = c
-        .query_one(
-            &format!("SELECT key_id, token FROM apikey_issue({sql_args})"),
-            params,
-        )
-        .expect("apikey_issue");
-    Issued {
-        key_id: row.get(0),
-        token: row.get(1),
-    }
 }
 
 fn rotate(c: &mut Client, key_id: &str, grace: &str) -> Issued {
