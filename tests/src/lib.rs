@@ -43,12 +43,21 @@ pub fn cli_args(role: &str, db: &str) -> Vec<String> {
 
 /// Connects over the private unix socket (trust auth) as `role` to database `db`.
 pub fn connect_to(role: &str, db: &str) -> Client {
-    let config = format!(
-        "host={} port={} user={role} dbname={db} application_name=apikey-tests",
-        env("APIKEY_TEST_PGHOST"),
-        env("APIKEY_TEST_PGPORT"),
-    );
-    Client::connect(&config, NoTls).unwrap_or_else(|e| panic!("connect as {role} to {db}: {e}"))
+    connect_at(
+        &env("APIKEY_TEST_PGHOST"),
+        &env("APIKEY_TEST_PGPORT"),
+        role,
+        db,
+    )
+}
+
+/// Connects to another server than the test cluster (e.g. a standby a test started):
+/// `host` is a socket directory or host name.
+pub fn connect_at(host: &str, port: &str, role: &str, db: &str) -> Client {
+    let config =
+        format!("host={host} port={port} user={role} dbname={db} application_name=apikey-tests");
+    Client::connect(&config, NoTls)
+        .unwrap_or_else(|e| panic!("connect as {role} to {db} at {host}:{port}: {e}"))
 }
 
 pub fn connect(role: &str) -> Client {

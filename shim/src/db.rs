@@ -1,0 +1,130 @@
+//! The connection pool and the two ways a request meets the database: a single
+//! `apikey_verify` call, or a transaction that starts with one and then acts as the key's
+//! holder (an operator, or a partner narrowed with `SET LOCAL ROLE apikey_partner`).
+
+use crate::auth::PresentedKey;
+use crate::error::AppError;
+use crate::limiter::Decision;
+use crate::state::AppState;
+use deadpool_postgres::{
+    GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Transaction,
+};
+use std::net::IpAddr;
+use std::str::FromStr;
+use uuid::Uuid;
+
+pub fn pool(database_url: &str, size: usize) -> Result<Pool, String> {
+    let config = tokio_postgres::Config::from_str(database_url)
+        .map_err(|e| format!("DATABASE_URL is not a valid connection string: {e}"))?;
+    let manager = Manager::from_config(
+        config,
+        tokio_postgres::NoTls,
+        // Verified recycling: a connection broken by a server restart is replaced, not reused.
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Verified,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size.max(1))
+        .build()
+        .map_err(|e| format!("cannot build the connection pool: {e}"))
+}
+
+/// One row of `apikey_verify`.
+pub struct Verdict {
+    pub valid: bool,
+    pub reason: String,
+    pub key_id: Option<String>,
+    pub partner_id: Option<Uuid>,
+    pub scopes: Option<Vec<String>>,
+    pub rate_per_minute: Option<i32>,
+}
+
+pub async fn verify(
+    client: &impl GenericClient,
+    key: &PresentedKey,
+    required_scopes: &[String],
+    client_ip: IpAddr,
+) -> Result<Verdict, AppError> {
+    let statement = client
+        .prepare_cached(
+            "SELECT valid, reason, key_id, partner_id, scopes, rate_per_minute \
+             FROM apikey_verify($1, $2, $3)",
+        )
+        .await?;
+    let row = client
+        .query_one(&statement, &[&key.token(), &required_scopes, &client_ip])
+        .await?;
+    Ok(Verdict {
+        valid: row.try_get(0)?,
+        reason: row.try_get(1)?,
+        key_id: row.try_get(2)?,
+        partner_id: row.try_get(3)?,
+        scopes: row.try_get(4)?,
+        rate_per_minute: row.try_get(5)?,
+    })
+}
+
+/// Who is acting in a management transaction, as the database decided.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub key_id: String,
+    pub partner_id: Uuid,
+    pub is_admin: bool,
+    pub rate: Decision,
+}
+
+/// Verifies the presented key inside `tx` and makes the transaction act with that key's
+/// powers: an `admin:*` key keeps the shim's operator role; a `keys:manage` key switches to
+/// `apikey_partner` for the rest of the transaction, so row-level security and the
+/// extension's own checks confine it to its partner. Any other key is refused.
+pub async fn act_as_key_holder(
+    tx: &Transaction<'_>,
+    state: &AppState,
+    key: &PresentedKey,
+    client_ip: IpAddr,
+) -> Result<Principal, AppError> {
+    let statement = tx
+        .prepare_cached(
+            "SELECT v.valid, v.reason, v.key_id, v.partner_id, v.rate_per_minute, \
+                    coalesce(apikey_has_scope(v.scopes, 'admin:*'), false), \
+                    coalesce(apikey_has_scope(v.scopes, 'keys:manage'), false) \
+             FROM apikey_verify($1, '{}', $2) AS v",
+        )
+        .await?;
+    let row = tx
+        .query_one(&statement, &[&key.token(), &client_ip])
+        .await?;
+    let valid: bool = row.try_get(0)?;
+    let reason: String = row.try_get(1)?;
+    state.metrics.verify_outcome(&reason);
+    if !valid {
+        return Err(AppError::from_reason(&reason));
+    }
+    let key_id: String = row.try_get(2)?;
+    let partner_id: Uuid = row.try_get(3)?;
+    let rate_per_minute: i32 = row.try_get(4)?;
+    let is_admin: bool = row.try_get(5)?;
+    let can_manage: bool = row.try_get(6)?;
+    if !is_admin && !can_manage {
+        return Err(AppError::Forbidden {
+            reason: "insufficient_scope".into(),
+            message: "managing keys needs a key with scope admin:* or keys:manage".into(),
+        });
+    }
+    let rate = state
+        .limiter
+        .check(&key_id, rate_per_minute.max(1).unsigned_abs());
+    if !rate.allowed {
+        return Err(AppError::RateLimited(rate));
+    }
+    if !is_admin {
+        tx.batch_execute("SET LOCAL ROLE apikey_partner").await?;
+    }
+    Ok(Principal {
+        key_id,
+        partner_id,
+        is_admin,
+        rate,
+    })
+}

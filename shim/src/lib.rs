@@ -1,0 +1,18 @@
+//! apikey-shim: partners present keys over HTTP, operators manage keys over JSON. It maps
+//! HTTP to the apikey extension's SQL functions and holds no key logic of its own.
+//!
+//! `config` (flags/env), `auth` (which key, which client IP), `db` (pool, verify, acting as
+//! the key holder), `limiter`, `metrics`, `error` (one error type), `extract` (extractors
+//! with that error as rejection), `app` (router + middleware), `routes/` one module per
+//! resource.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod extract;
+pub mod limiter;
+pub mod metrics;
+pub mod routes;
+pub mod state;

@@ -1,0 +1,123 @@
+//! One module per resource, each with its own `router()`.
+
+pub mod audit;
+pub mod keys;
+pub mod partners;
+pub mod service;
+pub mod verify;
+
+use crate::app::LoggedKeyId;
+use crate::db::Principal;
+use crate::error::AppError;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// A management response: JSON plus the acting key's rate-limit headers and log key id.
+pub struct Managed {
+    pub status: StatusCode,
+    pub body: serde_json::Value,
+    pub principal: Principal,
+}
+
+impl Managed {
+    pub fn ok(principal: Principal, body: serde_json::Value) -> Self {
+        Managed {
+            status: StatusCode::OK,
+            body,
+            principal,
+        }
+    }
+
+    pub fn created(principal: Principal, body: serde_json::Value) -> Self {
+        Managed {
+            status: StatusCode::CREATED,
+            body,
+            principal,
+        }
+    }
+}
+
+impl IntoResponse for Managed {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, axum::Json(self.body)).into_response();
+        self.principal.rate.write_headers(response.headers_mut());
+        response
+            .extensions_mut()
+            .insert(LoggedKeyId(self.principal.key_id));
+        response
+    }
+}
+
+pub const DEFAULT_PAGE: i64 = 50;
+pub const MAX_PAGE: i64 = 500;
+
+pub fn page_size(limit: Option<i64>) -> Result<i64, AppError> {
+    match limit {
+        None => Ok(DEFAULT_PAGE),
+        Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+        Some(_) => Err(AppError::invalid_field(
+            "limit",
+            format!("limit must be between 1 and {MAX_PAGE}"),
+        )),
+    }
+}
+
+/// Cursors are opaque to clients: base64url of the JSON position of the last item returned.
+pub fn encode_cursor<T: Serialize>(position: &T) -> String {
+    let json = serde_json::to_vec(position).unwrap_or_default();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+}
+
+pub fn decode_cursor<T: DeserializeOwned>(cursor: Option<&str>) -> Result<Option<T>, AppError> {
+    let Some(cursor) = cursor else {
+        return Ok(None);
+    };
+    let invalid = || AppError::invalid_field("cursor", "cursor is not one this API returned");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .map_err(|_| invalid())?;
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|_| invalid())
+}
+
+/// `%`, `_` and `\` match literally in a user's search text.
+pub fn like_pattern(text: &str) -> String {
+    let escaped = text
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    format!("%{escaped}%")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_reject_garbage() {
+        let c = encode_cursor(&("2026-01-01T00:00:00Z", "ak_live_x"));
+        let back: Option<(String, String)> = decode_cursor(Some(&c)).unwrap();
+        assert_eq!(
+            back,
+            Some(("2026-01-01T00:00:00Z".into(), "ak_live_x".into()))
+        );
+        assert!(decode_cursor::<(String, String)>(Some("!!")).is_err());
+        assert!(decode_cursor::<(String, String)>(None).unwrap().is_none());
+    }
+
+    #[test]
+    fn like_patterns_escape_wildcards() {
+        assert_eq!(like_pattern("a_b%c\\"), "%a\\_b\\%c\\\\%");
+    }
+
+    #[test]
+    fn page_sizes() {
+        assert_eq!(page_size(None).unwrap(), DEFAULT_PAGE);
+        assert!(page_size(Some(0)).is_err());
+        assert!(page_size(Some(MAX_PAGE + 1)).is_err());
+    }
+}

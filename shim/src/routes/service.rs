@@ -1,0 +1,43 @@
+//! `GET /healthz`, `GET /metrics`, `GET /openapi.json`: no key needed.
+
+use crate::error::AppError;
+use crate::metrics::PoolUse;
+use crate::state::AppState;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use serde_json::json;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+}
+
+/// One round trip through the pool: healthy means the database answers.
+async fn healthz(State(state): State<AppState>) -> Result<impl IntoResponse, AppError> {
+    let client = state.pool.get().await?;
+    let statement = client.prepare_cached("SELECT 1").await?;
+    client.query_one(&statement, &[]).await?;
+    Ok(axum::Json(json!({ "status": "ok" })))
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let status = state.pool.status();
+    let text = state.metrics.render(PoolUse {
+        max_size: status.max_size,
+        size: status.size,
+        available: status.available,
+        waiting: status.waiting,
+    });
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+}
+
+pub const OPENAPI: &str = include_str!("../../openapi.json");
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+}

@@ -1,0 +1,179 @@
+//! `GET /v1/verify`: for partners, and for gateways (nginx auth_request, Traefik
+//! ForwardAuth, Envoy ext_authz) that forward the original request's headers.
+
+use crate::app::{Caller, LoggedKeyId};
+use crate::db;
+use crate::error::AppError;
+use crate::state::AppState;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde_json::json;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/verify", get(verify))
+}
+
+async fn verify(
+    State(state): State<AppState>,
+    caller: Caller,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    let required = required_scopes(uri.query(), &headers)?;
+    let client = state.pool.get().await?;
+    let verdict = db::verify(&client, &caller.key, &required, caller.ip).await?;
+    drop(client);
+    state.metrics.verify_outcome(&verdict.reason);
+    let logged = verdict.key_id.clone().map(LoggedKeyId);
+    let (Ok(mut response) | Err(mut response)) = respond(&state, verdict);
+    if let Some(key_id) = logged {
+        response.extensions_mut().insert(key_id);
+    }
+    Ok(response)
+}
+
+fn respond(state: &AppState, verdict: db::Verdict) -> Result<Response, Response> {
+    if !verdict.valid {
+        return Err(AppError::from_reason(&verdict.reason).into_response());
+    }
+    let (Some(key_id), Some(partner_id), Some(scopes), Some(rate)) = (
+        verdict.key_id,
+        verdict.partner_id,
+        verdict.scopes,
+        verdict.rate_per_minute,
+    ) else {
+        return Err(
+            AppError::Internal("apikey_verify returned ok without an identity".into())
+                .into_response(),
+        );
+    };
+    // Only requests the database accepted use up quota.
+    let decision = state.limiter.check(&key_id, rate.max(1).unsigned_abs());
+    if !decision.allowed {
+        state.metrics.verify_outcome("rate_limited");
+        return Err(AppError::RateLimited(decision).into_response());
+    }
+    let body = json!({
+        "valid": true, "reason": "ok", "key_id": key_id, "partner_id": partner_id,
+        "scopes": scopes, "rate_per_minute": rate,
+    });
+    let mut response = axum::Json(body).into_response();
+    let h = response.headers_mut();
+    decision.write_headers(h);
+    for (name, value) in [
+        ("x-apikey-key-id", key_id.clone()),
+        ("x-apikey-partner", partner_id.to_string()),
+        ("x-apikey-scopes", scopes.join(",")),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(name, v);
+        }
+    }
+    Ok(response)
+}
+
+/// Required scopes: every `scope=` parameter (comma-separated lists allowed), the
+/// comma-separated `X-Required-Scopes` header, and, when a `resource=` parameter names the
+/// protected resource, one derived from the original method a gateway forwards
+/// (`X-Forwarded-Method` / `X-Original-Method`): GET/HEAD/OPTIONS read, POST/PUT/PATCH write,
+/// DELETE delete.
+fn required_scopes(query: Option<&str>, headers: &HeaderMap) -> Result<Vec<String>, AppError> {
+    let mut scopes = Vec::new();
+    let mut resource = None;
+    for (name, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match name.as_ref() {
+            "scope" => scopes.extend(split_list(&value)),
+            "resource" => resource = Some(value.into_owned()),
+            _ => {}
+        }
+    }
+    for value in headers.get_all("x-required-scopes") {
+        let value = value
+            .to_str()
+            .map_err(|_| AppError::bad_request("X-Required-Scopes must be visible ASCII"))?;
+        scopes.extend(split_list(value));
+    }
+    if let Some(resource) = resource {
+        let method = [
+            "x-forwarded-method",
+            "x-original-method",
+            "x-envoy-original-method",
+        ]
+        .iter()
+        .find_map(|h| headers.get(*h))
+        .map(|v| v.to_str().unwrap_or_default().trim().to_ascii_uppercase());
+        let Some(method) = method else {
+            return Err(AppError::BadRequest {
+                message:
+                    "resource= needs the original method in X-Forwarded-Method or X-Original-Method"
+                        .into(),
+                field: Some("resource".into()),
+            });
+        };
+        let action = match method.as_str() {
+            "GET" | "HEAD" | "OPTIONS" => "read",
+            "POST" | "PUT" | "PATCH" => "write",
+            "DELETE" => "delete",
+            other => {
+                return Err(AppError::bad_request(format!(
+                    "cannot derive a scope from method {}",
+                    other.chars().take(16).collect::<String>()
+                )))
+            }
+        };
+        scopes.push(format!("{resource}:{action}"));
+    }
+    Ok(scopes)
+}
+
+fn split_list(value: &str) -> impl Iterator<Item = String> + '_ {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.append(*n, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn scopes_from_parameters_headers_and_methods() {
+        let s = required_scopes(Some("scope=a:read&scope=b:write,c:x"), &HeaderMap::new()).unwrap();
+        assert_eq!(s, vec!["a:read", "b:write", "c:x"]);
+        let s =
+            required_scopes(None, &headers(&[("x-required-scopes", "a:read, b:write")])).unwrap();
+        assert_eq!(s, vec!["a:read", "b:write"]);
+        let s = required_scopes(
+            Some("resource=orders"),
+            &headers(&[("x-forwarded-method", "delete")]),
+        )
+        .unwrap();
+        assert_eq!(s, vec!["orders:delete"]);
+        let s = required_scopes(
+            Some("resource=orders"),
+            &headers(&[("x-original-method", "PATCH")]),
+        )
+        .unwrap();
+        assert_eq!(s, vec!["orders:write"]);
+        assert!(required_scopes(Some("resource=orders"), &HeaderMap::new()).is_err());
+        assert!(required_scopes(
+            Some("resource=orders"),
+            &headers(&[("x-forwarded-method", "BREW")])
+        )
+        .is_err());
+        assert!(required_scopes(None, &HeaderMap::new()).unwrap().is_empty());
+    }
+}
