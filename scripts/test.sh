@@ -7,7 +7,8 @@
 #      APIKEY_TEST_PGPORT       test cluster port (default 54331)
 # Exported to the end-to-end tests: APIKEY_TEST_PGHOST (socket dir), APIKEY_TEST_PGPORT,
 # APIKEY_TEST_STATE_DIR, APIKEY_TEST_PGDATA, APIKEY_TEST_LOG (server log),
-# APIKEY_TEST_PEPPER_FILE, APIKEY_TEST_PGBIN, APIKEY_TEST_PGUSER, APIKEY_TEST_PGDATABASE.
+# APIKEY_TEST_PEPPER_FILE, APIKEY_TEST_PGBIN, APIKEY_TEST_PGUSER, APIKEY_TEST_PGDATABASE,
+# APIKEY_TEST_SHIM_BIN (the apikey-shim binary the HTTP tests start).
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -70,8 +71,14 @@ build_extension
 if [ "${APIKEY_SKIP_BUILD:-0}" = 1 ]; then record "build (APIKEY_SKIP_BUILD=1)" skip; else record build ok; fi
 
 rc=0
-log "unit tests: cargo test --release -p apikey --lib"
-(cd "$APIKEY_REPO_ROOT" && cargo test --release -p apikey --lib) || rc=$?
+log "building apikey-shim: cargo build --release -p apikey-shim"
+(cd "$APIKEY_REPO_ROOT" && cargo build --release -p apikey-shim) || rc=$?
+if [ "$rc" -eq 0 ]; then record "shim build" ok; else record "shim build" FAIL; fi
+export APIKEY_TEST_SHIM_BIN="$APIKEY_REPO_ROOT/target/release/apikey-shim"
+
+rc=0
+log "unit tests: cargo test --release -p apikey --lib -p apikey-shim"
+(cd "$APIKEY_REPO_ROOT" && cargo test --release -p apikey --lib -p apikey-shim) || rc=$?
 if [ "$rc" -eq 0 ]; then record "unit tests" ok; else record "unit tests" FAIL; fi
 
 cluster_start

@@ -2,6 +2,8 @@
 //! `scripts/test.sh` starts (socket directory, port and paths come from its environment),
 //! as the superuser or as real login roles.
 
+pub mod shim;
+
 use postgres::types::ToSql;
 use postgres::{Client, NoTls};
 use std::sync::atomic::{AtomicU32, Ordering};
