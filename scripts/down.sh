@@ -21,6 +21,7 @@ while [ $# -gt 0 ]; do
 done
 
 apikey_paths
+shim_stop
 if [ "$purge" = 1 ]; then
   cluster_destroy
   echo "apikey cluster stopped and $APIKEY_STATE_DIR removed."

@@ -4,13 +4,18 @@
 # issues one fresh key (a token is only ever shown at issue time).
 #
 # Env: APIKEY_STATE_DIR (default /tmp/apikey-dev), APIKEY_PGPORT (default 54330),
-#      APIKEY_SKIP_BUILD=1 to skip building and installing the extension.
+#      APIKEY_SHIM_PORT (default 8080), APIKEY_SKIP_BUILD=1 to skip building.
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+shim_listen="127.0.0.1:${APIKEY_SHIM_PORT:-8080}"
 cluster_preflight
 build_extension
+if [ "${APIKEY_SKIP_BUILD:-0}" != 1 ]; then
+  log "cargo build --release -p apikey-shim"
+  (cd "$APIKEY_REPO_ROOT" && cargo build --release -p apikey-shim)
+fi
 
 # A running postmaster keeps the apikey.so it loaded at start (shared_preload_libraries), so
 # a rebuild is invisible until a restart.
@@ -39,6 +44,9 @@ if [ -z "${key_id:-}" ] || [ -z "${token:-}" ]; then
   die "apikey_issue returned no key: '$issued'"
 fi
 
+shim_start "$shim_listen"
+shim_url="http://$shim_listen"
+
 psql_cmd="psql -h $APIKEY_SOCKET_DIR -p $APIKEY_PGPORT -U postgres -d apikey"
 here="$(dirname "${BASH_SOURCE[0]}")"
 
@@ -65,9 +73,19 @@ or in one line:
 
   $psql_cmd -c "SELECT * FROM apikey_verify('$token');"
 
+Over HTTP (apikey-shim on $shim_url):
+
+  curl -i -H "X-API-Key: $token" $shim_url/v1/verify
+
+and issue a key for partner 'demo' with the admin key:
+
+  curl -s -X POST $shim_url/v1/keys -H "X-API-Key: $token" -H 'Content-Type: application/json' \\
+       -d '{"partner_id": "$partner_id", "scopes": ["orders:read"], "name": "first key"}'
+
 Server log:   $APIKEY_LOG
+Shim log:     $APIKEY_STATE_DIR/shim.log
 Pepper file:  $APIKEY_PEPPER_FILE  (keys only verify with this pepper)
 
-Stop the server (data kept):  $here/down.sh
+Stop the server and the shim (data kept):  $here/down.sh
 Stop and delete everything:   $here/down.sh --purge
 EOF

@@ -4,6 +4,7 @@
 
 use crate::auth::{client_ip, presented_key, PresentedKey};
 use crate::error::AppError;
+use crate::limiter::Decision;
 use crate::routes;
 use crate::state::AppState;
 use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request, State};
@@ -12,8 +13,8 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::Router;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
 pub fn router(state: AppState) -> Router {
@@ -24,10 +25,10 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::audit::router())
         .merge(routes::service::router())
         .fallback(|| async { AppError::NotFound("no such route".into()) })
+        // Enforced by the body extractors (Json, RawBody), whose rejection is our JSON 413.
         .layer(axum::extract::DefaultBodyLimit::max(
             state.config.max_body_bytes,
         ))
-        .layer(RequestBodyLimitLayer::new(state.config.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             state.config.request_timeout(),
@@ -36,28 +37,54 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Set by handlers on their response so the request's log line can name the key.
-#[derive(Clone)]
-pub struct LoggedKeyId(pub String);
+/// What handling a request learned about its key: the key id for the log line, and the
+/// rate-limit decision whose headers go on every response to a verified key, errors included.
+#[derive(Clone, Default)]
+pub struct RequestNote(Arc<Mutex<Note>>);
 
-async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
+#[derive(Default)]
+struct Note {
+    key_id: Option<String>,
+    rate: Option<Decision>,
+}
+
+impl RequestNote {
+    fn note(&self) -> std::sync::MutexGuard<'_, Note> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn key_id(&self, key_id: &str) {
+        self.note().key_id = Some(key_id.to_string());
+    }
+
+    pub fn rate(&self, decision: Decision) {
+        self.note().rate = Some(decision);
+    }
+}
+
+async fn observe(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
+    let note = RequestNote::default();
+    request.extensions_mut().insert(note.clone());
     let method = request.method().clone();
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
-    let response = next.run(request).await;
+    let mut response = next.run(request).await;
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
     state.metrics.observe(&route, status, elapsed.as_secs_f64());
-    let key_id = response
-        .extensions()
-        .get::<LoggedKeyId>()
-        .map(|k| k.0.as_str())
-        .unwrap_or("-");
+    let note = note.note();
+    if let Some(rate) = &note.rate {
+        rate.write_headers(response.headers_mut());
+    }
+    let key_id = note.key_id.as_deref().unwrap_or("-");
     tracing::info!(%method, %route, status, latency_ms = elapsed.as_secs_f64() * 1000.0, key_id, "request");
+    drop(note);
     response
 }
 
@@ -65,6 +92,7 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
 pub struct Caller {
     pub key: PresentedKey,
     pub ip: IpAddr,
+    pub note: RequestNote,
 }
 
 impl FromRequestParts<AppState> for Caller {
@@ -83,6 +111,11 @@ impl FromRequestParts<AppState> for Caller {
                 state.config.allow_query_key,
             )?,
             ip: client_ip(peer, &parts.headers, &state.config.trusted_proxies),
+            note: parts
+                .extensions
+                .get::<RequestNote>()
+                .cloned()
+                .unwrap_or_default(),
         })
     }
 }

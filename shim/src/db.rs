@@ -2,12 +2,12 @@
 //! `apikey_verify` call, or a transaction that starts with one and then acts as the key's
 //! holder (an operator, or a partner narrowed with `SET LOCAL ROLE apikey_partner`).
 
+use crate::app::Caller;
 use crate::auth::PresentedKey;
 use crate::error::AppError;
-use crate::limiter::Decision;
 use crate::state::AppState;
 use deadpool_postgres::{
-    GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Transaction,
+    GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Transaction,
 };
 use std::net::IpAddr;
 use std::str::FromStr;
@@ -65,35 +65,43 @@ pub async fn verify(
     })
 }
 
-/// Who is acting in a management transaction, as the database decided.
-#[derive(Debug, Clone)]
-pub struct Principal {
-    pub key_id: String,
-    pub partner_id: Uuid,
-    pub is_admin: bool,
-    pub rate: Decision,
+/// Starts the transaction of a management request acting as the caller's key holder. If
+/// the key is refused, the transaction is still committed: it holds the audit row of the
+/// failed verification, which a rollback would erase.
+pub async fn begin_as_key_holder<'c>(
+    conn: &'c mut Object,
+    state: &AppState,
+    caller: &Caller,
+) -> Result<Transaction<'c>, AppError> {
+    let tx = conn.transaction().await?;
+    match act_as_key_holder(&tx, state, caller).await {
+        Ok(()) => Ok(tx),
+        Err(refusal) => {
+            tx.commit().await?;
+            Err(refusal)
+        }
+    }
 }
 
 /// Verifies the presented key inside `tx` and makes the transaction act with that key's
 /// powers: an `admin:*` key keeps the shim's operator role; a `keys:manage` key switches to
 /// `apikey_partner` for the rest of the transaction, so row-level security and the
 /// extension's own checks confine it to its partner. Any other key is refused.
-pub async fn act_as_key_holder(
+async fn act_as_key_holder(
     tx: &Transaction<'_>,
     state: &AppState,
-    key: &PresentedKey,
-    client_ip: IpAddr,
-) -> Result<Principal, AppError> {
+    caller: &Caller,
+) -> Result<(), AppError> {
     let statement = tx
         .prepare_cached(
-            "SELECT v.valid, v.reason, v.key_id, v.partner_id, v.rate_per_minute, \
+            "SELECT v.valid, v.reason, v.key_id, v.rate_per_minute, \
                     coalesce(apikey_has_scope(v.scopes, 'admin:*'), false), \
                     coalesce(apikey_has_scope(v.scopes, 'keys:manage'), false) \
              FROM apikey_verify($1, '{}', $2) AS v",
         )
         .await?;
     let row = tx
-        .query_one(&statement, &[&key.token(), &client_ip])
+        .query_one(&statement, &[&caller.key.token(), &caller.ip])
         .await?;
     let valid: bool = row.try_get(0)?;
     let reason: String = row.try_get(1)?;
@@ -102,10 +110,10 @@ pub async fn act_as_key_holder(
         return Err(AppError::from_reason(&reason));
     }
     let key_id: String = row.try_get(2)?;
-    let partner_id: Uuid = row.try_get(3)?;
-    let rate_per_minute: i32 = row.try_get(4)?;
-    let is_admin: bool = row.try_get(5)?;
-    let can_manage: bool = row.try_get(6)?;
+    caller.note.key_id(&key_id);
+    let rate_per_minute: i32 = row.try_get(3)?;
+    let is_admin: bool = row.try_get(4)?;
+    let can_manage: bool = row.try_get(5)?;
     if !is_admin && !can_manage {
         return Err(AppError::Forbidden {
             reason: "insufficient_scope".into(),
@@ -115,16 +123,12 @@ pub async fn act_as_key_holder(
     let rate = state
         .limiter
         .check(&key_id, rate_per_minute.max(1).unsigned_abs());
+    caller.note.rate(rate.clone());
     if !rate.allowed {
         return Err(AppError::RateLimited(rate));
     }
     if !is_admin {
         tx.batch_execute("SET LOCAL ROLE apikey_partner").await?;
     }
-    Ok(Principal {
-        key_id,
-        partner_id,
-        is_admin,
-        rate,
-    })
+    Ok(())
 }

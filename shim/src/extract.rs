@@ -1,14 +1,19 @@
-//! Axum's extractors with our error type as their rejection, so a bad body, query string or
-//! path gets the same JSON error shape as everything else, naming what was wrong.
+//! Extractors whose rejection is our error type, so a bad body, query string or path gets
+//! the same JSON error shape as everything else, naming the field that was wrong.
 
 use crate::error::AppError;
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{FromRequest, FromRequestParts};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::{header, HeaderMap};
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(AppError))]
+/// A required JSON body (Content-Type: application/json).
 pub struct Json<T>(pub T);
+
+/// A JSON body that may be left out entirely (rotate and revoke options): an empty body
+/// means the defaults; a non-empty one must be JSON like any other.
+pub struct OptionalJson<T>(pub T);
 
 #[derive(FromRequestParts)]
 #[from_request(via(axum::extract::Query), rejection(AppError))]
@@ -18,25 +23,101 @@ pub struct Query<T>(pub T);
 #[from_request(via(axum::extract::Path), rejection(AppError))]
 pub struct Path<T>(pub T);
 
-impl From<JsonRejection> for AppError {
-    fn from(rejection: JsonRejection) -> Self {
-        match rejection {
-            JsonRejection::JsonDataError(e) => AppError::Unprocessable {
-                message: data_error_message(&e.body_text()),
-                field: field_in(&e.body_text()),
-            },
-            JsonRejection::JsonSyntaxError(e) => {
-                AppError::bad_request(data_error_message(&e.body_text()))
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
+    type Rejection = AppError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, AppError> {
+        let headers = request.headers().clone();
+        let body = axum::body::Bytes::from_request(request, state).await?;
+        require_json_content_type(&headers)?;
+        parse(&body).map(Json)
+    }
+}
+
+impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJson<T> {
+    type Rejection = AppError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, AppError> {
+        let headers = request.headers().clone();
+        let body = axum::body::Bytes::from_request(request, state).await?;
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJson(T::default()));
+        }
+        require_json_content_type(&headers)?;
+        parse(&body).map(OptionalJson)
+    }
+}
+
+fn require_json_content_type(headers: &HeaderMap) -> Result<(), AppError> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| {
+            let mime = mime.trim().to_ascii_lowercase();
+            mime == "application/json"
+                || (mime.starts_with("application/") && mime.ends_with("+json"))
+        });
+    if is_json {
+        Ok(())
+    } else {
+        Err(AppError::UnsupportedMediaType(
+            "expected Content-Type: application/json".into(),
+        ))
+    }
+}
+
+/// Syntax errors are 400; type errors, unknown or missing fields and NUL characters (which
+/// PostgreSQL text cannot hold) are 422 naming the field.
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, AppError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| AppError::bad_request(format!("the body is not valid JSON: {e}")))?;
+    if let Some(field) = field_with_nul(&value, None) {
+        return Err(AppError::invalid_field(
+            &field,
+            format!("{field} contains a NUL character"),
+        ));
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.inner().to_string();
+        let field = match path.as_str() {
+            "." | "" => field_in(&message),
+            // "scopes[2]" and "metadata.team" name the field "scopes" and "metadata".
+            p => p.split(['.', '[']).next().map(str::to_string),
+        };
+        let message = if path == "." || path.is_empty() {
+            message
+        } else {
+            format!("{path}: {message}")
+        };
+        AppError::Unprocessable { message, field }
+    })
+}
+
+/// The top-level field of the first string (or object key) containing NUL.
+fn field_with_nul(value: &Value, top: Option<&str>) -> Option<String> {
+    match value {
+        Value::String(s) if s.contains('\0') => Some(top.unwrap_or("body").to_string()),
+        Value::Array(items) => items.iter().find_map(|v| field_with_nul(v, top)),
+        Value::Object(map) => map.iter().find_map(|(k, v)| {
+            let field = top.unwrap_or(k);
+            if k.contains('\0') {
+                Some(field.to_string())
+            } else {
+                field_with_nul(v, Some(field))
             }
-            JsonRejection::MissingJsonContentType(_) => {
-                AppError::UnsupportedMediaType("expected Content-Type: application/json".into())
-            }
-            JsonRejection::BytesRejection(e)
-                if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE =>
-            {
-                AppError::PayloadTooLarge
-            }
-            other => AppError::bad_request(other.body_text()),
+        }),
+        _ => None,
+    }
+}
+
+impl From<BytesRejection> for AppError {
+    fn from(rejection: BytesRejection) -> Self {
+        if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            AppError::PayloadTooLarge
+        } else {
+            AppError::bad_request(rejection.body_text())
         }
     }
 }
@@ -44,9 +125,13 @@ impl From<JsonRejection> for AppError {
 impl From<QueryRejection> for AppError {
     fn from(rejection: QueryRejection) -> Self {
         let text = rejection.body_text();
+        let text = text
+            .strip_prefix("Failed to deserialize query string: ")
+            .unwrap_or(&text)
+            .to_string();
         AppError::BadRequest {
-            message: text.clone(),
             field: field_in(&text),
+            message: text,
         }
     }
 }
@@ -58,93 +143,92 @@ impl From<PathRejection> for AppError {
 }
 
 /// serde names the field in backquotes: "unknown field `x`", "missing field `scopes`",
-/// "scopes: invalid type: ...".
+/// or before a colon: "limit: invalid digit found in string".
 fn field_in(text: &str) -> Option<String> {
-    let after_colon = text.rsplit_once(": ").map(|(_, t)| t).unwrap_or(text);
     for marker in ["field `", "variant `"] {
-        if let Some(rest) = after_colon.split_once(marker).map(|(_, r)| r) {
+        if let Some(rest) = text.split_once(marker).map(|(_, r)| r) {
             return rest.split_once('`').map(|(f, _)| f.to_string());
         }
     }
     text.split_once(": ")
-        .map(|(path, _)| path.rsplit(": ").next().unwrap_or(path).trim())
-        .filter(|p| {
-            !p.is_empty()
-                && p.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'[' | b']'))
-        })
-        .map(|p| p.split('.').next_back().unwrap_or(p).to_string())
-}
-
-fn data_error_message(text: &str) -> String {
-    text.strip_prefix("Failed to deserialize the JSON body into the target type: ")
-        .or_else(|| text.strip_prefix("Failed to parse the request body as JSON: "))
-        .unwrap_or(text)
-        .to_string()
-}
-
-/// For POST routes whose body is optional (revoke reason, rotate options): empty body means
-/// defaults, otherwise it must be JSON.
-pub fn optional_json<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, AppError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(body).map_err(|e| {
-        let message = e.to_string();
-        let field = field_in(&message);
-        if e.is_data() {
-            AppError::Unprocessable { message, field }
-        } else {
-            AppError::BadRequest {
-                message,
-                field: None,
-            }
-        }
-    })
+        .map(|(name, _)| name.trim())
+        .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        .map(str::to_string)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    #[derive(serde::Deserialize, Default, Debug)]
+    #[serde(deny_unknown_fields)]
+    struct Issue {
+        #[allow(dead_code)]
+        name: Option<String>,
+        #[allow(dead_code)]
+        scopes: Vec<String>,
+        #[allow(dead_code)]
+        rate_per_minute: Option<i32>,
+    }
+
+    fn field(body: &str) -> Option<String> {
+        match parse::<Issue>(body.as_bytes()) {
+            Err(AppError::Unprocessable { field, .. }) => field,
+            other => panic!("expected 422 for {body}, got {other:?}"),
+        }
+    }
+
     #[test]
-    fn fields_are_found_in_serde_messages() {
+    fn every_data_error_names_its_field() {
         assert_eq!(
-            field_in("unknown field `colour`, expected one of `name`").as_deref(),
+            field(r#"{"scopes": [], "colour": 1}"#).as_deref(),
             Some("colour")
         );
+        assert_eq!(field(r#"{"name": "x"}"#).as_deref(), Some("scopes"));
+        assert_eq!(field(r#"{"scopes": null}"#).as_deref(), Some("scopes"));
+        assert_eq!(field(r#"{"scopes": [1]}"#).as_deref(), Some("scopes"));
         assert_eq!(
-            field_in("missing field `scopes` at line 1 column 2").as_deref(),
+            field(r#"{"scopes": [], "rate_per_minute": "x"}"#).as_deref(),
+            Some("rate_per_minute")
+        );
+        assert_eq!(
+            field(r#"{"scopes": [], "name": 5}"#).as_deref(),
+            Some("name")
+        );
+        assert_eq!(
+            field(r#"{"scopes": ["a\u0000"]}"#).as_deref(),
             Some("scopes")
         );
         assert_eq!(
-            field_in(
-                "rate_per_minute: invalid type: string \"x\", expected i32 at line 1 column 30"
-            )
-            .as_deref(),
-            Some("rate_per_minute")
+            field(r#"{"scopes": [], "name": "a\u0000b"}"#).as_deref(),
+            Some("name")
         );
     }
 
-    #[derive(serde::Deserialize, Default, Debug)]
-    #[serde(deny_unknown_fields)]
-    struct Options {
-        #[allow(dead_code)]
-        reason: Option<String>,
-    }
-
     #[test]
-    fn optional_bodies() {
-        assert!(optional_json::<Options>(b"").is_ok());
-        assert!(optional_json::<Options>(b"  \n").is_ok());
-        assert!(optional_json::<Options>(br#"{"reason": "x"}"#).is_ok());
+    fn syntax_errors_are_bad_requests() {
         assert!(matches!(
-            optional_json::<Options>(b"{"),
+            parse::<Issue>(b"{"),
             Err(AppError::BadRequest { .. })
         ));
         assert!(matches!(
-            optional_json::<Options>(br#"{"colour": 1}"#),
-            Err(AppError::Unprocessable { field: Some(f), .. }) if f == "colour"
+            parse::<Issue>(b"[1,"),
+            Err(AppError::BadRequest { .. })
         ));
+    }
+
+    #[test]
+    fn content_types() {
+        let with = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, v.parse().unwrap());
+            require_json_content_type(&h).is_ok()
+        };
+        assert!(with("application/json"));
+        assert!(with("application/json; charset=utf-8"));
+        assert!(with("application/merge-patch+json"));
+        assert!(!with("text/plain"));
+        assert!(!with("application/x-www-form-urlencoded"));
+        assert!(require_json_content_type(&HeaderMap::new()).is_err());
     }
 }

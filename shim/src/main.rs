@@ -12,6 +12,17 @@ use tracing_subscriber::EnvFilter;
 async fn main() -> std::process::ExitCode {
     let config = Config::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // tokio-postgres logs bind parameters (tokens among them) at debug level: whatever
+    // RUST_LOG asks for, these crates never log below info.
+    let filter = [
+        "tokio_postgres=info",
+        "postgres_protocol=info",
+        "hyper=info",
+        "h2=info",
+    ]
+    .into_iter()
+    .filter_map(|d| d.parse().ok())
+    .fold(filter, |f, directive| f.add_directive(directive));
     if config.log_format == "json" {
         tracing_subscriber::fmt()
             .json()

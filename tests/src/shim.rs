@@ -222,3 +222,53 @@ pub fn send(request: ureq::Request, body: Option<&str>) -> Response {
         body,
     }
 }
+
+impl Shim {
+    /// Sends `request` as raw bytes on a new connection and reads the answer until the server
+    /// closes it (send `Connection: close`). For requests a well-behaved client refuses to
+    /// build: non-ASCII header bytes, oversized headers. The server may answer and close
+    /// before it has read everything, so a failed write is not an error; what it sent back is
+    /// the answer. Bodies are returned as sent (no chunked decoding), cut to Content-Length.
+    pub fn raw(&self, request: &[u8]) -> Response {
+        use std::io::Write;
+        let mut stream =
+            std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connect to the shim");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("set a read timeout");
+        let _ = stream.write_all(request);
+        let mut received = Vec::new();
+        // On a reset, the bytes that arrived before it are kept in `received`.
+        let _ = stream.read_to_end(&mut received);
+        parse_raw_response(&received).unwrap_or_else(|| {
+            panic!(
+                "no HTTP response to a raw request; received {:?}",
+                String::from_utf8_lossy(&received)
+            )
+        })
+    }
+}
+
+fn parse_raw_response(bytes: &[u8]) -> Option<Response> {
+    let end = bytes.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&bytes[..end]);
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = &bytes[end + 4..];
+    if let Some(length) = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok())
+    {
+        body = &body[..length.min(body.len())];
+    }
+    Some(Response {
+        status,
+        headers,
+        body: String::from_utf8_lossy(body).into_owned(),
+    })
+}

@@ -39,8 +39,7 @@ async fn list(
     let limit = page_size(f.limit)?;
     let before: Option<i64> = decode_cursor(f.cursor.as_deref())?;
     let mut conn = state.pool.get().await?;
-    let tx = conn.transaction().await?;
-    let principal = db::act_as_key_holder(&tx, &state, &caller.key, caller.ip).await?;
+    let tx = db::begin_as_key_holder(&mut conn, &state, &caller).await?;
     let rows = tx
         .query(
             "SELECT to_jsonb(a), a.id FROM apikey.audit_log a \
@@ -76,7 +75,6 @@ async fn list(
         None
     };
     Ok(Managed::ok(
-        principal,
         json!({ "items": items, "next_cursor": next_cursor }),
     ))
 }

@@ -6,9 +6,8 @@ use super::{decode_cursor, encode_cursor, like_pattern, page_size, Managed};
 use crate::app::Caller;
 use crate::db;
 use crate::error::AppError;
-use crate::extract::{optional_json, Json, Path, Query};
+use crate::extract::{Json, OptionalJson, Path, Query};
 use crate::state::AppState;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::routing::{get, post};
 use axum::Router;
@@ -52,8 +51,7 @@ async fn issue(
     Json(r): Json<IssueRequest>,
 ) -> Result<Managed, AppError> {
     let mut conn = state.pool.get().await?;
-    let tx = conn.transaction().await?;
-    let principal = db::act_as_key_holder(&tx, &state, &caller.key, caller.ip).await?;
+    let tx = db::begin_as_key_holder(&mut conn, &state, &caller).await?;
     let row = tx
         .query_one(
             "SELECT key_id, token FROM apikey_issue($1::uuid, $2::text[], $3::text, $4::timestamptz, \
@@ -80,7 +78,6 @@ async fn issue(
     let key = fetch_key(&tx, &key_id).await?;
     tx.commit().await?;
     Ok(Managed::created(
-        principal,
         json!({ "key_id": key_id, "token": token, "key": key }),
     ))
 }
@@ -166,8 +163,7 @@ async fn list(
     let (after_at, after_key) = after.unzip();
     let search = f.q.as_deref().map(like_pattern);
     let mut conn = state.pool.get().await?;
-    let tx = conn.transaction().await?;
-    let principal = db::act_as_key_holder(&tx, &state, &caller.key, caller.ip).await?;
+    let tx = db::begin_as_key_holder(&mut conn, &state, &caller).await?;
     let rows = tx
         .query(
             &format!(
@@ -200,7 +196,6 @@ async fn list(
         None
     };
     Ok(Managed::ok(
-        principal,
         json!({ "items": items, "next_cursor": next_cursor }),
     ))
 }
@@ -211,11 +206,10 @@ async fn show(
     Path(key_id): Path<String>,
 ) -> Result<Managed, AppError> {
     let mut conn = state.pool.get().await?;
-    let tx = conn.transaction().await?;
-    let principal = db::act_as_key_holder(&tx, &state, &caller.key, caller.ip).await?;
+    let tx = db::begin_as_key_holder(&mut conn, &state, &caller).await?;
     let key = fetch_key(&tx, &key_id).await?;
     tx.commit().await?;
-    Ok(Managed::ok(principal, key))
+    Ok(Managed::ok(key))
 }
 
 #[derive(Deserialize, Default)]
@@ -232,9 +226,8 @@ async fn rotate(
     State(state): State<AppState>,
     caller: Caller,
     Path(key_id): Path<String>,
-    body: Bytes,
+    OptionalJson(r): OptionalJson<RotateRequest>,
 ) -> Result<Managed, AppError> {
-    let r: RotateRequest = optional_json(&body)?;
     let grace = r.grace_seconds.unwrap_or(0);
     if !(0..=MAX_GRACE_SECONDS).contains(&grace) {
         return Err(AppError::invalid_field(
@@ -243,8 +236,7 @@ async fn rotate(
         ));
     }
     let mut conn = state.pool.get().await?;
-    let tx = conn.transaction().await?;
-    let principal = db::act_as_key_holder(&tx, &state, &caller.key, caller.ip).await?;
+    let tx = db::begin_as_key_holder(&mut conn, &state, &caller).await?;
     let row = tx
         .query_one(
             "SELECT key_id, token FROM apikey_rotate($1, make_interval(secs => $2::bigint), $3)",
@@ -256,7 +248,6 @@ async fn rotate(
     let key = fetch_key(&tx, &new_key_id).await?;
     tx.commit().await?;
     Ok(Managed::created(
-        principal,
         json!({ "key_id": new_key_id, "token": token, "rotated_from": key_id, "key": key }),
     ))
 }
@@ -271,22 +262,17 @@ async fn revoke(
     State(state): State<AppState>,
     caller: Caller,
     Path(key_id): Path<String>,
-    body: Bytes,
+    OptionalJson(r): OptionalJson<RevokeRequest>,
 ) -> Result<Managed, AppError> {
-    let r: RevokeRequest = optional_json(&body)?;
     let mut conn = state.pool.get().await?;
-    let tx = conn.transaction().await?;
-    let principal = db::act_as_key_holder(&tx, &state, &caller.key, caller.ip).await?;
+    let tx = db::begin_as_key_holder(&mut conn, &state, &caller).await?;
     let row = tx
         .query_one("SELECT apikey_revoke($1, $2)", &[&key_id, &r.reason])
         .await?;
     let was_live: bool = row.try_get(0)?;
     let key = fetch_key(&tx, &key_id).await?;
     tx.commit().await?;
-    Ok(Managed::ok(
-        principal,
-        json!({ "revoked": was_live, "key": key }),
-    ))
+    Ok(Managed::ok(json!({ "revoked": was_live, "key": key })))
 }
 
 async fn enable(
@@ -312,11 +298,10 @@ async fn set_enabled(
     enabled: bool,
 ) -> Result<Managed, AppError> {
     let mut conn = state.pool.get().await?;
-    let tx = conn.transaction().await?;
-    let principal = db::act_as_key_holder(&tx, &state, &caller.key, caller.ip).await?;
+    let tx = db::begin_as_key_holder(&mut conn, &state, &caller).await?;
     tx.execute("SELECT apikey_set_enabled($1, $2)", &[&key_id, &enabled])
         .await?;
     let key = fetch_key(&tx, &key_id).await?;
     tx.commit().await?;
-    Ok(Managed::ok(principal, key))
+    Ok(Managed::ok(key))
 }

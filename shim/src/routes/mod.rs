@@ -6,8 +6,6 @@ pub mod partners;
 pub mod service;
 pub mod verify;
 
-use crate::app::LoggedKeyId;
-use crate::db::Principal;
 use crate::error::AppError;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -15,39 +13,32 @@ use base64::Engine;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-/// A management response: JSON plus the acting key's rate-limit headers and log key id.
+/// A management response. The acting key's rate-limit headers are added by the request
+/// middleware (see `app::RequestNote`), to errors as well.
 pub struct Managed {
     pub status: StatusCode,
     pub body: serde_json::Value,
-    pub principal: Principal,
 }
 
 impl Managed {
-    pub fn ok(principal: Principal, body: serde_json::Value) -> Self {
+    pub fn ok(body: serde_json::Value) -> Self {
         Managed {
             status: StatusCode::OK,
             body,
-            principal,
         }
     }
 
-    pub fn created(principal: Principal, body: serde_json::Value) -> Self {
+    pub fn created(body: serde_json::Value) -> Self {
         Managed {
             status: StatusCode::CREATED,
             body,
-            principal,
         }
     }
 }
 
 impl IntoResponse for Managed {
     fn into_response(self) -> Response {
-        let mut response = (self.status, axum::Json(self.body)).into_response();
-        self.principal.rate.write_headers(response.headers_mut());
-        response
-            .extensions_mut()
-            .insert(LoggedKeyId(self.principal.key_id));
-        response
+        (self.status, axum::Json(self.body)).into_response()
     }
 }
 

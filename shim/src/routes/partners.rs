@@ -49,8 +49,7 @@ async fn create(
     Json(r): Json<CreatePartner>,
 ) -> Result<Managed, AppError> {
     let mut conn = state.pool.get().await?;
-    let tx = conn.transaction().await?;
-    let principal = db::act_as_key_holder(&tx, &state, &caller.key, caller.ip).await?;
+    let tx = db::begin_as_key_holder(&mut conn, &state, &caller).await?;
     let row = tx
         .query_one(
             "SELECT apikey_partner_create($1, $2)",
@@ -59,7 +58,7 @@ async fn create(
         .await?;
     let partner = fetch_partner(&tx, row.try_get(0)?).await?;
     tx.commit().await?;
-    Ok(Managed::created(principal, partner))
+    Ok(Managed::created(partner))
 }
 
 #[derive(Deserialize)]
@@ -81,8 +80,7 @@ async fn list(
     let (after_at, after_id) = after.unzip();
     let search = f.q.as_deref().map(like_pattern);
     let mut conn = state.pool.get().await?;
-    let tx = conn.transaction().await?;
-    let principal = db::act_as_key_holder(&tx, &state, &caller.key, caller.ip).await?;
+    let tx = db::begin_as_key_holder(&mut conn, &state, &caller).await?;
     let rows = tx
         .query(
             "SELECT to_jsonb(p) || jsonb_build_object('key_count', \
@@ -113,7 +111,6 @@ async fn list(
         None
     };
     Ok(Managed::ok(
-        principal,
         json!({ "items": items, "next_cursor": next_cursor }),
     ))
 }
@@ -141,8 +138,7 @@ async fn set_active(
     active: bool,
 ) -> Result<Managed, AppError> {
     let mut conn = state.pool.get().await?;
-    let tx = conn.transaction().await?;
-    let principal = db::act_as_key_holder(&tx, &state, &caller.key, caller.ip).await?;
+    let tx = db::begin_as_key_holder(&mut conn, &state, &caller).await?;
     tx.execute(
         "SELECT apikey_partner_set_active($1, $2)",
         &[&partner_id, &active],
@@ -150,5 +146,5 @@ async fn set_active(
     .await?;
     let partner = fetch_partner(&tx, partner_id).await?;
     tx.commit().await?;
-    Ok(Managed::ok(principal, partner))
+    Ok(Managed::ok(partner))
 }

@@ -1,7 +1,7 @@
 //! `GET /v1/verify`: for partners, and for gateways (nginx auth_request, Traefik
 //! ForwardAuth, Envoy ext_authz) that forward the original request's headers.
 
-use crate::app::{Caller, LoggedKeyId};
+use crate::app::Caller;
 use crate::db;
 use crate::error::AppError;
 use crate::state::AppState;
@@ -12,8 +12,12 @@ use axum::routing::get;
 use axum::Router;
 use serde_json::json;
 
+/// `/v1/verify/{*rest}` too: Envoy's ext_authz appends the original request path to its
+/// `path_prefix`, so a gateway in front of `/orders/7` asks `/v1/verify/orders/7`.
 pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/verify", get(verify))
+    Router::new()
+        .route("/v1/verify", get(verify))
+        .route("/v1/verify/{*rest}", get(verify))
 }
 
 async fn verify(
@@ -27,17 +31,11 @@ async fn verify(
     let verdict = db::verify(&client, &caller.key, &required, caller.ip).await?;
     drop(client);
     state.metrics.verify_outcome(&verdict.reason);
-    let logged = verdict.key_id.clone().map(LoggedKeyId);
-    let (Ok(mut response) | Err(mut response)) = respond(&state, verdict);
-    if let Some(key_id) = logged {
-        response.extensions_mut().insert(key_id);
+    if let Some(key_id) = &verdict.key_id {
+        caller.note.key_id(key_id);
     }
-    Ok(response)
-}
-
-fn respond(state: &AppState, verdict: db::Verdict) -> Result<Response, Response> {
     if !verdict.valid {
-        return Err(AppError::from_reason(&verdict.reason).into_response());
+        return Err(AppError::from_reason(&verdict.reason));
     }
     let (Some(key_id), Some(partner_id), Some(scopes), Some(rate)) = (
         verdict.key_id,
@@ -45,31 +43,29 @@ fn respond(state: &AppState, verdict: db::Verdict) -> Result<Response, Response>
         verdict.scopes,
         verdict.rate_per_minute,
     ) else {
-        return Err(
-            AppError::Internal("apikey_verify returned ok without an identity".into())
-                .into_response(),
-        );
+        return Err(AppError::Internal(
+            "apikey_verify returned ok without an identity".into(),
+        ));
     };
     // Only requests the database accepted use up quota.
     let decision = state.limiter.check(&key_id, rate.max(1).unsigned_abs());
+    caller.note.rate(decision.clone());
     if !decision.allowed {
         state.metrics.verify_outcome("rate_limited");
-        return Err(AppError::RateLimited(decision).into_response());
+        return Err(AppError::RateLimited(decision));
     }
     let body = json!({
         "valid": true, "reason": "ok", "key_id": key_id, "partner_id": partner_id,
         "scopes": scopes, "rate_per_minute": rate,
     });
     let mut response = axum::Json(body).into_response();
-    let h = response.headers_mut();
-    decision.write_headers(h);
     for (name, value) in [
-        ("x-apikey-key-id", key_id.clone()),
+        ("x-apikey-key-id", key_id),
         ("x-apikey-partner", partner_id.to_string()),
         ("x-apikey-scopes", scopes.join(",")),
     ] {
         if let Ok(v) = HeaderValue::from_str(&value) {
-            h.insert(name, v);
+            response.headers_mut().insert(name, v);
         }
     }
     Ok(response)
