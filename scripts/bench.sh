@@ -74,11 +74,6 @@ steady_tps() {
 overall_tps() {
   awk '/^tps = / { printf "%.1f", $3; found = 1; exit } END { if (!found) print "n/a" }' "$1"
 }
-# ratio A B SCALE FORMAT: A/B*SCALE, or n/a when either is missing or B is zero.
-ratio() {
-  awk -v a="$1" -v b="$2" -v scale="$3" -v fmt="$4" \
-    'BEGIN { if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf fmt, a / b * scale; else print "n/a" }'
-}
 
 log "(a) ceiling: pgbench -i -s 10, then pgbench -S for $seconds s"
 APIKEY_PGDATABASE=postgres psql_as postgres -q -c 'CREATE DATABASE pgbench'
@@ -171,10 +166,9 @@ argon2="$(psql_as postgres -tA -c "SELECT concat_ws(', ',
   'memory_kib=' || current_setting('apikey.argon2_memory_kib', true),
   'iterations=' || current_setting('apikey.argon2_iterations', true),
   'parallelism=' || current_setting('apikey.argon2_parallelism', true))")"
-cpu="$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)"
 
 echo
-echo "apikey benchmark: $(nproc) CPUs${cpu:+ ($cpu)}, PostgreSQL $("$PGBIN/postgres" -V | awk '{ print $3 }'), Argon2id ${argon2:-defaults}"
+echo "apikey benchmark: $(machine_summary), Argon2id ${argon2:-defaults}"
 echo "4 clients / 2 threads, -M prepared, $seconds s per run; steady = mean of progress lines after $warmup s"
 echo
 printf '%-52s %14s %14s\n' "run" "steady tps" "overall tps"

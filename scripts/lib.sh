@@ -31,6 +31,19 @@ export PATH="${HOME:-/root}/.cargo/bin:$PATH"
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
+# Benchmark helpers (bench.sh, bench-shim.sh).
+# ratio A B SCALE FORMAT: A/B*SCALE, or n/a when either is missing or B is zero.
+ratio() {
+  awk -v a="$1" -v b="$2" -v scale="$3" -v fmt="$4" \
+    'BEGIN { if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf fmt, a / b * scale; else print "n/a" }'
+}
+# machine_summary: "2 CPUs (model name), PostgreSQL 15.x", the first line of a benchmark report.
+machine_summary() {
+  local cpu
+  cpu="$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)"
+  echo "$(nproc) CPUs${cpu:+ ($cpu)}, PostgreSQL $("$PGBIN/postgres" -V | awk '{ print $3 }')"
+}
+
 # Sets the derived paths from the current APIKEY_STATE_DIR / APIKEY_PGPORT. Called by every
 # function so that changing the inputs between calls (test.sh, bench.sh) just works.
 # Exports them too, so child processes (tests, the shim) can find the cluster.
@@ -213,6 +226,7 @@ cluster_destroy() {
   if [ ! -f "$APIKEY_STATE_DIR/.apikey-state" ]; then
     die "refusing to delete $APIKEY_STATE_DIR: it was not created by these scripts"
   fi
+  shim_stop
   if ! cluster_stop; then
     # A hung fast shutdown must not leave a postmaster behind in a deleted directory.
     as_postgres "$PGBIN/pg_ctl" -D "$APIKEY_PGDATA" -m immediate -w stop >/dev/null 2>&1 || true
@@ -230,4 +244,59 @@ psql_as() {
   apikey_paths
   "$PGBIN/psql" -h "$APIKEY_SOCKET_DIR" -p "$APIKEY_PGPORT" -U "$role" \
     -d "${APIKEY_PGDATABASE:-apikey}" -v ON_ERROR_STOP=1 -X "$@"
+}
+
+# ---- the HTTP shim of a cluster ----
+# The binary is copied into the state dir so that the unprivileged postgres OS user can run
+# it (it needs the cluster's private socket dir); its log is $APIKEY_STATE_DIR/shim.log.
+APIKEY_SHIM_ROLE=apikey_shim
+
+_apikey_shim_bin() { echo "$APIKEY_STATE_DIR/apikey-shim"; }
+
+# shim_stop: stops the shim of APIKEY_STATE_DIR, if one runs (SIGTERM: in-flight requests
+# finish first).
+shim_stop() {
+  apikey_paths
+  local bin
+  bin="$(_apikey_shim_bin)"
+  pkill -TERM -f "^$bin( |$)" 2>/dev/null || return 0
+  local i
+  for i in $(seq 1 50); do
+    pgrep -f "^$bin( |$)" >/dev/null || return 0
+    sleep 0.1
+  done
+  pkill -KILL -f "^$bin( |$)" 2>/dev/null || true
+}
+
+# shim_start HOST:PORT: (re)starts target/release/apikey-shim for this cluster, connected over
+# the private socket as role apikey_shim (a member of the three apikey roles), and waits
+# until its /healthz answers.
+shim_start() {
+  local listen="$1" port="${1##*:}" bin
+  apikey_paths
+  bin="$(_apikey_shim_bin)"
+  shim_stop
+  if _apikey_port_in_use "$port"; then
+    die "port $port is already in use; set APIKEY_SHIM_PORT to a free port"
+  fi
+  psql_as postgres -q <<SQL
+DO \$\$ BEGIN CREATE ROLE $APIKEY_SHIM_ROLE LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END \$\$;
+GRANT apikey_verifier, apikey_admin, apikey_partner TO $APIKEY_SHIM_ROLE;
+SQL
+  install -o postgres -g postgres -m 0755 "$APIKEY_REPO_ROOT/target/release/apikey-shim" "$bin"
+  log "starting apikey-shim on $listen (log: $APIKEY_STATE_DIR/shim.log)"
+  # Every descriptor goes to the log: nothing may keep the caller's terminal or pipe open.
+  (cd / && exec setsid runuser -u postgres -- env \
+    DATABASE_URL="host=$APIKEY_SOCKET_DIR port=$APIKEY_PGPORT user=$APIKEY_SHIM_ROLE dbname=apikey" \
+    APIKEY_SHIM_LISTEN="$listen" "$bin") >>"$APIKEY_STATE_DIR/shim.log" 2>&1 </dev/null &
+  local i
+  for i in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/${listen%:*}/$port" && printf 'GET /healthz HTTP/1.0\r\n\r\n' >&3 \
+        && head -n 1 <&3 | grep -q ' 200 ') 2>/dev/null; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  tail -n 20 "$APIKEY_STATE_DIR/shim.log" >&2 || true
+  die "apikey-shim did not become healthy on $listen"
 }

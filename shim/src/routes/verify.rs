@@ -8,16 +8,17 @@ use crate::state::AppState;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{any, get};
 use axum::Router;
 use serde_json::json;
 
-/// `/v1/verify/{*rest}` too: Envoy's ext_authz appends the original request path to its
-/// `path_prefix`, so a gateway in front of `/orders/7` asks `/v1/verify/orders/7`.
+/// `/v1/verify/{*rest}` too, with any method: Envoy's ext_authz appends the original path to
+/// its `path_prefix` and keeps the original method, so `DELETE /orders/7` is checked as
+/// `DELETE /v1/verify/orders/7`.
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/verify", get(verify))
-        .route("/v1/verify/{*rest}", get(verify))
+        .route("/v1/verify/{*rest}", any(verify))
 }
 
 async fn verify(

@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# Measures what the HTTP shim adds to a key verification: wrk against
+#   (a) GET /healthz     one pooled round trip to the database (SELECT 1), the shim's ceiling;
+#   (b) GET /v1/verify   one apikey_verify through the same pool, key in an X-API-Key header,
+# and prints requests/s, latency percentiles and the ratio verify/healthz. Everything runs in
+# one private cluster with its own shim, both removed on exit.
+#
+# Env: BENCH_SECONDS                duration of each wrk run, default 15
+#      BENCH_RATE_PER_MINUTE        rate_per_minute of the benchmark key, default 1000000000,
+#                                   so that the shim's rate limiter never refuses a request
+#      APIKEY_BENCH_SHIM_STATE_DIR  default /tmp/apikey-bench-shim (wiped first)
+#      APIKEY_BENCH_SHIM_PGPORT     default 54333
+#      APIKEY_BENCH_SHIM_PORT       port of the shim on 127.0.0.1, default 8091
+#      APIKEY_SKIP_BUILD=1          use the installed extension as is (the shim is always built)
+set -euo pipefail
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+export APIKEY_STATE_DIR="${APIKEY_BENCH_SHIM_STATE_DIR:-/tmp/apikey-bench-shim}"
+export APIKEY_PGPORT="${APIKEY_BENCH_SHIM_PGPORT:-54333}"
+APIKEY_PORT_KNOB=APIKEY_BENCH_SHIM_PGPORT
+apikey_paths
+
+seconds="${BENCH_SECONDS:-15}"
+rate="${BENCH_RATE_PER_MINUTE:-1000000000}"
+shim_port="${APIKEY_BENCH_SHIM_PORT:-8091}"
+shim_url="http://127.0.0.1:$shim_port"
+shim_role=apikey_bench_shim
+pool_size=8
+wrk_args=(-t2 -c16 "-d${seconds}s" --latency)
+if ! [[ "$seconds" =~ ^[1-9][0-9]*$ ]]; then
+  die "BENCH_SECONDS must be a whole number of seconds (got '$seconds')"
+fi
+if ! [[ "$rate" =~ ^[1-9][0-9]{0,9}$ ]] || [ "$rate" -gt 2147483647 ]; then
+  die "BENCH_RATE_PER_MINUTE must be a whole number from 1 to 2147483647 (got '$rate')"
+fi
+[[ "$shim_port" =~ ^[0-9]+$ ]] || die "APIKEY_BENCH_SHIM_PORT must be a port number (got '$shim_port')"
+
+work="$(mktemp -d "${TMPDIR:-/tmp}/apikey-bench-shim-work.XXXXXX")"
+shim_pid=
+cleanup() {
+  local rc=$?
+  set +e
+  # A second Ctrl-C or TERM must not cut the cleanup short and leave a shim or postmaster behind.
+  trap '' INT TERM
+  if [ -n "$shim_pid" ] && kill -0 "$shim_pid" 2>/dev/null; then
+    kill -TERM "$shim_pid"
+    wait "$shim_pid" 2>/dev/null
+  fi
+  (cluster_destroy)
+  rm -rf -- "$work"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Whatever a killed earlier run left behind would hold the ports or skew the numbers.
+cluster_destroy
+cluster_preflight
+if _apikey_port_in_use "$shim_port"; then
+  die "port $shim_port is already in use; set APIKEY_BENCH_SHIM_PORT to a free port"
+fi
+build_extension
+command -v wrk >/dev/null || die "wrk is missing: run scripts/install-deps.sh (or apt-get install wrk)"
+command -v curl >/dev/null || die "curl is missing: run scripts/install-deps.sh (or apt-get install curl)"
+log "cargo build --release -p apikey-shim"
+(cd "$APIKEY_REPO_ROOT" && cargo build --release -p apikey-shim)
+cluster_start
+
+log "starting apikey-shim on $shim_url (pool $pool_size, role $shim_role)"
+psql_as postgres -q -c "CREATE ROLE $shim_role LOGIN" \
+  -c "GRANT apikey_verifier, apikey_admin, apikey_partner TO $shim_role"
+# A clean environment: APIKEY_SHIM_* settings of the caller's shell must not change the run.
+env -i PATH="$PATH" \
+  DATABASE_URL="host=$APIKEY_SOCKET_DIR port=$APIKEY_PGPORT user=$shim_role dbname=apikey" \
+  APIKEY_SHIM_LISTEN="127.0.0.1:$shim_port" APIKEY_SHIM_POOL_SIZE="$pool_size" RUST_LOG=warn \
+  "$APIKEY_REPO_ROOT/target/release/apikey-shim" >"$work/shim.log" 2>&1 </dev/null &
+shim_pid=$!
+for _ in $(seq 1 100); do
+  kill -0 "$shim_pid" 2>/dev/null || { cat "$work/shim.log" >&2; die "apikey-shim exited at start"; }
+  curl -fsS -o /dev/null "$shim_url/healthz" 2>/dev/null && break
+  sleep 0.1
+done
+curl -fsS -o /dev/null "$shim_url/healthz" || { cat "$work/shim.log" >&2; die "apikey-shim did not become healthy"; }
+log "apikey-shim pid $shim_pid"
+
+log "issuing one key (rate_per_minute $rate)"
+token="$(psql_as postgres -tA -v rate="$rate" <<'SQL'
+SELECT token FROM apikey_issue(apikey_partner_create('bench-shim'), ARRAY['orders:read'],
+                               'bench-shim key', rate_per_minute => :rate);
+SQL
+)"
+[[ "$token" =~ ^[A-Za-z0-9_]+$ ]] || die "apikey_issue returned no token"
+# The first verification in a backend pays Argon2id; the runs measure the warm path.
+status="$(curl -sS -o "$work/warm.json" -w '%{http_code}' -H "X-API-Key: $token" "$shim_url/v1/verify")"
+[ "$status" = 200 ] || die "GET /v1/verify with the benchmark key answered $status: $(cat "$work/warm.json")"
+
+# run_wrk NAME PATH [wrk args...]: one wrk run; output kept in $work/NAME.out. Any non-2xx
+# answer or socket error makes the run worthless (a benchmark of refusals), so it fails.
+run_wrk() {
+  local name="$1" path="$2"
+  shift 2
+  # The token is a throwaway, but tokens are never logged here either.
+  log "wrk ${wrk_args[*]} ${*//$token/<token>} $shim_url$path"
+  wrk "${wrk_args[@]}" "$@" "$shim_url$path" >"$work/$name.out" 2>&1 \
+    || { cat "$work/$name.out" >&2; die "wrk failed on $path"; }
+  sed 's/^/    /' "$work/$name.out" >&2
+  if grep -Eq '^ *(Non-2xx or 3xx responses|Socket errors):' "$work/$name.out"; then
+    die "wrk on $path saw failed requests (see above); the numbers would not mean anything"
+  fi
+}
+# wrk_field FILE FIELD: Requests/sec, or a latency percentile (50, 75, 90, 99) in ms.
+wrk_field() {
+  awk -v want="$2" '
+    function ms(v) {
+      if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0
+      if (v ~ /m$/) return v * 60000; if (v ~ /s$/) return v * 1000; return "n/a"
+    }
+    want == "rps" && /^Requests\/sec:/ { printf "%.0f", $2; found = 1 }
+    want != "rps" && $1 == want "%" { printf "%.3f", ms($2); found = 1 }
+    END { if (!found) print "n/a" }' "$1"
+}
+
+run_wrk healthz /healthz
+run_wrk verify /v1/verify -H "X-API-Key: $token"
+status="$(curl -sS -o /dev/null -w '%{http_code}' -H "X-API-Key: $token" "$shim_url/v1/verify")"
+[ "$status" = 200 ] || die "after the runs GET /v1/verify answered $status"
+
+row() {
+  printf '%-28s %10s %10s %10s %10s %10s\n' "$1" "$(wrk_field "$2" rps)" \
+    "$(wrk_field "$2" 50)" "$(wrk_field "$2" 75)" "$(wrk_field "$2" 90)" "$(wrk_field "$2" 99)"
+}
+pct="$(ratio "$(wrk_field "$work/verify.out" rps)" "$(wrk_field "$work/healthz.out" rps)" 100 '%.0f')"
+
+echo
+echo "apikey-shim benchmark: $(machine_summary)"
+echo "wrk ${wrk_args[*]} on the same machine as the shim (pool $pool_size, RUST_LOG=warn) and PostgreSQL"
+echo
+printf '%-28s %10s %10s %10s %10s %10s\n' "route" "req/s" "p50 ms" "p75 ms" "p90 ms" "p99 ms"
+row "GET /healthz (SELECT 1)" "$work/healthz.out"
+row "GET /v1/verify (X-API-Key)" "$work/verify.out"
+echo
+echo "verify / healthz throughput: $pct% (goal: at least 70%)"
+echo
+echo "RESULT verify_vs_healthz=${pct}%"
