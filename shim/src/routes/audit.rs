@@ -1,7 +1,7 @@
 //! `GET /v1/audit`: the audit log, newest first, filtered by key, partner, action and time.
 //! A partner's key sees only its partner's rows (row-level security).
 
-use super::{decode_cursor, encode_cursor, page_size, Managed};
+use super::{decode_cursor, page, page_size, Managed};
 use crate::app::Caller;
 use crate::db;
 use crate::error::AppError;
@@ -12,7 +12,6 @@ use axum::routing::get;
 use axum::Router;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use serde_json::{json, Value};
 use uuid::Uuid;
 
 pub fn router() -> Router<AppState> {
@@ -62,19 +61,5 @@ async fn list(
         )
         .await?;
     tx.commit().await?;
-    let more = rows.len() as i64 > limit;
-    let mut items = Vec::with_capacity(rows.len());
-    let mut last = None;
-    for row in rows.iter().take(limit as usize) {
-        items.push(row.try_get::<_, Value>(0)?);
-        last = Some(row.try_get::<_, i64>(1)?);
-    }
-    let next_cursor = if more {
-        last.map(|l| encode_cursor(&l))
-    } else {
-        None
-    };
-    Ok(Managed::ok(
-        json!({ "items": items, "next_cursor": next_cursor }),
-    ))
+    page(&rows, limit, |row| row.try_get::<_, i64>(1))
 }

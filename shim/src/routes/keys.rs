@@ -2,7 +2,7 @@
 //! verify the caller's key, act as its holder (see `db::act_as_key_holder`), call the
 //! extension. What a partner may see or touch is decided by the database.
 
-use super::{decode_cursor, encode_cursor, like_pattern, page_size, Managed};
+use super::{decode_cursor, like_pattern, page, page_size, Managed};
 use crate::app::Caller;
 use crate::db;
 use crate::error::AppError;
@@ -180,24 +180,12 @@ async fn list(
         )
         .await?;
     tx.commit().await?;
-    let more = rows.len() as i64 > limit;
-    let mut items = Vec::with_capacity(rows.len());
-    let mut last = None;
-    for row in rows.iter().take(limit as usize) {
-        items.push(row.try_get::<_, Value>(0)?);
-        last = Some((
+    page(&rows, limit, |row| {
+        Ok((
             row.try_get::<_, DateTime<Utc>>(1)?,
             row.try_get::<_, String>(2)?,
-        ));
-    }
-    let next_cursor = if more {
-        last.map(|l| encode_cursor(&l))
-    } else {
-        None
-    };
-    Ok(Managed::ok(
-        json!({ "items": items, "next_cursor": next_cursor }),
-    ))
+        ))
+    })
 }
 
 async fn show(

@@ -42,6 +42,31 @@ impl IntoResponse for Managed {
     }
 }
 
+/// One page of a list query that fetched `limit + 1` rows with the item's JSON in column 0;
+/// `position` reads a row's keyset position, which becomes the next page's cursor.
+pub fn page<P: Serialize>(
+    rows: &[tokio_postgres::Row],
+    limit: i64,
+    position: impl Fn(&tokio_postgres::Row) -> Result<P, tokio_postgres::Error>,
+) -> Result<Managed, AppError> {
+    let limit = usize::try_from(limit).unwrap_or(0);
+    let items = rows
+        .iter()
+        .take(limit)
+        .map(|row| row.try_get::<_, serde_json::Value>(0))
+        .collect::<Result<Vec<_>, _>>()?;
+    let next_cursor = match (
+        rows.len() > limit,
+        limit.checked_sub(1).and_then(|i| rows.get(i)),
+    ) {
+        (true, Some(last)) => Some(encode_cursor(&position(last)?)),
+        _ => None,
+    };
+    Ok(Managed::ok(
+        serde_json::json!({ "items": items, "next_cursor": next_cursor }),
+    ))
+}
+
 pub const DEFAULT_PAGE: i64 = 50;
 pub const MAX_PAGE: i64 = 500;
 
@@ -57,7 +82,7 @@ pub fn page_size(limit: Option<i64>) -> Result<i64, AppError> {
 }
 
 /// Cursors are opaque to clients: base64url of the JSON position of the last item returned.
-pub fn encode_cursor<T: Serialize>(position: &T) -> String {
+fn encode_cursor<T: Serialize>(position: &T) -> String {
     let json = serde_json::to_vec(position).unwrap_or_default();
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
 }

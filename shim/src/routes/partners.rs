@@ -1,7 +1,7 @@
 //! Partners: create, list, activate, deactivate. Creating and (de)activating need an
 //! operator key; the database refuses partners (403).
 
-use super::{decode_cursor, encode_cursor, like_pattern, page_size, Managed};
+use super::{decode_cursor, like_pattern, page, page_size, Managed};
 use crate::app::Caller;
 use crate::db;
 use crate::error::AppError;
@@ -12,7 +12,7 @@ use axum::routing::post;
 use axum::Router;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use uuid::Uuid;
 
 pub fn router() -> Router<AppState> {
@@ -95,24 +95,12 @@ async fn list(
         )
         .await?;
     tx.commit().await?;
-    let more = rows.len() as i64 > limit;
-    let mut items = Vec::with_capacity(rows.len());
-    let mut last = None;
-    for row in rows.iter().take(limit as usize) {
-        items.push(row.try_get::<_, Value>(0)?);
-        last = Some((
+    page(&rows, limit, |row| {
+        Ok((
             row.try_get::<_, DateTime<Utc>>(1)?,
             row.try_get::<_, Uuid>(2)?,
-        ));
-    }
-    let next_cursor = if more {
-        last.map(|l| encode_cursor(&l))
-    } else {
-        None
-    };
-    Ok(Managed::ok(
-        json!({ "items": items, "next_cursor": next_cursor }),
-    ))
+        ))
+    })
 }
 
 async fn activate(
