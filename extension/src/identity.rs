@@ -3,7 +3,7 @@
 //! or survive into the next transaction.
 
 use crate::error::{ApiError, OrRaise};
-use crate::scope;
+use crate::{scope, validate};
 use pgrx::prelude::*;
 use std::cell::RefCell;
 
@@ -60,16 +60,17 @@ fn apikey_current_scopes() -> Option<Vec<String>> {
 #[pg_extern(stable, parallel_restricted)]
 fn apikey_require_scope(required: Option<&str>) {
     let required = required.unwrap_or_default();
+    let shown = validate::shorten(required);
     match current() {
         Some(identity)
             if scope::has_scope(identity.scopes.iter().map(String::as_str), required) => {}
         Some(identity) => Err(ApiError::denied(format!(
-            "key {} lacks scope \"{required}\"",
+            "key {} lacks scope \"{shown}\"",
             identity.key_id
         )))
         .or_raise(),
         None => Err(ApiError::denied(format!(
-            "scope \"{required}\" required, but no key was verified in this transaction"
+            "scope \"{shown}\" required, but no key was verified in this transaction"
         ))
         .with_hint("Call apikey_verify(token, ...) first, in the same transaction."))
         .or_raise(),

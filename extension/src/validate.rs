@@ -105,7 +105,7 @@ pub fn rate_per_minute(rate: i32) -> Result<(), String> {
 }
 
 /// Echo at most 64 characters of a rejected value, so huge inputs do not flood messages.
-fn shorten(s: &str) -> String {
+pub fn shorten(s: &str) -> String {
     let short: String = s.chars().take(64).collect();
     if short.len() < s.len() {
         format!("{short}...")
