@@ -82,6 +82,8 @@ and issue a key for partner 'demo' with the admin key:
   curl -s -X POST $shim_url/v1/keys -H "X-API-Key: $token" -H 'Content-Type: application/json' \\
        -d '{"partner_id": "$partner_id", "scopes": ["orders:read"], "name": "first key"}'
 
+Key console in a browser: $shim_url/console (sign in by pasting the admin token)
+
 Server log:   $APIKEY_LOG
 Shim log:     $APIKEY_STATE_DIR/shim.log
 Pepper file:  $APIKEY_PEPPER_FILE  (keys only verify with this pepper)

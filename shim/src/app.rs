@@ -24,6 +24,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::partners::router())
         .merge(routes::audit::router())
         .merge(routes::service::router())
+        .merge(routes::console::router())
         .fallback(|| async { AppError::NotFound("no such route".into()) })
         // Enforced by the body extractors (Json, RawBody), whose rejection is our JSON 413.
         .layer(axum::extract::DefaultBodyLimit::max(

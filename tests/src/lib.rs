@@ -3,6 +3,7 @@
 //! as the superuser or as real login roles.
 
 pub mod shim;
+pub mod webdriver;
 
 use postgres::types::ToSql;
 use postgres::{Client, NoTls};

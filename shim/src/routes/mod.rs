@@ -1,6 +1,7 @@
 //! One module per resource, each with its own `router()`.
 
 pub mod audit;
+pub mod console;
 pub mod keys;
 pub mod partners;
 pub mod service;
