@@ -10,12 +10,11 @@ use crate::state::AppState;
 use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::Router;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use tower_http::timeout::TimeoutLayer;
 
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -26,16 +25,23 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::service::router())
         .merge(routes::console::router())
         .fallback(|| async { AppError::NotFound("no such route".into()) })
+        .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         // Enforced by the body extractors (Json, RawBody), whose rejection is our JSON 413.
         .layer(axum::extract::DefaultBodyLimit::max(
             state.config.max_body_bytes,
         ))
-        .layer(TimeoutLayer::with_status_code(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            state.config.request_timeout(),
-        ))
+        .layer(middleware::from_fn_with_state(state.clone(), time_limit))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
+}
+
+/// Answers 503 with the usual JSON error once a request has taken longer than
+/// APIKEY_SHIM_REQUEST_TIMEOUT_MS (waiting for a pooled connection included).
+async fn time_limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(state.config.request_timeout(), next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => AppError::TimedOut.into_response(),
+    }
 }
 
 /// What handling a request learned about its key: the key id for the log line, and the

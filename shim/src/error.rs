@@ -27,11 +27,14 @@ pub enum AppError {
         field: Option<String>,
     },
     NotFound(String),
+    MethodNotAllowed,
     Conflict(String),
     PayloadTooLarge,
     UnsupportedMediaType(String),
     /// The database is down or unreachable (or misconfigured): retry later.
     Unavailable(String),
+    /// The request took longer than the configured time limit.
+    TimedOut,
     Internal(String),
 }
 
@@ -99,6 +102,12 @@ impl AppError {
             AppError::NotFound(message) => {
                 (StatusCode::NOT_FOUND, "not_found", message.clone(), None)
             }
+            AppError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not accept that method".into(),
+                None,
+            ),
             AppError::Conflict(message) => {
                 (StatusCode::CONFLICT, "conflict", message.clone(), None)
             }
@@ -118,6 +127,12 @@ impl AppError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "the key database is unavailable; retry later".into(),
+                None,
+            ),
+            AppError::TimedOut => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the request took longer than the shim's time limit; retry later".into(),
                 None,
             ),
             AppError::Internal(_) => (
@@ -167,7 +182,7 @@ impl IntoResponse for AppError {
                 }
             }
             AppError::RateLimited(decision) => decision.write_headers(headers),
-            AppError::Unavailable(_) => {
+            AppError::Unavailable(_) | AppError::TimedOut => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}

@@ -432,7 +432,44 @@ fn error_schema_lists_every_reason() {
     ] {
         assert!(reasons.contains(r), "Reason enum lacks {r}");
     }
+    // And every reason the shim's error type can answer with, read from its source, so a new
+    // error variant cannot go undocumented.
+    for r in reasons_in_error_rs() {
+        assert!(
+            reasons.contains(r.as_str()),
+            "Reason enum lacks {r} (from src/error.rs)"
+        );
+    }
     let error = &doc["components"]["schemas"]["Error"];
     assert_eq!(error["required"], serde_json::json!(["error", "reason"]));
     assert!(error["properties"]["field"].is_object());
+}
+
+/// The reason codes in `src/error.rs`: the string right after each `StatusCode::NAME,`.
+fn reasons_in_error_rs() -> Vec<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/error.rs");
+    let source = std::fs::read_to_string(&path).expect("read src/error.rs");
+    let mut found = Vec::new();
+    for (_, rest) in source
+        .match_indices("StatusCode::")
+        .map(|(i, _)| ((), &source[i..]))
+    {
+        let Some((_, after_comma)) = rest.split_once(',') else {
+            continue;
+        };
+        let after_comma = after_comma.trim_start();
+        if let Some(literal) = after_comma.strip_prefix('"') {
+            if let Some((reason, _)) = literal.split_once('"') {
+                if !reason.is_empty() && reason.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                {
+                    found.push(reason.to_string());
+                }
+            }
+        }
+    }
+    assert!(
+        found.len() >= 10,
+        "expected to find the reason codes in src/error.rs, found {found:?}"
+    );
+    found
 }
