@@ -127,6 +127,16 @@ pub fn issue(c: &mut Client, partner: Uuid, scopes: &[&str]) -> Issued {
     issue_with(c, "$1, $2", &[&partner, &scopes])
 }
 
+/// An `admin:*` key of a partner of its own, with a rate high enough that no test meets it.
+pub fn operator_key(c: &mut Client) -> Issued {
+    let operators = create_partner(c);
+    issue_with(
+        c,
+        "$1, '{admin:*}', rate_per_minute => 100000",
+        &[&operators],
+    )
+}
+
 /// `apikey_issue` with the given argument list, e.g. `"$1, '{a:b}', environment => 'test'"`.
 pub fn issue_with(c: &mut Client, sql_args: &str, params: &[&(dyn ToSql + Sync)]) -> Issued {
     let row = c

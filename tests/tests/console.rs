@@ -101,13 +101,7 @@ impl Console {
     fn start() -> Console {
         let shim = Shim::start();
         let mut db = superuser();
-        let operators = create_partner(&mut db);
-        // A high rate so that the console's requests never meet the operator key's limit.
-        let operator = issue_with(
-            &mut db,
-            "$1, '{admin:*}', rate_per_minute => 100000",
-            &[&operators],
-        );
+        let operator = operator_key(&mut db);
         Console {
             shim,
             browser: Browser::start(),
@@ -150,6 +144,17 @@ impl Console {
                 .first()
                 .is_some_and(|w| w.is_displayed() && !w.text().trim().is_empty())
         });
+    }
+
+    /// A new partner with one `scopes` key, the operator signed in, and the key's row on
+    /// screen as live: where most key-action tests start.
+    fn operator_with_live_key(&self, scopes: &[&str]) -> (Partner, Issued) {
+        let partner = self.partner();
+        let key = self.issue(&partner, scopes);
+        self.sign_in_as_operator();
+        self.filter_keys(&partner.name);
+        self.wait_for_status(&key.key_id, "live");
+        (partner, key)
     }
 
     fn sign_in_as_operator(&self) {
@@ -531,11 +536,7 @@ fn operator_creates_a_partner_and_issues_a_key_shown_once() {
 #[test]
 fn rotating_with_a_grace_period_keeps_both_tokens_valid() {
     let console = Console::start();
-    let partner = console.partner();
-    let old = console.issue(&partner, &["orders:read"]);
-    console.sign_in_as_operator();
-    console.filter_keys(&partner.name);
-    console.wait_for_status(&old.key_id, "live");
+    let (partner, old) = console.operator_with_live_key(&["orders:read"]);
 
     console.row_action(&old.key_id, "rotate");
     console.wait_displayed("#rotate-dialog");
@@ -611,11 +612,7 @@ fn revoking_with_a_reason_kills_the_key_at_once() {
 #[test]
 fn cancelling_revoke_leaves_the_key_live() {
     let console = Console::start();
-    let partner = console.partner();
-    let key = console.issue(&partner, &["orders:read"]);
-    console.sign_in_as_operator();
-    console.filter_keys(&partner.name);
-    console.wait_for_status(&key.key_id, "live");
+    let (_, key) = console.operator_with_live_key(&["orders:read"]);
 
     console.row_action(&key.key_id, "revoke");
     console.wait_displayed("#revoke-dialog");
@@ -630,11 +627,7 @@ fn cancelling_revoke_leaves_the_key_live() {
 #[test]
 fn disabling_and_enabling_a_key_switches_verification() {
     let console = Console::start();
-    let partner = console.partner();
-    let key = console.issue(&partner, &["orders:read"]);
-    console.sign_in_as_operator();
-    console.filter_keys(&partner.name);
-    console.wait_for_status(&key.key_id, "live");
+    let (_, key) = console.operator_with_live_key(&["orders:read"]);
 
     console.row_action(&key.key_id, "disable");
     console.wait_for_status(&key.key_id, "disabled");

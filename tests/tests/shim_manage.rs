@@ -56,13 +56,7 @@ impl Env {
     fn start() -> Env {
         let shim = Shim::start();
         let mut db = superuser();
-        let operators = create_partner(&mut db);
-        // A high rate so that no test runs into the operator key's own rate limit.
-        let operator = issue_with(
-            &mut db,
-            "$1, '{admin:*}', rate_per_minute => 100000",
-            &[&operators],
-        );
+        let operator = operator_key(&mut db);
         Env {
             shim,
             db: RefCell::new(db),
