@@ -157,6 +157,13 @@ impl Console {
         (partner, key)
     }
 
+    /// Opens the issue dialog with `partner_id` chosen.
+    fn open_issue_dialog(&self, partner_id: &Uuid) {
+        self.browser.click("#issue-open");
+        self.wait_displayed("#issue-dialog");
+        self.choose("#issue-partner", &partner_id.to_string());
+    }
+
     fn sign_in_as_operator(&self) {
         self.sign_in(&self.operator.token);
         let whoami = self.browser.wait_for_text("#whoami", "operator");
@@ -482,9 +489,7 @@ fn operator_creates_a_partner_and_issues_a_key_shown_once() {
     console.wait_displayed("#keys-view");
     browser.set_window_size(1280, 800);
     console.screenshot("02-keys-table-1280x800");
-    browser.click("#issue-open");
-    console.wait_displayed("#issue-dialog");
-    console.choose("#issue-partner", &partner_id.to_string());
+    console.open_issue_dialog(&partner_id);
     browser.find("#issue-name").send_keys("checkout");
     browser.find("#issue-scopes-extra").send_keys("orders:read");
     console.screenshot("03-issue-dialog");
@@ -754,9 +759,7 @@ fn a_bad_scope_is_refused_before_any_key_is_made() {
     let partner = console.partner();
     console.sign_in_as_operator();
     let browser = &console.browser;
-    browser.click("#issue-open");
-    console.wait_displayed("#issue-dialog");
-    console.choose("#issue-partner", &partner.id.to_string());
+    console.open_issue_dialog(&partner.id);
     browser.find("#issue-scopes-extra").send_keys("bad scope");
     browser.click("#issue-submit");
 
@@ -811,9 +814,7 @@ fn an_api_error_is_shown_in_the_issue_dialog() {
     let partner = console.partner();
     console.sign_in_as_operator();
     let browser = &console.browser;
-    browser.click("#issue-open");
-    console.wait_displayed("#issue-dialog");
-    console.choose("#issue-partner", &partner.id.to_string());
+    console.open_issue_dialog(&partner.id);
     browser.find("#issue-scopes-extra").send_keys("orders:read");
     // The partner disappears while the dialog is open (as if another operator removed it):
     // only the server can know.
