@@ -2,16 +2,17 @@
 
 use crate::access;
 use crate::db;
+use crate::sqltypes::InetDatum;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
-use pgrx::{Inet, JsonB};
+use pgrx::JsonB;
 
 pub struct Event<'a> {
     pub action: &'a str,
     pub key_id: Option<&'a str>,
     pub partner_id: Option<pgrx::Uuid>,
     pub reason: Option<&'a str>,
-    pub client_ip: Option<&'a Inet>,
+    pub client_ip: Option<InetDatum>,
     pub detail: serde_json::Value,
 }
 
@@ -55,7 +56,7 @@ pub fn record(client: &mut SpiClient<'_>, event: Event<'_>) -> pgrx::spi::SpiRes
             event.partner_id.into(),
             access::actor().into(),
             event.reason.into(),
-            event.client_ip.cloned().into(),
+            event.client_ip.into(),
             JsonB(event.detail).into(),
         ],
     )?;

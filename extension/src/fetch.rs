@@ -8,11 +8,11 @@
 //! AccessShareLock is kept until the transaction ends, like the executor does.
 
 use crate::error::{ApiError, ApiResult};
-use pgrx::pg_sys;
-use pgrx::FromDatum;
+use pgrx::{pg_guard, pg_sys, FromDatum};
+use std::cell::Cell;
 use std::ffi::CStr;
 
-/// A tuple found by [`by_primary_key`], readable by column name while it is pinned.
+/// A tuple found by [`Snapshot::by_primary_key`], readable by column name while it is pinned.
 pub struct Found {
     slot: *mut pg_sys::TupleTableSlot,
 }
@@ -61,58 +61,188 @@ fn name_is(name: &pg_sys::NameData, column: &str) -> bool {
             .all(|(&have, &want)| have as u8 == want)
 }
 
-/// Looks up the single row of `apikey.<table>` whose primary key (index `apikey.<index>`,
-/// equality function `eq_proc`) equals `key`, and hands it to `read`.
-pub fn by_primary_key<R>(
-    table: &CStr,
-    index: &CStr,
-    eq_proc: u32,
-    key: pg_sys::Datum,
-    read: impl FnOnce(&Found) -> ApiResult<R>,
-) -> ApiResult<Option<R>> {
-    // SAFETY: standard relation-scan protocol: open with a lock, scan with the active
-    // snapshot, drop the slot and end the scan before closing. Locks are kept (NoLock on
-    // close) and released at transaction end; an ERROR in between is cleaned up by the
-    // transaction abort (resource owner), as for any scan.
-    unsafe {
-        let namespace = pg_sys::get_namespace_oid(c"apikey".as_ptr(), true);
-        let rel_oid = pg_sys::get_relname_relid(table.as_ptr(), namespace);
-        let index_oid = pg_sys::get_relname_relid(index.as_ptr(), namespace);
-        if rel_oid == pg_sys::InvalidOid || index_oid == pg_sys::InvalidOid {
-            return Err(ApiError::internal(format!(
-                "apikey.{} or its index is missing: reinstall the extension",
-                table.to_string_lossy()
-            )));
+/// The tables the hot path reads, with their primary-key index and its equality function.
+#[derive(Clone, Copy)]
+pub enum Table {
+    Keys,
+    Partners,
+}
+
+impl Table {
+    fn names(self) -> (&'static CStr, &'static CStr) {
+        match self {
+            Table::Keys => (c"keys", c"keys_pkey"),
+            Table::Partners => (c"partners", c"partners_pkey"),
         }
+    }
+
+    fn eq_proc(self) -> pg_sys::Oid {
+        pg_sys::Oid::from(match self {
+            Table::Keys => pg_sys::F_TEXTEQ,
+            Table::Partners => pg_sys::F_UUID_EQ,
+        })
+    }
+}
+
+/// (table, index) OIDs per [`Table`], resolved by name once per backend: three catalog
+/// lookups per table showed in profiles. Cleared by any relcache invalidation of a cached
+/// relation (DROP / CREATE EXTENSION, ALTER), so a stale OID is not used.
+type CachedOids = [Option<(pg_sys::Oid, pg_sys::Oid)>; 2];
+
+thread_local! {
+    static OIDS: Cell<CachedOids> = const { Cell::new([None; 2]) };
+}
+
+/// Registers the invalidation callback. Called once per process, from `_PG_init`.
+pub fn init() {
+    // SAFETY: registering a callback with a 'static function is allowed at any time.
+    unsafe {
+        pg_sys::CacheRegisterRelcacheCallback(Some(forget_oids), pg_sys::Datum::from(0));
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn forget_oids(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    let cached = OIDS.get();
+    let affected = relid == pg_sys::InvalidOid
+        || cached
+            .iter()
+            .flatten()
+            .any(|&(table, index)| table == relid || index == relid);
+    if affected {
+        OIDS.set([None; 2]);
+    }
+}
+
+fn oids(table: Table) -> ApiResult<(pg_sys::Oid, pg_sys::Oid)> {
+    if let Some(found) = OIDS.get()[table as usize] {
+        return Ok(found);
+    }
+    let (table_name, index_name) = table.names();
+    // SAFETY: catalog lookups by name; missing objects yield InvalidOid, not an error.
+    let found = unsafe {
+        let namespace = pg_sys::get_namespace_oid(c"apikey".as_ptr(), true);
+        (
+            pg_sys::get_relname_relid(table_name.as_ptr(), namespace),
+            pg_sys::get_relname_relid(index_name.as_ptr(), namespace),
+        )
+    };
+    if found.0 == pg_sys::InvalidOid || found.1 == pg_sys::InvalidOid {
+        return Err(ApiError::internal(format!(
+            "apikey.{} or its index is missing: reinstall the extension",
+            table_name.to_string_lossy()
+        )));
+    }
+    let mut cached = OIDS.get();
+    cached[table as usize] = Some(found);
+    OIDS.set(cached);
+    Ok(found)
+}
+
+/// Opens `oid` if it still is the relation called `name`, with AccessShareLock.
+///
+/// # Safety
+/// Must run inside a transaction, after invalidation messages were accepted (so `oid` was
+/// not dropped before this transaction).
+unsafe fn open_if_named(oid: pg_sys::Oid, name: &CStr) -> Option<pg_sys::Relation> {
+    // SAFETY: per the contract the relation exists (a DROP racing with this call raises,
+    // as it would for any query); the name check guards against a reused OID.
+    unsafe {
         let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
-        let rel = pg_sys::table_open(rel_oid, lock);
-        let idx = pg_sys::index_open(index_oid, lock);
-        let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
-        let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot());
-        let scan = pg_sys::index_beginscan(rel, idx, snapshot, 1, 0);
-        let mut scan_key = pg_sys::ScanKeyData::default();
-        pg_sys::ScanKeyInit(
-            &mut scan_key,
-            1,
-            pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
-            pg_sys::Oid::from(eq_proc),
-            key,
-        );
-        pg_sys::index_rescan(scan, &mut scan_key, 1, std::ptr::null_mut(), 0);
-        let result = if pg_sys::index_getnext_slot(
-            scan,
-            pg_sys::ScanDirection::ForwardScanDirection,
-            slot,
-        ) {
-            read(&Found { slot }).map(Some)
+        let rel = pg_sys::relation_open(oid, lock);
+        if CStr::from_ptr((*(*rel).rd_rel).relname.data.as_ptr()) == name {
+            Some(rel)
         } else {
-            Ok(None)
-        };
-        pg_sys::index_endscan(scan);
-        pg_sys::ExecDropSingleTupleTableSlot(slot);
-        pg_sys::UnregisterSnapshot(snapshot);
-        pg_sys::index_close(idx, pg_sys::NoLock as pg_sys::LOCKMODE);
-        pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
-        result
+            pg_sys::relation_close(rel, lock);
+            None
+        }
+    }
+}
+
+/// Opens `table` and its primary-key index, locked until the transaction ends.
+///
+/// # Safety
+/// Must run inside a transaction.
+unsafe fn open(table: Table) -> ApiResult<(pg_sys::Relation, pg_sys::Relation)> {
+    let (table_name, index_name) = table.names();
+    // Delivers pending invalidations (a DROP / CREATE EXTENSION since this backend cached
+    // the OIDs) before the cache is read; a cheap unlocked check when there are none.
+    // SAFETY: allowed at any point inside a transaction.
+    unsafe { pg_sys::AcceptInvalidationMessages() };
+    for _attempt in 0..2 {
+        let (rel_oid, index_oid) = oids(table)?;
+        // SAFETY: per this function's contract.
+        unsafe {
+            if let Some(rel) = open_if_named(rel_oid, table_name) {
+                if let Some(index) = open_if_named(index_oid, index_name) {
+                    return Ok((rel, index));
+                }
+                pg_sys::relation_close(rel, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+            }
+        }
+        OIDS.set([None; 2]);
+    }
+    Err(ApiError::internal(format!(
+        "apikey.{} changed while being read; try again",
+        table_name.to_string_lossy()
+    )))
+}
+
+/// Runs `read_all` with one fresh snapshot (the latest committed state plus this
+/// transaction's earlier commands), shared by every [`Snapshot::by_primary_key`] it makes,
+/// so the rows it reads are consistent with each other.
+pub fn with_latest_snapshot<R>(read_all: impl FnOnce(&Snapshot) -> ApiResult<R>) -> ApiResult<R> {
+    // SAFETY: registered here and unregistered below; if `read_all` raises, the transaction
+    // abort releases it with the resource owner.
+    let snapshot = Snapshot(unsafe { pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot()) });
+    let result = read_all(&snapshot);
+    // SAFETY: pairs with the RegisterSnapshot above.
+    unsafe { pg_sys::UnregisterSnapshot(snapshot.0) };
+    result
+}
+
+pub struct Snapshot(pg_sys::Snapshot);
+
+impl Snapshot {
+    /// Looks up the single row of `table` whose primary key equals `key`, and hands it to
+    /// `read`.
+    pub fn by_primary_key<R>(
+        &self,
+        table: Table,
+        key: pg_sys::Datum,
+        read: impl FnOnce(&Found) -> ApiResult<R>,
+    ) -> ApiResult<Option<R>> {
+        // SAFETY: standard relation-scan protocol: open with a lock, scan with a registered
+        // snapshot, drop the slot and end the scan before closing. Locks are kept (NoLock
+        // on close) and released at transaction end; an ERROR in between is cleaned up by
+        // the transaction abort (resource owner), as for any scan.
+        unsafe {
+            let (rel, idx) = open(table)?;
+            let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
+            let scan = pg_sys::index_beginscan(rel, idx, self.0, 1, 0);
+            let mut scan_key = pg_sys::ScanKeyData::default();
+            pg_sys::ScanKeyInit(
+                &mut scan_key,
+                1,
+                pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
+                table.eq_proc(),
+                key,
+            );
+            pg_sys::index_rescan(scan, &mut scan_key, 1, std::ptr::null_mut(), 0);
+            let result = if pg_sys::index_getnext_slot(
+                scan,
+                pg_sys::ScanDirection::ForwardScanDirection,
+                slot,
+            ) {
+                read(&Found { slot }).map(Some)
+            } else {
+                Ok(None)
+            };
+            pg_sys::index_endscan(scan);
+            pg_sys::ExecDropSingleTupleTableSlot(slot);
+            pg_sys::index_close(idx, pg_sys::NoLock as pg_sys::LOCKMODE);
+            pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+            result
+        }
     }
 }

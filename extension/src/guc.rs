@@ -1,8 +1,11 @@
 //! Every setting of the extension, registered once from `_PG_init`.
 
 use crate::hash::Params;
+use crate::pepper::{self, PepperError, PepperSet};
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 use std::ffi::CString;
+use std::rc::Rc;
+use std::time::Instant;
 
 static DEFAULT_PREFIX: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"ak"));
@@ -77,6 +80,11 @@ pub fn argon2_params() -> Params {
     }
 }
 
-pub fn pepper_file() -> Option<String> {
+fn pepper_file() -> Option<String> {
     PEPPER_FILE.get().map(|s| s.to_string_lossy().into_owned())
+}
+
+/// The peppers of the file `apikey.pepper_file` names, as this backend last checked it.
+pub fn peppers() -> Result<Rc<PepperSet>, PepperError> {
+    pepper::load(pepper_file().as_deref(), Instant::now())
 }

@@ -1,8 +1,9 @@
 //! apikey: API keys that live inside PostgreSQL.
 //!
-//! Pure logic (no database): `token`, `scope`, `hash`, `pepper`, `validate`.
+//! Pure logic (no database): `token`, `scope`, `hash`, `pepper`, `validate`, `net`.
 //! SQL-facing glue: `verify`, `lifecycle`, `partner`, `identity`, with `access` (who may do
-//! what), `audit`, `db` (SPI plans), `guc` and `error` shared between them.
+//! what), `audit`, `db` (SPI plans), `fetch` (index lookups), `sqltypes`, `srf`, `guc` and
+//! `error` shared between them.
 
 use pgrx::prelude::*;
 
@@ -15,10 +16,12 @@ mod guc;
 mod hash;
 mod identity;
 mod lifecycle;
+mod net;
 mod partner;
 mod pepper;
 mod scope;
 mod sqltypes;
+mod srf;
 mod token;
 mod validate;
 mod verify;
@@ -26,11 +29,13 @@ mod verify;
 ::pgrx::pg_module_magic!();
 
 extension_sql_file!("../../sql/schema.sql", name = "schema", bootstrap);
+extension_sql_file!("../../sql/verify.sql", name = "verify");
 extension_sql_file!("../../sql/security.sql", name = "security", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     guc::init();
+    fetch::init();
 }
 
 /// Required by `cargo pgrx test`; unused otherwise.

@@ -6,7 +6,7 @@ use crate::access;
 use crate::audit::{self, Event};
 use crate::error::{ApiError, ApiResult, OrRaise};
 use crate::sqltypes::CidrArray;
-use crate::{guc, hash, pepper, token, validate};
+use crate::{guc, hash, token, validate};
 use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -102,7 +102,7 @@ fn issue(client: &mut SpiClient<'_>, r: IssueRequest) -> ApiResult<IssuedKey> {
         r.allowed_cidrs.as_ref(),
     )?;
 
-    let peppers = pepper::load(guc::pepper_file().as_deref())?;
+    let peppers = guc::peppers()?;
     let pepper = peppers.newest();
     let params = guc::argon2_params();
     let actor = access::actor();
@@ -282,7 +282,7 @@ fn rotate(
     let (prefix, environment) = token::key_id_parts(&key_id)
         .ok_or_else(|| ApiError::internal("stored key id has an unexpected shape"))?;
 
-    let peppers = pepper::load(guc::pepper_file().as_deref())?;
+    let peppers = guc::peppers()?;
     let pepper = peppers.newest();
     let new = token::generate(prefix, environment)
         .map_err(|e| ApiError::internal(format!("OS random number generator failed: {e}")))?;

@@ -9,6 +9,7 @@ use sha2::Sha256;
 use std::cell::RefCell;
 use std::os::unix::fs::MetadataExt;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 pub const GUC: &str = "apikey.pepper_file";
 pub const MIN_PEPPER_BYTES: usize = 32;
@@ -118,29 +119,53 @@ pub fn parse(path: &str, contents: &[u8]) -> Result<PepperSet, PepperError> {
     Ok(PepperSet(peppers))
 }
 
-/// What identifies one version of the file: re-read only when this changes, so a warm
-/// verification costs one `stat` rather than an open and read.
+/// What identifies one version of the file: re-read only when this changes.
 #[derive(PartialEq, Eq, Clone)]
 struct FileVersion {
-    path: String,
     dev: u64,
     ino: u64,
     size: u64,
+    mode: u32,
     mtime_ns: i128,
     ctime_ns: i128,
 }
 
-thread_local! {
-    static LOADED: RefCell<Option<(FileVersion, Rc<PepperSet>)>> = const { RefCell::new(None) };
+/// How long a backend trusts the file it loaded without looking at it again. A `stat` per
+/// verification measured 5% of a warm one; a rewritten, replaced or `chmod`-ed file is
+/// noticed within this interval, and a changed `apikey.pepper_file` setting at once.
+pub const RECHECK_AFTER: Duration = Duration::from_secs(1);
+
+struct Loaded {
+    path: String,
+    version: FileVersion,
+    checked_at: Instant,
+    peppers: Rc<PepperSet>,
 }
 
-/// Loads (or reuses) the peppers of the file at `path`. The permission check runs on every
-/// call, so a `chmod` that opens the file up is noticed at once.
-pub fn load(path: Option<&str>) -> Result<Rc<PepperSet>, PepperError> {
+thread_local! {
+    static LOADED: RefCell<Option<Loaded>> = const { RefCell::new(None) };
+}
+
+/// Loads the peppers of the file at `path`, or reuses the ones loaded from it if the file was
+/// looked at less than [`RECHECK_AFTER`] before `now` or has not changed since.
+pub fn load(path: Option<&str>, now: Instant) -> Result<Rc<PepperSet>, PepperError> {
     let path = match path {
         Some(p) if !p.trim().is_empty() => p,
         _ => return Err(PepperError::NotConfigured),
     };
+    let recent = LOADED.with_borrow(|loaded| {
+        loaded
+            .as_ref()
+            .filter(|l| {
+                l.path == path && now.saturating_duration_since(l.checked_at) < RECHECK_AFTER
+            })
+            .map(|l| Rc::clone(&l.peppers))
+    });
+    if let Some(peppers) = recent {
+        return Ok(peppers);
+    }
+    // Until the file checks out again, nothing loaded from it earlier may be used.
+    let previous = LOADED.take().filter(|l| l.path == path);
     let unreadable = |e: std::io::Error| PepperError::Unreadable {
         path: path.to_string(),
         why: e.kind().to_string(),
@@ -160,23 +185,27 @@ pub fn load(path: Option<&str>) -> Result<Rc<PepperSet>, PepperError> {
         });
     }
     let version = FileVersion {
-        path: path.to_string(),
         dev: meta.dev(),
         ino: meta.ino(),
         size: meta.size(),
+        mode,
         mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
         ctime_ns: meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128,
     };
-    if let Some(cached) = LOADED.with_borrow(|loaded| match loaded {
-        Some((v, set)) if *v == version => Some(Rc::clone(set)),
-        _ => None,
-    }) {
-        return Ok(cached);
-    }
-    let contents = std::fs::read(path).map_err(unreadable)?;
-    let set = Rc::new(parse(path, &contents)?);
-    LOADED.set(Some((version, Rc::clone(&set))));
-    Ok(set)
+    let peppers = match previous {
+        Some(l) if l.version == version => l.peppers,
+        _ => {
+            let contents = std::fs::read(path).map_err(unreadable)?;
+            Rc::new(parse(path, &contents)?)
+        }
+    };
+    LOADED.set(Some(Loaded {
+        path: path.to_string(),
+        version,
+        checked_at: now,
+        peppers: Rc::clone(&peppers),
+    }));
+    Ok(peppers)
 }
 
 #[cfg(test)]
@@ -229,10 +258,20 @@ mod tests {
 
     #[test]
     fn load_checks_configuration_permissions_and_reloads_on_change() {
-        assert_eq!(load(None).err(), Some(PepperError::NotConfigured));
-        assert_eq!(load(Some("  ")).err(), Some(PepperError::NotConfigured));
+        let start = Instant::now();
+        // Each step is a recheck interval after the previous one, so the file is looked at.
+        let mut step = 0;
+        let mut later = || {
+            step += 1;
+            start + RECHECK_AFTER * step
+        };
+        assert_eq!(load(None, later()).err(), Some(PepperError::NotConfigured));
+        assert_eq!(
+            load(Some("  "), later()).err(),
+            Some(PepperError::NotConfigured)
+        );
         assert!(matches!(
-            load(Some("/nonexistent/pepper")).err(),
+            load(Some("/nonexistent/pepper"), later()).err(),
             Some(PepperError::Unreadable { .. })
         ));
 
@@ -242,7 +281,7 @@ mod tests {
         let path_str = path.to_str().unwrap();
         std::fs::write(&path, A).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
-        let err = load(Some(path_str)).err().unwrap();
+        let err = load(Some(path_str), later()).err().unwrap();
         assert!(matches!(
             err,
             PepperError::TooPermissive { mode: 0o640, .. }
@@ -250,9 +289,31 @@ mod tests {
         assert!(err.to_string().contains(GUC));
 
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert_eq!(load(Some(path_str)).unwrap().newest().bytes(), A.as_bytes());
+        let loaded_at = later();
+        assert_eq!(
+            load(Some(path_str), loaded_at).unwrap().newest().bytes(),
+            A.as_bytes()
+        );
         std::fs::write(&path, format!("{B}\n{A}\n")).unwrap();
-        assert_eq!(load(Some(path_str)).unwrap().newest().bytes(), B.as_bytes());
+        // Within the interval the loaded peppers are used without looking at the file...
+        let soon = loaded_at + RECHECK_AFTER / 2;
+        assert_eq!(
+            load(Some(path_str), soon).unwrap().newest().bytes(),
+            A.as_bytes()
+        );
+        // ...after it, the change is seen.
+        assert_eq!(
+            load(Some(path_str), later()).unwrap().newest().bytes(),
+            B.as_bytes()
+        );
+        // Opening the file up is noticed after the interval, and nothing cached is used.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let refused_at = later();
+        assert!(load(Some(path_str), refused_at).is_err());
+        assert!(
+            load(Some(path_str), refused_at).is_err(),
+            "an error is not cached as success"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,6 +1,8 @@
-//! `cidr[]` as a function argument. The value is only ever handed back to SPI (and checked
-//! there), so the raw datum is kept as is instead of being converted to and from text.
+//! Network types kept as raw datums: `cidr[]` arguments of `apikey_issue` (only handed back
+//! to SPI, which checks them), the `inet` argument of `apikey_verify`, and `cidr[]` column
+//! values read for allow-list checks. Nothing is converted to and from text.
 
+use crate::net::NetAddr;
 use pgrx::pg_sys;
 use pgrx::pgrx_sql_entity_graph::metadata::{
     ArgumentError, ReturnsError, ReturnsRef, SqlMappingRef, SqlTranslatable, TypeOrigin,
@@ -46,5 +48,124 @@ unsafe impl<'fcx> pgrx::callconv::ArgAbi<'fcx> for CidrArray {
         // SAFETY: pgrx calls this only for non-NULL arguments of the declared type.
         unsafe { arg.unbox_arg_using_from_datum() }
             .unwrap_or_else(|| panic!("cidr[] argument unexpectedly NULL"))
+    }
+}
+
+/// A non-NULL `inet` value, valid for the duration of the function call: read as a
+/// [`NetAddr`] for allow-list checks and handed to SPI unchanged for audit rows.
+#[derive(Clone, Copy)]
+pub struct InetDatum(pg_sys::Datum);
+
+impl InetDatum {
+    /// # Safety
+    /// `datum` must be a non-NULL `inet` datum that outlives the returned value.
+    pub unsafe fn new(datum: pg_sys::Datum) -> Self {
+        InetDatum(datum)
+    }
+
+    pub fn addr(&self) -> Option<NetAddr> {
+        // SAFETY: `new`'s contract: an inet varlena, possibly toasted or short-headed.
+        unsafe { varlena_payload(self.0, NetAddr::from_bytes) }
+    }
+}
+
+impl IntoDatum for InetDatum {
+    fn into_datum(self) -> Option<pg_sys::Datum> {
+        Some(self.0)
+    }
+
+    fn type_oid() -> pg_sys::Oid {
+        pg_sys::INETOID
+    }
+}
+
+/// Runs `read` on the bytes of the varlena `datum` after its header.
+///
+/// # Safety
+/// `datum` must point to a valid varlena.
+unsafe fn varlena_payload<R>(datum: pg_sys::Datum, read: impl FnOnce(&[u8]) -> R) -> R {
+    // SAFETY: per the contract; detoasting copies into the current memory context.
+    unsafe {
+        let v = pg_sys::pg_detoast_datum_packed(datum.cast_mut_ptr());
+        let data = pgrx::varlena::vardata_any(v).cast::<u8>();
+        read(std::slice::from_raw_parts(
+            data,
+            pgrx::varlena::varsize_any_exhdr(v),
+        ))
+    }
+}
+
+/// Reads every non-NULL element of the one-dimensional array `datum`, whose elements are
+/// varlenas of type `element_type` (int-aligned, like text, inet and cidr).
+///
+/// # Safety
+/// `datum` must be a non-NULL array of `element_type`.
+unsafe fn varlena_elements<R>(
+    datum: pg_sys::Datum,
+    element_type: pg_sys::Oid,
+    mut read: impl FnMut(&[u8]) -> Option<R>,
+) -> Vec<R> {
+    // SAFETY: per the contract; deconstruct_array returns `count` element datums that point
+    // into the detoasted array.
+    unsafe {
+        let array = pg_sys::pg_detoast_datum(datum.cast_mut_ptr()).cast::<pg_sys::ArrayType>();
+        if (*array).ndim == 0 {
+            return Vec::new();
+        }
+        let mut elements = std::ptr::null_mut();
+        let mut nulls = std::ptr::null_mut();
+        let mut count = 0;
+        pg_sys::deconstruct_array(
+            array,
+            element_type,
+            -1,
+            false,
+            pg_sys::TYPALIGN_INT as std::ffi::c_char,
+            &mut elements,
+            &mut nulls,
+            &mut count,
+        );
+        let count = usize::try_from(count).unwrap_or(0);
+        (0..count)
+            .filter(|&i| !*nulls.add(i))
+            .filter_map(|i| varlena_payload(*elements.add(i), &mut read))
+            .collect()
+    }
+}
+
+/// The strings of a `text[]` argument, NULL elements skipped. Bytes that are not UTF-8 (only
+/// possible outside UTF-8 databases) are replaced, so such a string matches no scope.
+///
+/// # Safety
+/// `datum` must be a non-NULL `text[]` datum.
+pub unsafe fn text_array(datum: pg_sys::Datum) -> Vec<String> {
+    // SAFETY: per the contract.
+    unsafe {
+        varlena_elements(datum, pg_sys::TEXTOID, |bytes| {
+            Some(String::from_utf8_lossy(bytes).into_owned())
+        })
+    }
+}
+
+/// A non-NULL `cidr[]` column value, read as its networks.
+pub struct CidrList(Vec<NetAddr>);
+
+impl CidrList {
+    /// `ip <<= ANY (list)`.
+    pub fn admits(&self, ip: &NetAddr) -> bool {
+        self.0.iter().any(|network| ip.is_within(network))
+    }
+}
+
+impl FromDatum for CidrList {
+    unsafe fn from_polymorphic_datum(
+        datum: pg_sys::Datum,
+        is_null: bool,
+        _typoid: pg_sys::Oid,
+    ) -> Option<Self> {
+        // SAFETY: only read from columns declared cidr[].
+        (!is_null).then(|| {
+            CidrList(unsafe { varlena_elements(datum, pg_sys::CIDROID, NetAddr::from_bytes) })
+        })
     }
 }

@@ -59,11 +59,13 @@ impl Metrics {
     }
 
     pub fn verify_outcome(&self, reason: &str) {
-        *self
-            .inner()
-            .verify_outcomes
-            .entry(reason.to_string())
-            .or_default() += 1;
+        let mut inner = self.inner();
+        match inner.verify_outcomes.get_mut(reason) {
+            Some(count) => *count += 1,
+            None => {
+                inner.verify_outcomes.insert(reason.to_string(), 1);
+            }
+        }
     }
 
     pub fn render(&self, pool: PoolUse) -> String {

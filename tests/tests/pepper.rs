@@ -70,6 +70,12 @@ fn set_pepper_file(value: &str) -> Result<(), String> {
     }
 }
 
+/// A backend trusts the pepper file it loaded for up to a second before looking at it again
+/// (extension/src/pepper.rs, RECHECK_AFTER); a rewritten file is in force after that.
+fn wait_for_recheck() {
+    std::thread::sleep(Duration::from_millis(1100));
+}
+
 /// Owns the pepper files a test writes and the cluster's `apikey.pepper_file` setting while
 /// the test runs: on drop the files are removed and the original setting is restored.
 struct PepperConfig {
@@ -375,6 +381,7 @@ fn rotating_the_pepper_keeps_old_keys_and_rehashes_them_on_success() {
     admin
         .batch_execute("SELECT pg_reload_conf()")
         .expect("reload");
+    wait_for_recheck();
     let (old_hash, _) = stored_hash(&mut admin, &first.key_id);
     assert_eq!(reason(&mut pooled, &first.token), "ok");
     let (new_hash, new_fingerprint) = stored_hash(&mut admin, &first.key_id);
@@ -406,6 +413,7 @@ fn rotating_the_pepper_keeps_old_keys_and_rehashes_them_on_success() {
     admin
         .batch_execute("SELECT pg_reload_conf()")
         .expect("reload");
+    wait_for_recheck();
     for session in [&mut pooled, &mut superuser()] {
         assert_eq!(reason(session, &first.token), "ok", "re-hashed key");
         assert_eq!(

@@ -185,6 +185,64 @@ fn ip_allow_list_with_authentic_identity() {
     }
 }
 
+/// The allow-list check runs in Rust (extension/src/net.rs); PostgreSQL's own `<<=` is the
+/// reference. Every address is tried against a key per network list, and the verdict must
+/// be `ok` exactly when `ip <<= ANY (list)` is true.
+#[test]
+fn ip_allow_list_matches_postgresql_containment() {
+    let (mut c, partner) = setup();
+    let lists = [
+        "{10.0.0.0/8}",
+        "{10.1.128.0/17}",
+        "{192.0.2.7/32}",
+        "{0.0.0.0/0}",
+        "{2001:db8::/32, 10.0.0.0/8}",
+        "{2001:db8:0:1::/64}",
+        "{::/0}",
+        "{::ffff:10.0.0.0/104}",
+        "{NULL, 198.51.100.0/24}",
+        "{}",
+    ];
+    let addresses = [
+        "10.0.0.1",
+        "10.1.200.1",
+        "10.1.100.1",
+        "10.0.0.0/8",
+        "10.0.0.0/7",
+        "192.0.2.7",
+        "192.0.2.8",
+        "198.51.100.255",
+        "203.0.113.9",
+        "2001:db8::1",
+        "2001:db8:0:1::99",
+        "2001:db8:0:2::1",
+        "2001:db9::1",
+        "::ffff:10.1.2.3",
+        "::1",
+    ];
+    for list in lists {
+        // An empty list is refused by apikey_issue, so the list is written to the table.
+        let key = issue_with(&mut c, "$1, '{a:b}'", &[&partner]);
+        c.execute(
+            "UPDATE apikey.keys SET allowed_cidrs = $2::text::cidr[] WHERE key_id = $1",
+            &[&key.key_id, &list],
+        )
+        .expect("set allowed_cidrs");
+        for ip in addresses {
+            let expected: bool = c
+                .query_one(
+                    "SELECT coalesce($1::text::inet <<= ANY ($2::text::cidr[]), false)",
+                    &[&ip, &list],
+                )
+                .expect("reference containment")
+                .get(0);
+            let v = verify(&mut c, Some(&key.token), &[], Some(ip));
+            let want = if expected { "ok" } else { "ip_not_allowed" };
+            assert_eq!(v.reason, want, "{ip} against {list}");
+        }
+    }
+}
+
 #[test]
 fn scopes_are_all_of_with_wildcards() {
     let (mut c, partner) = setup();

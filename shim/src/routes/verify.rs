@@ -6,11 +6,27 @@ use crate::db;
 use crate::error::AppError;
 use crate::state::AppState;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, Uri};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
-use serde_json::json;
+use serde::Serialize;
+use uuid::Uuid;
+
+const KEY_ID: HeaderName = HeaderName::from_static("x-apikey-key-id");
+const PARTNER: HeaderName = HeaderName::from_static("x-apikey-partner");
+const SCOPES: HeaderName = HeaderName::from_static("x-apikey-scopes");
+
+/// The body of a 200: the row of `apikey_verify`, as the contract names its columns.
+#[derive(Serialize)]
+struct Verified<'a> {
+    valid: bool,
+    reason: &'static str,
+    key_id: &'a str,
+    partner_id: Uuid,
+    scopes: &'a [String],
+    rate_per_minute: i32,
+}
 
 /// `/v1/verify/{*rest}` too, with any method: Envoy's ext_authz appends the original path to
 /// its `path_prefix` and keeps the original method, so `DELETE /orders/7` is checked as
@@ -55,18 +71,23 @@ async fn verify(
         state.metrics.verify_outcome("rate_limited");
         return Err(AppError::RateLimited(decision));
     }
-    let body = json!({
-        "valid": true, "reason": "ok", "key_id": key_id, "partner_id": partner_id,
-        "scopes": scopes, "rate_per_minute": rate,
-    });
+    let body = Verified {
+        valid: true,
+        reason: "ok",
+        key_id: &key_id,
+        partner_id,
+        scopes: &scopes,
+        rate_per_minute: rate,
+    };
     let mut response = axum::Json(body).into_response();
+    let headers = response.headers_mut();
     for (name, value) in [
-        ("x-apikey-key-id", key_id),
-        ("x-apikey-partner", partner_id.to_string()),
-        ("x-apikey-scopes", scopes.join(",")),
+        (KEY_ID, key_id.as_str()),
+        (SCOPES, &scopes.join(",")),
+        (PARTNER, &partner_id.to_string()),
     ] {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            response.headers_mut().insert(name, v);
+        if let Ok(v) = HeaderValue::from_str(value) {
+            headers.insert(name, v);
         }
     }
     Ok(response)

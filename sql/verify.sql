@@ -1,0 +1,19 @@
+-- apikey_verify is a C-language function written against the calling convention directly
+-- (see extension/src/verify.rs for why); this is its declaration, as the contract states it.
+-- It never raises for any token value, NULL included, so it is not STRICT.
+CREATE FUNCTION apikey_verify(
+    token text,
+    required_scopes text[] DEFAULT '{}',
+    client_ip inet DEFAULT NULL
+) RETURNS TABLE (
+    valid boolean,
+    reason text,
+    key_id text,
+    partner_id uuid,
+    scopes text[],
+    rate_per_minute int,
+    expires_at timestamptz
+)
+VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'apikey_verify';
