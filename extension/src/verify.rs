@@ -318,7 +318,7 @@ fn decide<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
     let stale = reason == Reason::Ok
         && db::can_write()
         && (peppers.newest().fingerprint != row.pepper_fingerprint
-            || proofs::needs_rehash(key_id, &proof, params));
+            || proofs::needs_rehash(key_id, &row.secret_hash, proof, params));
     Ok(Outcome {
         reason,
         key_id: Some(key_id),
@@ -410,8 +410,7 @@ mod proofs {
 
     const MAX_ENTRIES: usize = 10_000;
 
-    #[derive(Clone)]
-    pub struct Proof {
+    struct Proof {
         stored_hash: String,
         digest: Digest,
         /// Parameters the stored hash was last found to match, so the warm path need not
@@ -419,20 +418,29 @@ mod proofs {
         current_for: Option<Params>,
     }
 
+    /// What a proof says about the stored hash: the parameters it was last found current
+    /// for, if any.
+    #[derive(Clone, Copy)]
+    pub struct Proven {
+        current_for: Option<Params>,
+    }
+
     thread_local! {
         static PROOFS: RefCell<HashMap<String, Proof>> = RefCell::new(HashMap::new());
     }
 
-    pub fn proven(key_id: &str, stored_hash: &str, digest: &Digest) -> Option<Proof> {
+    pub fn proven(key_id: &str, stored_hash: &str, digest: &Digest) -> Option<Proven> {
         PROOFS.with_borrow(|proofs| {
             proofs
                 .get(key_id)
                 .filter(|p| p.stored_hash == stored_hash && hash::digests_equal(&p.digest, digest))
-                .cloned()
+                .map(|p| Proven {
+                    current_for: p.current_for,
+                })
         })
     }
 
-    pub fn remember(key_id: &str, stored_hash: &str, digest: Digest) -> Proof {
+    pub fn remember(key_id: &str, stored_hash: &str, digest: Digest) -> Proven {
         let proof = Proof {
             stored_hash: stored_hash.to_string(),
             digest,
@@ -442,17 +450,17 @@ mod proofs {
             if proofs.len() >= MAX_ENTRIES && !proofs.contains_key(key_id) {
                 proofs.clear();
             }
-            proofs.insert(key_id.to_string(), proof.clone());
+            proofs.insert(key_id.to_string(), proof);
         });
-        proof
+        Proven { current_for: None }
     }
 
-    /// Whether the proven hash was made with parameters other than `params`.
-    pub fn needs_rehash(key_id: &str, proof: &Proof, params: Params) -> bool {
-        if proof.current_for == Some(params) {
+    /// Whether the proven `stored_hash` was made with parameters other than `params`.
+    pub fn needs_rehash(key_id: &str, stored_hash: &str, proven: Proven, params: Params) -> bool {
+        if proven.current_for == Some(params) {
             return false;
         }
-        let stale = hash::needs_rehash(&proof.stored_hash, params);
+        let stale = hash::needs_rehash(stored_hash, params);
         if !stale {
             PROOFS.with_borrow_mut(|proofs| {
                 if let Some(p) = proofs.get_mut(key_id) {

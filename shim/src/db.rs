@@ -48,22 +48,30 @@ pub async fn verify(
     required_scopes: &[String],
     client_ip: IpAddr,
 ) -> Result<Verdict, AppError> {
-    let statement = client
-        .prepare_cached(
-            "SELECT valid, reason, key_id, partner_id, scopes, rate_per_minute \
-             FROM apikey_verify($1, $2, $3)",
-        )
-        .await?;
-    let row = client
-        .query_one(&statement, &[&key.token(), &required_scopes, &client_ip])
-        .await?;
+    // All columns, in the contract's order, so the server need not project; without
+    // required scopes the default '{}' stands in for an array parameter to encode and decode.
+    let row = if required_scopes.is_empty() {
+        let statement = client
+            .prepare_cached("SELECT * FROM apikey_verify($1, client_ip => $2)")
+            .await?;
+        client
+            .query_one(&statement, &[&key.token(), &client_ip])
+            .await?
+    } else {
+        let statement = client
+            .prepare_cached("SELECT * FROM apikey_verify($1, $2, $3)")
+            .await?;
+        client
+            .query_one(&statement, &[&key.token(), &required_scopes, &client_ip])
+            .await?
+    };
     Ok(Verdict {
-        valid: row.try_get(0)?,
-        reason: row.try_get(1)?,
-        key_id: row.try_get(2)?,
-        partner_id: row.try_get(3)?,
-        scopes: row.try_get(4)?,
-        rate_per_minute: row.try_get(5)?,
+        valid: row.try_get("valid")?,
+        reason: row.try_get("reason")?,
+        key_id: row.try_get("key_id")?,
+        partner_id: row.try_get("partner_id")?,
+        scopes: row.try_get("scopes")?,
+        rate_per_minute: row.try_get("rate_per_minute")?,
     })
 }
 

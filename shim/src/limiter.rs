@@ -1,7 +1,7 @@
 //! Per-key rate limiting from the key's `rate_per_minute`, behind one small interface so the
 //! in-memory token bucket can later give way to limits enforced in the database.
 
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -17,11 +17,16 @@ pub struct Decision {
     pub retry_after_secs: u64,
 }
 
+// Constants: a `&str` name is parsed and validated on every insert.
+const LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+const REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+const RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+
 impl Decision {
     pub fn write_headers(&self, headers: &mut HeaderMap) {
-        headers.insert("ratelimit-limit", HeaderValue::from(self.limit));
-        headers.insert("ratelimit-remaining", HeaderValue::from(self.remaining));
-        headers.insert("ratelimit-reset", HeaderValue::from(self.reset_secs));
+        headers.insert(LIMIT, HeaderValue::from(self.limit));
+        headers.insert(REMAINING, HeaderValue::from(self.remaining));
+        headers.insert(RESET, HeaderValue::from(self.reset_secs));
         if !self.allowed {
             headers.insert(
                 axum::http::header::RETRY_AFTER,
