@@ -2,7 +2,8 @@
 # Measures what the HTTP shim adds to a key verification: wrk against
 #   (a) GET /healthz     one pooled round trip to the database (SELECT 1), the shim's ceiling;
 #   (b) GET /v1/verify   one apikey_verify through the same pool, key in an X-API-Key header,
-# and prints requests/s, latency percentiles and the ratio verify/healthz. Everything runs in
+# and prints requests/s, latency percentiles, CPU time per request of the shim and of
+# PostgreSQL, and the ratio verify/healthz. Everything runs in
 # one private cluster with its own shim, both removed on exit.
 #
 # Env: BENCH_SECONDS                duration of each wrk run, default 15
@@ -123,14 +124,48 @@ wrk_field() {
     END { if (!found) print "n/a" }' "$1"
 }
 
-run_wrk healthz /healthz
-run_wrk verify /v1/verify -H "X-API-Key: $token"
+# cpu_ticks PID...: user + system CPU ticks the processes have used so far.
+cpu_ticks() {
+  local pid total=0 line
+  for pid in "$@"; do
+    line="$(cat "/proc/$pid/stat" 2>/dev/null)" || continue
+    # Fields after the ")" closing the command name: utime and stime are the 12th and 13th.
+    read -r -a fields <<<"${line##*) }"
+    total=$((total + fields[11] + fields[12]))
+  done
+  echo "$total"
+}
+postgres_pids() {
+  local postmaster
+  postmaster="$(head -n1 "$APIKEY_PGDATA/postmaster.pid")"
+  echo "$postmaster" $(pgrep -P "$postmaster")
+}
+# measure NAME PATH [wrk args...]: run_wrk, plus the CPU the shim and PostgreSQL spent per
+# request (from /proc), which is steadier than throughput on a shared machine.
+measure() {
+  local name="$1" shim0 pg0 shim1 pg1
+  shim0="$(cpu_ticks "$shim_pid")"
+  pg0="$(cpu_ticks $(postgres_pids))"
+  run_wrk "$@"
+  shim1="$(cpu_ticks "$shim_pid")"
+  pg1="$(cpu_ticks $(postgres_pids))"
+  awk -v shim=$((shim1 - shim0)) -v pg=$((pg1 - pg0)) -v hz="$(getconf CLK_TCK)" \
+    -v n="$(awk '/requests in/ { print $1 }' "$work/$name.out")" \
+    'BEGIN { if (n > 0) printf "%.1f %.1f\n", shim / hz / n * 1e6, pg / hz / n * 1e6; else print "n/a n/a" }' \
+    >"$work/$name.cpu"
+}
+
+measure healthz /healthz
+measure verify /v1/verify -H "X-API-Key: $token"
 status="$(curl -sS -o /dev/null -w '%{http_code}' -H "X-API-Key: $token" "$shim_url/v1/verify")"
 [ "$status" = 200 ] || die "after the runs GET /v1/verify answered $status"
 
 row() {
-  printf '%-28s %10s %10s %10s %10s %10s\n' "$1" "$(wrk_field "$2" rps)" \
-    "$(wrk_field "$2" 50)" "$(wrk_field "$2" 75)" "$(wrk_field "$2" 90)" "$(wrk_field "$2" 99)"
+  local cpu
+  read -r -a cpu <"${2%.out}.cpu"
+  printf '%-28s %10s %10s %10s %10s %10s %10s %10s\n' "$1" "$(wrk_field "$2" rps)" \
+    "$(wrk_field "$2" 50)" "$(wrk_field "$2" 75)" "$(wrk_field "$2" 90)" "$(wrk_field "$2" 99)" \
+    "${cpu[0]}" "${cpu[1]}"
 }
 pct="$(ratio "$(wrk_field "$work/verify.out" rps)" "$(wrk_field "$work/healthz.out" rps)" 100 '%.0f')"
 
@@ -138,9 +173,12 @@ echo
 echo "apikey-shim benchmark: $(machine_summary)"
 echo "wrk ${wrk_args[*]} on the same machine as the shim (pool $pool_size, RUST_LOG=warn) and PostgreSQL"
 echo
-printf '%-28s %10s %10s %10s %10s %10s\n' "route" "req/s" "p50 ms" "p75 ms" "p90 ms" "p99 ms"
+printf '%-28s %10s %10s %10s %10s %10s %10s %10s\n' "route" "req/s" "p50 ms" "p75 ms" \
+  "p90 ms" "p99 ms" "shim us" "pg us"
 row "GET /healthz (SELECT 1)" "$work/healthz.out"
 row "GET /v1/verify (X-API-Key)" "$work/verify.out"
+echo
+echo "(shim us, pg us: CPU time per request of the shim process and of all PostgreSQL processes)"
 echo
 echo "verify / healthz throughput: $pct% (goal: at least 70%)"
 echo
