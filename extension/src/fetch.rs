@@ -8,8 +8,9 @@
 //! AccessShareLock is kept until the transaction ends, like the executor does.
 
 use crate::error::{ApiError, ApiResult};
-use pgrx::{pg_guard, pg_sys, FromDatum};
-use std::cell::Cell;
+use pgrx::{pg_guard, pg_sys, FromDatum, IntoDatum};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::ffi::CStr;
 
 /// A tuple found by [`Snapshot::by_primary_key`], readable by column name while it is pinned.
@@ -63,7 +64,7 @@ fn name_is(name: &pg_sys::NameData, column: &str) -> bool {
 
 /// The tables the hot path reads, with their primary-key index and its equality function.
 #[derive(Clone, Copy)]
-pub enum Table {
+enum Table {
     Keys,
     Partners,
 }
@@ -110,7 +111,7 @@ unsafe extern "C-unwind" fn forget_oids(_arg: pg_sys::Datum, relid: pg_sys::Oid)
             .flatten()
             .any(|&(table, index)| table == relid || index == relid);
     if affected {
-        OIDS.set([None; 2]);
+        forget_all();
     }
 }
 
@@ -159,33 +160,126 @@ unsafe fn open_if_named(oid: pg_sys::Oid, name: &CStr) -> Option<pg_sys::Relatio
     }
 }
 
-/// Opens `table` and its primary-key index, locked until the transaction ends.
+#[derive(Clone, Copy)]
+enum Part {
+    Table,
+    Index,
+}
+
+/// Opens `table` or its primary-key index, locked until the transaction ends.
 ///
 /// # Safety
 /// Must run inside a transaction.
-unsafe fn open(table: Table) -> ApiResult<(pg_sys::Relation, pg_sys::Relation)> {
+unsafe fn open(table: Table, part: Part) -> ApiResult<pg_sys::Relation> {
     let (table_name, index_name) = table.names();
+    let name = match part {
+        Part::Table => table_name,
+        Part::Index => index_name,
+    };
     // Delivers pending invalidations (a DROP / CREATE EXTENSION since this backend cached
     // the OIDs) before the cache is read; a cheap unlocked check when there are none.
     // SAFETY: allowed at any point inside a transaction.
     unsafe { pg_sys::AcceptInvalidationMessages() };
     for _attempt in 0..2 {
-        let (rel_oid, index_oid) = oids(table)?;
+        let (table_oid, index_oid) = oids(table)?;
+        let oid = match part {
+            Part::Table => table_oid,
+            Part::Index => index_oid,
+        };
         // SAFETY: per this function's contract.
-        unsafe {
-            if let Some(rel) = open_if_named(rel_oid, table_name) {
-                if let Some(index) = open_if_named(index_oid, index_name) {
-                    return Ok((rel, index));
-                }
-                pg_sys::relation_close(rel, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-            }
+        if let Some(rel) = unsafe { open_if_named(oid, name) } {
+            return Ok(rel);
         }
-        OIDS.set([None; 2]);
+        forget_all();
     }
     Err(ApiError::internal(format!(
         "apikey.{} changed while being read; try again",
-        table_name.to_string_lossy()
+        name.to_string_lossy()
     )))
+}
+
+/// A primary-key value of a table the hot path reads.
+#[derive(Clone, Copy)]
+pub enum PrimaryKey<'a> {
+    Key(&'a str),
+    Partner(pgrx::Uuid),
+}
+
+impl PrimaryKey<'_> {
+    fn table(self) -> Table {
+        match self {
+            PrimaryKey::Key(_) => Table::Keys,
+            PrimaryKey::Partner(_) => Table::Partners,
+        }
+    }
+
+    fn datum(self) -> Option<pg_sys::Datum> {
+        match self {
+            PrimaryKey::Key(key_id) => key_id.into_datum(),
+            PrimaryKey::Partner(partner_id) => partner_id.into_datum(),
+        }
+    }
+
+    /// Whether `found` is the row of this key (a remembered TID may now hold another row).
+    fn is_row_of(self, found: &Found) -> ApiResult<bool> {
+        Ok(match self {
+            PrimaryKey::Key(key_id) => found.get::<String>("key_id")?.as_deref() == Some(key_id),
+            PrimaryKey::Partner(partner_id) => {
+                found.get::<pgrx::Uuid>("partner_id")? == Some(partner_id)
+            }
+        })
+    }
+}
+
+/// Where rows were found before: the heap TID the primary-key index pointed to (the root of
+/// the row's HOT chain). A warm lookup fetches that TID with the snapshot, which finds the
+/// row's visible version if it is still in that chain, and skips the index descent; after a
+/// non-HOT update, a delete or a VACUUM FULL the TID finds nothing or another row, and the
+/// index is probed again. Cleared with the OID cache.
+#[derive(Default)]
+struct KnownTids {
+    keys: HashMap<String, pg_sys::ItemPointerData>,
+    partners: HashMap<[u8; 16], pg_sys::ItemPointerData>,
+}
+
+const MAX_KNOWN_TIDS: usize = 10_000;
+
+thread_local! {
+    static TIDS: RefCell<KnownTids> = RefCell::new(KnownTids::default());
+}
+
+fn known_tid(key: PrimaryKey<'_>) -> Option<pg_sys::ItemPointerData> {
+    TIDS.with_borrow(|tids| match key {
+        PrimaryKey::Key(key_id) => tids.keys.get(key_id).copied(),
+        PrimaryKey::Partner(partner_id) => tids.partners.get(partner_id.as_bytes()).copied(),
+    })
+}
+
+fn set_known_tid(key: PrimaryKey<'_>, tid: Option<pg_sys::ItemPointerData>) {
+    TIDS.with_borrow_mut(|tids| {
+        if tids.keys.len() + tids.partners.len() >= MAX_KNOWN_TIDS {
+            *tids = KnownTids::default();
+        }
+        match (key, tid) {
+            (PrimaryKey::Key(key_id), Some(tid)) => {
+                tids.keys.insert(key_id.to_string(), tid);
+            }
+            (PrimaryKey::Key(key_id), None) => {
+                tids.keys.remove(key_id);
+            }
+            (PrimaryKey::Partner(partner_id), Some(tid)) => {
+                tids.partners.insert(*partner_id.as_bytes(), tid);
+            }
+            (PrimaryKey::Partner(partner_id), None) => {
+                tids.partners.remove(partner_id.as_bytes());
+            }
+        }
+    });
+}
+
+fn forget_all() {
+    OIDS.set([None; 2]);
+    TIDS.set(KnownTids::default());
 }
 
 /// Runs `read_all` with one fresh snapshot (the latest committed state plus this
@@ -204,45 +298,124 @@ pub fn with_latest_snapshot<R>(read_all: impl FnOnce(&Snapshot) -> ApiResult<R>)
 pub struct Snapshot(pg_sys::Snapshot);
 
 impl Snapshot {
-    /// Looks up the single row of `table` whose primary key equals `key`, and hands it to
-    /// `read`.
+    /// Looks up the single row with primary key `key`, and hands it to `read`.
     pub fn by_primary_key<R>(
         &self,
-        table: Table,
-        key: pg_sys::Datum,
+        key: PrimaryKey<'_>,
         read: impl FnOnce(&Found) -> ApiResult<R>,
     ) -> ApiResult<Option<R>> {
-        // SAFETY: standard relation-scan protocol: open with a lock, scan with a registered
-        // snapshot, drop the slot and end the scan before closing. Locks are kept (NoLock
-        // on close) and released at transaction end; an ERROR in between is cleaned up by
-        // the transaction abort (resource owner), as for any scan.
+        // SAFETY: standard relation-scan protocol: open with a lock, fetch with a registered
+        // snapshot into a slot, drop the slot before closing. Locks are kept (NoLock on
+        // close) and released at transaction end; an ERROR in between is cleaned up by the
+        // transaction abort (resource owner), as for any scan. The slot holds its own buffer
+        // pin, so the row stays readable after the fetch or index scan has ended.
         unsafe {
-            let (rel, idx) = open(table)?;
+            let rel = open(key.table(), Part::Table)?;
             let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
+            let mut found = match known_tid(key) {
+                Some(tid) => self.fetch_tid(rel, tid, slot) && key.is_row_of(&Found { slot })?,
+                None => false,
+            };
+            if !found {
+                found = self.probe_index(rel, key, slot)?;
+            }
+            let result = if found {
+                read(&Found { slot }).map(Some)
+            } else {
+                Ok(None)
+            };
+            pg_sys::ExecDropSingleTupleTableSlot(slot);
+            pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+            result
+        }
+    }
+
+    /// Fetches the version of the row at `tid` (a HOT-chain root) this snapshot sees.
+    ///
+    /// # Safety
+    /// `rel` must be open and locked, `slot` made for it.
+    unsafe fn fetch_tid(
+        &self,
+        rel: pg_sys::Relation,
+        tid: pg_sys::ItemPointerData,
+        slot: *mut pg_sys::TupleTableSlot,
+    ) -> bool {
+        // SAFETY: per the contract. The block is checked against the relation's current
+        // size first (VACUUM may have truncated it since the TID was seen); the table AM's
+        // index-fetch callbacks are what an index scan itself calls with a TID.
+        unsafe {
+            let block = (u32::from(tid.ip_blkid.bi_hi) << 16) | u32::from(tid.ip_blkid.bi_lo);
+            let blocks =
+                pg_sys::RelationGetNumberOfBlocksInFork(rel, pg_sys::ForkNumber::MAIN_FORKNUM);
+            let am = (*rel).rd_tableam;
+            let (Some(begin), Some(fetch), Some(end)) = (
+                (*am).index_fetch_begin,
+                (*am).index_fetch_tuple,
+                (*am).index_fetch_end,
+            ) else {
+                return false;
+            };
+            block < blocks
+                && pg_sys::ffi::pg_guard_ffi_boundary(|| {
+                    let scan = begin(rel);
+                    let mut tid = tid;
+                    let (mut call_again, mut all_dead) = (false, false);
+                    let found = fetch(scan, &mut tid, self.0, slot, &mut call_again, &mut all_dead);
+                    end(scan);
+                    found
+                })
+        }
+    }
+
+    /// Probes the primary-key index for `key`, storing the row in `slot` and remembering
+    /// where it was found.
+    ///
+    /// # Safety
+    /// `rel` must be open and locked, `slot` made for it.
+    unsafe fn probe_index(
+        &self,
+        rel: pg_sys::Relation,
+        key: PrimaryKey<'_>,
+        slot: *mut pg_sys::TupleTableSlot,
+    ) -> ApiResult<bool> {
+        let datum = key
+            .datum()
+            .ok_or_else(|| ApiError::internal("primary-key value is NULL"))?;
+        // SAFETY: per the contract; the scan is ended and the index closed (lock kept)
+        // before returning.
+        unsafe {
+            let idx = open(key.table(), Part::Index)?;
             let scan = pg_sys::index_beginscan(rel, idx, self.0, 1, 0);
             let mut scan_key = pg_sys::ScanKeyData::default();
             pg_sys::ScanKeyInit(
                 &mut scan_key,
                 1,
                 pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
-                table.eq_proc(),
-                key,
+                key.table().eq_proc(),
+                datum,
             );
             pg_sys::index_rescan(scan, &mut scan_key, 1, std::ptr::null_mut(), 0);
-            let result = if pg_sys::index_getnext_slot(
-                scan,
-                pg_sys::ScanDirection::ForwardScanDirection,
-                slot,
-            ) {
-                read(&Found { slot }).map(Some)
-            } else {
-                Ok(None)
-            };
+            // index_getnext_slot, unrolled to keep the TID the index holds: fetching moves
+            // xs_heaptid to the chain member found, which is no place to start from later.
+            // With an MVCC snapshot, one entry's chain has at most one visible version.
+            let mut root = None;
+            loop {
+                let tid =
+                    pg_sys::index_getnext_tid(scan, pg_sys::ScanDirection::ForwardScanDirection);
+                if tid.is_null() {
+                    break;
+                }
+                let entry = *tid;
+                if pg_sys::index_fetch_heap(scan, slot) {
+                    root = Some(entry);
+                    break;
+                }
+            }
+            let found = root.is_some();
+            set_known_tid(key, root);
             pg_sys::index_endscan(scan);
-            pg_sys::ExecDropSingleTupleTableSlot(slot);
             pg_sys::index_close(idx, pg_sys::NoLock as pg_sys::LOCKMODE);
-            pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
-            result
+            Ok(found)
         }
     }
 }

@@ -169,3 +169,18 @@ impl FromDatum for CidrList {
         })
     }
 }
+
+/// A non-NULL `text[]` value read with [`text_array`], without pgrx's generic array
+/// machinery (which looks the element type up in the catalog on every call).
+pub struct TextList(pub Vec<String>);
+
+impl FromDatum for TextList {
+    unsafe fn from_polymorphic_datum(
+        datum: pg_sys::Datum,
+        is_null: bool,
+        _typoid: pg_sys::Oid,
+    ) -> Option<Self> {
+        // SAFETY: only read from columns declared text[].
+        (!is_null).then(|| TextList(unsafe { text_array(datum) }))
+    }
+}

@@ -8,12 +8,12 @@
 
 use crate::audit::{self, Event};
 use crate::error::{ApiError, ApiResult, OrRaise};
-use crate::fetch::{self, Table};
+use crate::fetch::{self, PrimaryKey};
 use crate::hash::{self, Digest, Params};
 use crate::identity::{self, Identity};
 use crate::net::NetAddr;
 use crate::pepper::{Pepper, PepperSet};
-use crate::sqltypes::{self, CidrList, InetDatum};
+use crate::sqltypes::{self, CidrList, InetDatum, TextList};
 use crate::{db, guc, scope, srf, token};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -184,16 +184,15 @@ fn lookup(key_id: &str, client_ip: Option<NetAddr>) -> ApiResult<Option<KeyRow>>
     let now = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
     let at = |t: Option<TimestampWithTimeZone>| t.map(pg_sys::TimestampTz::from);
     let missing = || ApiError::internal("apikey.keys row has NULL in a NOT NULL column");
-    let key = key_id.into_datum().ok_or_else(missing)?;
     fetch::with_latest_snapshot(|snapshot| {
-        let found = snapshot.by_primary_key(Table::Keys, key, |row| {
+        let found = snapshot.by_primary_key(PrimaryKey::Key(key_id), |row| {
             let expires_at: Option<TimestampWithTimeZone> = row.get("expires_at")?;
             let allowed: Option<CidrList> = row.get("allowed_cidrs")?;
             Ok(KeyRow {
                 partner_id: row.get("partner_id")?.ok_or_else(missing)?,
                 secret_hash: row.get("secret_hash")?.ok_or_else(missing)?,
                 pepper_fingerprint: row.get("pepper_fingerprint")?.ok_or_else(missing)?,
-                scopes: row.get::<Vec<String>>("scopes")?.ok_or_else(missing)?,
+                scopes: row.get::<TextList>("scopes")?.ok_or_else(missing)?.0,
                 rate_per_minute: row.get("rate_per_minute")?.ok_or_else(missing)?,
                 expires_at,
                 enabled: row.get("enabled")?.ok_or_else(missing)?,
@@ -209,9 +208,10 @@ fn lookup(key_id: &str, client_ip: Option<NetAddr>) -> ApiResult<Option<KeyRow>>
         let Some(mut row) = found else {
             return Ok(None);
         };
-        let partner = row.partner_id.into_datum().ok_or_else(missing)?;
         row.partner_active = snapshot
-            .by_primary_key(Table::Partners, partner, |p| p.get::<bool>("active"))?
+            .by_primary_key(PrimaryKey::Partner(row.partner_id), |p| {
+                p.get::<bool>("active")
+            })?
             .flatten()
             .unwrap_or(false);
         Ok(Some(row))

@@ -7,6 +7,7 @@ pub mod webdriver;
 
 use postgres::types::ToSql;
 use postgres::{Client, NoTls};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 pub use postgres;
@@ -214,5 +215,40 @@ pub fn error_message<T: std::fmt::Debug>(result: Result<T, postgres::Error>) -> 
             .as_db_error()
             .map(|d| d.message().to_string())
             .unwrap_or_else(|| e.to_string()),
+    }
+}
+
+/// Fresh databases created by the test, dropped when it ends, whatever happened.
+#[derive(Default)]
+pub struct Databases {
+    names: Vec<String>,
+    /// Files to remove with the databases (dumps).
+    pub files: Vec<PathBuf>,
+}
+
+impl Databases {
+    pub fn create(&mut self, prefix: &str) -> String {
+        let name = unique(prefix).to_lowercase();
+        superuser()
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .expect("CREATE DATABASE");
+        self.names.push(name.clone());
+        name
+    }
+}
+
+impl Drop for Databases {
+    fn drop(&mut self) {
+        let mut admin = superuser();
+        for name in &self.names {
+            if let Err(e) =
+                admin.batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+            {
+                eprintln!("could not drop database {name}: {e:?}");
+            }
+        }
+        for file in &self.files {
+            let _ = std::fs::remove_file(file);
+        }
     }
 }

@@ -6,39 +6,6 @@ use apikey_tests::*;
 use std::path::PathBuf;
 use std::process::Command;
 
-/// Fresh databases created by the test, dropped when it ends, whatever happened.
-struct Databases {
-    names: Vec<String>,
-    files: Vec<PathBuf>,
-}
-
-impl Databases {
-    fn create(&mut self, prefix: &str) -> String {
-        let name = unique(prefix).to_lowercase();
-        superuser()
-            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
-            .expect("CREATE DATABASE");
-        self.names.push(name.clone());
-        name
-    }
-}
-
-impl Drop for Databases {
-    fn drop(&mut self) {
-        let mut admin = superuser();
-        for name in &self.names {
-            if let Err(e) =
-                admin.batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-            {
-                eprintln!("could not drop database {name}: {e:?}");
-            }
-        }
-        for file in &self.files {
-            let _ = std::fs::remove_file(file);
-        }
-    }
-}
-
 fn run(tool: &str, args: &[String]) {
     let output = Command::new(pgbin(tool))
         .args(args)
@@ -174,10 +141,7 @@ fn assert_security_intact(c: &mut Client) {
 
 #[test]
 fn dump_and_restore_keep_every_key_working() {
-    let mut dbs = Databases {
-        names: Vec::new(),
-        files: Vec::new(),
-    };
+    let mut dbs = Databases::default();
     let source = dbs.create("apikey_dump_src");
     let target = dbs.create("apikey_dump_dst");
 

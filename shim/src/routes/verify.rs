@@ -5,8 +5,9 @@ use crate::app::Caller;
 use crate::db;
 use crate::error::AppError;
 use crate::state::AppState;
-use axum::extract::State;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri};
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
@@ -37,13 +38,23 @@ pub fn router() -> Router<AppState> {
         .route("/v1/verify/{*rest}", any(verify))
 }
 
+/// The scopes a request requires, read from the request in place (a `HeaderMap` extractor
+/// would copy every header of every request).
+struct RequiredScopes(Vec<String>);
+
+impl FromRequestParts<AppState> for RequiredScopes {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, AppError> {
+        required_scopes(parts.uri.query(), &parts.headers).map(RequiredScopes)
+    }
+}
+
 async fn verify(
     State(state): State<AppState>,
     caller: Caller,
-    uri: Uri,
-    headers: HeaderMap,
+    RequiredScopes(required): RequiredScopes,
 ) -> Result<Response, AppError> {
-    let required = required_scopes(uri.query(), &headers)?;
     let client = state.pool.get().await?;
     let verdict = db::verify(&client, &caller.key, &required, caller.ip).await?;
     drop(client);
