@@ -295,6 +295,32 @@ pub fn with_latest_snapshot<R>(read_all: impl FnOnce(&Snapshot) -> ApiResult<R>)
     result
 }
 
+/// A size of `rel` (main fork, in blocks) good enough to tell whether `block` still exists.
+///
+/// The size this backend's storage manager last saw is reused when it already covers
+/// `block`, which saves a `lseek` per lookup: a relation only shrinks by truncation, which
+/// sends an immediate invalidation that closes every backend's storage-manager entry for it
+/// (taking the remembered size along) and is delivered no later than this transaction's lock
+/// on the relation. A remembered size can only be too small (another backend extended the
+/// relation), and then the file is asked.
+///
+/// # Safety
+/// `rel` must be open and locked.
+unsafe fn known_size(rel: pg_sys::Relation, block: u32) -> u32 {
+    let main = pg_sys::ForkNumber::MAIN_FORKNUM;
+    // SAFETY: per the contract; rd_smgr is NULL until the storage manager is first used.
+    unsafe {
+        let smgr = (*rel).rd_smgr;
+        if !smgr.is_null() {
+            let remembered = (*smgr).smgr_cached_nblocks[main as usize];
+            if remembered != pg_sys::InvalidBlockNumber && block < remembered {
+                return remembered;
+            }
+        }
+        pg_sys::RelationGetNumberOfBlocksInFork(rel, main)
+    }
+}
+
 pub struct Snapshot(pg_sys::Snapshot);
 
 impl Snapshot {
@@ -340,13 +366,14 @@ impl Snapshot {
         tid: pg_sys::ItemPointerData,
         slot: *mut pg_sys::TupleTableSlot,
     ) -> bool {
-        // SAFETY: per the contract. The block is checked against the relation's current
-        // size first (VACUUM may have truncated it since the TID was seen); the table AM's
-        // index-fetch callbacks are what an index scan itself calls with a TID.
+        // SAFETY: per the contract. The block is checked against the relation's size first
+        // (VACUUM may have truncated it since the TID was seen); the table AM's index-fetch
+        // callbacks are what an index scan itself calls with a TID.
         unsafe {
             let block = (u32::from(tid.ip_blkid.bi_hi) << 16) | u32::from(tid.ip_blkid.bi_lo);
-            let blocks =
-                pg_sys::RelationGetNumberOfBlocksInFork(rel, pg_sys::ForkNumber::MAIN_FORKNUM);
+            if block >= known_size(rel, block) {
+                return false;
+            }
             let am = (*rel).rd_tableam;
             let (Some(begin), Some(fetch), Some(end)) = (
                 (*am).index_fetch_begin,
@@ -355,15 +382,14 @@ impl Snapshot {
             ) else {
                 return false;
             };
-            block < blocks
-                && pg_sys::ffi::pg_guard_ffi_boundary(|| {
-                    let scan = begin(rel);
-                    let mut tid = tid;
-                    let (mut call_again, mut all_dead) = (false, false);
-                    let found = fetch(scan, &mut tid, self.0, slot, &mut call_again, &mut all_dead);
-                    end(scan);
-                    found
-                })
+            pg_sys::ffi::pg_guard_ffi_boundary(|| {
+                let scan = begin(rel);
+                let mut tid = tid;
+                let (mut call_again, mut all_dead) = (false, false);
+                let found = fetch(scan, &mut tid, self.0, slot, &mut call_again, &mut all_dead);
+                end(scan);
+                found
+            })
         }
     }
 

@@ -184,3 +184,30 @@ impl FromDatum for TextList {
         (!is_null).then(|| TextList(unsafe { text_array(datum) }))
     }
 }
+
+/// `items` as a one-dimensional `text[]` datum in the current memory context, built
+/// directly rather than through pgrx's generic array conversion.
+pub fn text_array_datum(items: &[String]) -> pg_sys::Datum {
+    let mut elements: Vec<pg_sys::Datum> = items
+        .iter()
+        .map(|item| {
+            // SAFETY: copies `item` into a new text value; lengths of scopes are bounded far
+            // below i32::MAX by validation on issue.
+            pg_sys::Datum::from(unsafe {
+                pg_sys::cstring_to_text_with_len(item.as_ptr().cast(), item.len() as i32)
+            })
+        })
+        .collect();
+    // SAFETY: `elements` holds `len` text datums; construct_array copies them.
+    let array = unsafe {
+        pg_sys::construct_array(
+            elements.as_mut_ptr(),
+            elements.len() as i32,
+            pg_sys::TEXTOID,
+            -1,
+            false,
+            pg_sys::TYPALIGN_INT as std::ffi::c_char,
+        )
+    };
+    pg_sys::Datum::from(array)
+}

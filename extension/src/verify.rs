@@ -154,7 +154,7 @@ impl Outcome<'_> {
                 self.reason.as_str().into_datum(),
                 self.key_id.into_datum(),
                 row.partner_id.into_datum(),
-                row.scopes.into_datum(),
+                Some(sqltypes::text_array_datum(&row.scopes)),
                 row.rate_per_minute.into_datum(),
                 row.expires_at.into_datum(),
             ],
