@@ -1,8 +1,9 @@
-//! Primary-key lookups straight through the index, for the verification hot path. SPI would
+//! Primary-key lookups for the verification hot path, without SPI: SPI would
 //! parse-plan-cache-check, build an executor and project expressions for what is one index
-//! probe; measured, that was most of a warm `apikey_verify`'s cost.
+//! probe; measured, that was most of a warm `apikey_verify`'s cost. A row found once is found
+//! again by its heap TID (see `KnownTids`), the index being the fallback.
 //!
-//! The scan takes a fresh snapshot (the latest committed state plus this transaction's
+//! Lookups take a fresh snapshot (the latest committed state plus this transaction's
 //! earlier commands, as a non-read-only SPI query would), so a revocation committed a moment
 //! ago is seen even inside a long statement or a REPEATABLE READ transaction. The
 //! AccessShareLock is kept until the transaction ends, like the executor does.

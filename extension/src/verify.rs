@@ -11,7 +11,6 @@ use crate::error::{ApiError, ApiResult, OrRaise};
 use crate::fetch::{self, PrimaryKey};
 use crate::hash::{self, Digest, Params};
 use crate::identity::{self, Identity};
-use crate::net::NetAddr;
 use crate::pepper::{Pepper, PepperSet};
 use crate::sqltypes::{self, CidrList, InetDatum, TextList};
 use crate::{db, guc, scope, srf, token};
@@ -178,8 +177,8 @@ impl Outcome<'_> {
 /// A minute, in PostgreSQL timestamp units (microseconds).
 const MINUTE: i64 = 60_000_000;
 
-/// Reads the key and its partner with one snapshot, straight from the indexes.
-fn lookup(key_id: &str, client_ip: Option<NetAddr>) -> ApiResult<Option<KeyRow>> {
+/// Reads the key and its partner with one snapshot, without SPI (`fetch`).
+fn lookup(key_id: &str, client_ip: Option<InetDatum>) -> ApiResult<Option<KeyRow>> {
     // SAFETY: plain read of the transaction start time, i.e. now().
     let now = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
     let at = |t: Option<TimestampWithTimeZone>| t.map(pg_sys::TimestampTz::from);
@@ -201,7 +200,12 @@ fn lookup(key_id: &str, client_ip: Option<NetAddr>) -> ApiResult<Option<KeyRow>>
                 not_yet_valid: at(row.get("not_before")?).is_some_and(|t| t > now),
                 expired: at(expires_at).is_some_and(|t| t <= now),
                 // A NULL list allows every address; a list (even an empty one) only its own.
-                ip_allowed: allowed.is_none_or(|list| client_ip.is_some_and(|ip| list.admits(&ip))),
+                // The client address is only decoded for keys that have a list.
+                ip_allowed: allowed.is_none_or(|list| {
+                    client_ip
+                        .and_then(|ip| ip.addr())
+                        .is_some_and(|ip| list.admits(&ip))
+                }),
                 touch_due: at(row.get("last_used_at")?).is_none_or(|t| t < now - MINUTE),
             })
         })?;
@@ -278,9 +282,8 @@ fn decide<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
     let params = guc::argon2_params();
     let secret = parsed.secret.as_bytes();
     let key_id = parsed.key_id;
-    let client_ip = request.client_ip.and_then(|ip| ip.addr());
 
-    let Some(row) = lookup(key_id, client_ip)? else {
+    let Some(row) = lookup(key_id, request.client_ip)? else {
         spend_like_a_mismatch(peppers.newest(), secret, params)?;
         return fail(Reason::UnknownKey, Some(key_id), None);
     };
@@ -323,8 +326,8 @@ fn decide<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
         reason,
         key_id: Some(key_id),
         row: Some(row),
-        rehash: stale.then(|| Rehash {
-            peppers: Rc::clone(&peppers),
+        rehash: stale.then_some(Rehash {
+            peppers,
             secret,
             params,
         }),
