@@ -99,12 +99,15 @@ thread_local! {
 pub fn init() {
     // SAFETY: registering a callback with a 'static function is allowed at any time.
     unsafe {
-        pg_sys::CacheRegisterRelcacheCallback(Some(forget_oids), pg_sys::Datum::from(0));
+        pg_sys::CacheRegisterRelcacheCallback(
+            Some(on_relcache_invalidation),
+            pg_sys::Datum::from(0),
+        );
     }
 }
 
 #[pg_guard]
-unsafe extern "C-unwind" fn forget_oids(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
     let cached = OIDS.get();
     let affected = relid == pg_sys::InvalidOid
         || cached
@@ -177,10 +180,8 @@ unsafe fn open(table: Table, part: Part) -> ApiResult<pg_sys::Relation> {
         Part::Table => table_name,
         Part::Index => index_name,
     };
-    // Delivers pending invalidations (a DROP / CREATE EXTENSION since this backend cached
-    // the OIDs) before the cache is read; a cheap unlocked check when there are none.
-    // SAFETY: allowed at any point inside a transaction.
-    unsafe { pg_sys::AcceptInvalidationMessages() };
+    // A DROP / CREATE EXTENSION since this backend cached the OIDs is noticed here.
+    accept_invalidations();
     for _attempt in 0..2 {
         let (table_oid, index_oid) = oids(table)?;
         let oid = match part {
@@ -281,6 +282,25 @@ fn set_known_tid(key: PrimaryKey<'_>, tid: Option<pg_sys::ItemPointerData>) {
 fn forget_all() {
     OIDS.set([None; 2]);
     TIDS.set(KnownTids::default());
+    GENERATION.set(GENERATION.get().wrapping_add(1));
+}
+
+thread_local! {
+    static GENERATION: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Moves on whenever this backend's caches of apikey's relations are cleared, i.e. when an
+/// invalidation message named apikey.keys, apikey.partners or their indexes, or all
+/// relations: whatever was read from them under an older generation may be stale.
+pub fn generation() -> u64 {
+    GENERATION.get()
+}
+
+/// Delivers pending invalidation messages (`generation` moves on if one concerns apikey's
+/// tables). A cheap unlocked check when there are none.
+pub fn accept_invalidations() {
+    // SAFETY: allowed at any point inside a transaction.
+    unsafe { pg_sys::AcceptInvalidationMessages() };
 }
 
 /// Runs `read_all` with one fresh snapshot (the latest committed state plus this

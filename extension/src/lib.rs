@@ -2,8 +2,8 @@
 //!
 //! Pure logic (no database): `token`, `scope`, `hash`, `pepper`, `validate`, `net`.
 //! SQL-facing glue: `verify`, `lifecycle`, `partner`, `identity`, with `access` (who may do
-//! what), `audit`, `db` (SPI plans), `fetch` (index lookups), `sqltypes`, `srf`, `guc` and
-//! `error` shared between them.
+//! what), `audit`, `db` (SPI plans), `fetch` (index lookups), `known_keys` (the key rows a
+//! backend remembers), `sqltypes`, `srf`, `guc` and `error` shared between them.
 
 use pgrx::prelude::*;
 
@@ -15,6 +15,7 @@ mod fetch;
 mod guc;
 mod hash;
 mod identity;
+mod known_keys;
 mod lifecycle;
 mod net;
 mod partner;
@@ -30,6 +31,7 @@ mod verify;
 
 extension_sql_file!("../../sql/schema.sql", name = "schema", bootstrap);
 extension_sql_file!("../../sql/verify.sql", name = "verify");
+extension_sql_file!("../../sql/known_keys.sql", name = "known_keys");
 extension_sql_file!("../../sql/security.sql", name = "security", finalize);
 
 #[pg_guard]

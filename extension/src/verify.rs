@@ -1,18 +1,19 @@
 //! `apikey_verify`: token in, exactly one row out, never an error for any token value.
 //!
 //! Cost model: the first successful verification of a key in a backend pays for Argon2id and
-//! remembers the proof (key id, stored hash, HMAC digest). Later ones read the row fresh
-//! (revocation, expiry, enabled, partner state, hash changes all apply at once) and compare
-//! one HMAC against the proof in constant time. Unknown key ids and wrong secrets both pay
+//! remembers the proof (key id, stored hash, HMAC digest). Later ones take the key's row
+//! from `known_keys` (which drops it as soon as PostgreSQL reports a change, so revocation,
+//! expiry, enabled, partner state and hash changes apply at once) and compare one HMAC
+//! against the proof in constant time. Unknown key ids and wrong secrets both pay
 //! one Argon2id verification, so timing does not tell which key ids exist.
 
 use crate::audit::{self, Event};
 use crate::error::{ApiError, ApiResult, OrRaise};
-use crate::fetch::{self, PrimaryKey};
 use crate::hash::{self, Digest, Params};
 use crate::identity::{self, Identity};
+use crate::known_keys::{self, StoredKey};
 use crate::pepper::{Pepper, PepperSet};
-use crate::sqltypes::{self, CidrList, InetDatum, TextList};
+use crate::sqltypes::{self, InetDatum};
 use crate::{db, guc, scope, srf, token};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -109,28 +110,10 @@ struct Request<'a> {
     client_ip: Option<InetDatum>,
 }
 
-/// The key row as verification needs it; time comparisons are made with the transaction's
-/// `now()`.
-struct KeyRow {
-    partner_id: pgrx::Uuid,
-    secret_hash: String,
-    pepper_fingerprint: String,
-    scopes: Vec<String>,
-    rate_per_minute: i32,
-    expires_at: Option<TimestampWithTimeZone>,
-    enabled: bool,
-    partner_active: bool,
-    revoked: bool,
-    not_yet_valid: bool,
-    expired: bool,
-    ip_allowed: bool,
-    touch_due: bool,
-}
-
 struct Outcome<'a> {
     reason: Reason,
     key_id: Option<&'a str>,
-    row: Option<KeyRow>,
+    row: Option<Rc<StoredKey>>,
     /// Set on success when the stored hash uses an old pepper or old Argon2 parameters.
     rehash: Option<Rehash<'a>>,
 }
@@ -177,49 +160,10 @@ impl Outcome<'_> {
 /// A minute, in PostgreSQL timestamp units (microseconds).
 const MINUTE: i64 = 60_000_000;
 
-/// Reads the key and its partner with one snapshot, without SPI (`fetch`).
-fn lookup(key_id: &str, client_ip: Option<InetDatum>) -> ApiResult<Option<KeyRow>> {
-    // SAFETY: plain read of the transaction start time, i.e. now().
-    let now = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
-    let at = |t: Option<TimestampWithTimeZone>| t.map(pg_sys::TimestampTz::from);
-    let missing = || ApiError::internal("apikey.keys row has NULL in a NOT NULL column");
-    fetch::with_latest_snapshot(|snapshot| {
-        let found = snapshot.by_primary_key(PrimaryKey::Key(key_id), |row| {
-            let expires_at: Option<TimestampWithTimeZone> = row.get("expires_at")?;
-            let allowed: Option<CidrList> = row.get("allowed_cidrs")?;
-            Ok(KeyRow {
-                partner_id: row.get("partner_id")?.ok_or_else(missing)?,
-                secret_hash: row.get("secret_hash")?.ok_or_else(missing)?,
-                pepper_fingerprint: row.get("pepper_fingerprint")?.ok_or_else(missing)?,
-                scopes: row.get::<TextList>("scopes")?.ok_or_else(missing)?.0,
-                rate_per_minute: row.get("rate_per_minute")?.ok_or_else(missing)?,
-                expires_at,
-                enabled: row.get("enabled")?.ok_or_else(missing)?,
-                partner_active: false,
-                revoked: at(row.get("revoked_at")?).is_some_and(|t| t <= now),
-                not_yet_valid: at(row.get("not_before")?).is_some_and(|t| t > now),
-                expired: at(expires_at).is_some_and(|t| t <= now),
-                // A NULL list allows every address; a list (even an empty one) only its own.
-                // The client address is only decoded for keys that have a list.
-                ip_allowed: allowed.is_none_or(|list| {
-                    client_ip
-                        .and_then(|ip| ip.addr())
-                        .is_some_and(|ip| list.admits(&ip))
-                }),
-                touch_due: at(row.get("last_used_at")?).is_none_or(|t| t < now - MINUTE),
-            })
-        })?;
-        let Some(mut row) = found else {
-            return Ok(None);
-        };
-        row.partner_active = snapshot
-            .by_primary_key(PrimaryKey::Partner(row.partner_id), |p| {
-                p.get::<bool>("active")
-            })?
-            .flatten()
-            .unwrap_or(false);
-        Ok(Some(row))
-    })
+/// The transaction's start, i.e. `now()`, which every time comparison uses.
+fn now() -> pg_sys::TimestampTz {
+    // SAFETY: plain read of backend state.
+    unsafe { pg_sys::GetCurrentTransactionStartTimestamp() }
 }
 
 /// Decides, then does the bookkeeping the decision calls for: the identity, and (where the
@@ -234,7 +178,8 @@ fn verify<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
                 key_id: key_id.to_string(),
                 scopes: row.scopes.clone(),
             });
-            let touch = row.touch_due && db::can_write();
+            let now = now();
+            let touch = row.last_used_at.get().is_none_or(|t| t < now - MINUTE) && db::can_write();
             if outcome.rehash.is_some() || touch {
                 Spi::connect_mut(|client| {
                     if let Some(rehash) = &outcome.rehash {
@@ -242,6 +187,7 @@ fn verify<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
                     }
                     if touch {
                         touch_key(client, key_id)?;
+                        row.last_used_at.set(Some(now));
                     }
                     Ok::<_, ApiError>(())
                 })?;
@@ -283,7 +229,7 @@ fn decide<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
     let secret = parsed.secret.as_bytes();
     let key_id = parsed.key_id;
 
-    let Some(row) = lookup(key_id, request.client_ip)? else {
+    let Some(row) = known_keys::lookup(key_id)? else {
         spend_like_a_mismatch(peppers.newest(), secret, params)?;
         return fail(Reason::UnknownKey, Some(key_id), None);
     };
@@ -301,17 +247,18 @@ fn decide<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
         None => return fail(Reason::SecretMismatch, Some(key_id), Some(row)),
     };
 
-    let reason = if row.revoked {
+    let now = now();
+    let reason = if row.revoked_at.is_some_and(|t| t <= now) {
         Reason::Revoked
     } else if !row.enabled {
         Reason::Disabled
     } else if !row.partner_active {
         Reason::PartnerInactive
-    } else if row.expired {
+    } else if row.expires_at_tz().is_some_and(|t| t <= now) {
         Reason::Expired
-    } else if row.not_yet_valid {
+    } else if row.not_before.is_some_and(|t| t > now) {
         Reason::NotYetValid
-    } else if !row.ip_allowed {
+    } else if !row.admits(|| request.client_ip.and_then(|ip| ip.addr())) {
         Reason::IpNotAllowed
     } else if !scope::has_all(&row.scopes, request.required.iter().map(String::as_str)) {
         Reason::InsufficientScope
@@ -339,7 +286,7 @@ fn decide<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
 fn rehash_key(
     client: &mut SpiClient<'_>,
     key_id: &str,
-    row: &KeyRow,
+    row: &StoredKey,
     rehash: &Rehash<'_>,
 ) -> ApiResult<()> {
     let (newest, secret, params) = (rehash.peppers.newest(), rehash.secret, rehash.params);
@@ -374,10 +321,14 @@ fn rehash_key(
 }
 
 /// `last_used_at`, at most once a minute per key. SKIP LOCKED: if another session is
-/// updating the row right now, its timestamp is as good as ours and we do not wait.
+/// updating the row right now, its timestamp is as good as ours and we do not wait. The
+/// recency test is repeated here because this backend's copy of the row does not see other
+/// sessions' touches (`known_keys`).
 fn touch_key(client: &mut SpiClient<'_>, key_id: &str) -> ApiResult<()> {
     const TOUCH: &str = "UPDATE apikey.keys SET last_used_at = now() WHERE key_id = \
-        (SELECT key_id FROM apikey.keys WHERE key_id = $1 FOR UPDATE SKIP LOCKED)";
+        (SELECT key_id FROM apikey.keys WHERE key_id = $1 \
+           AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute') \
+         FOR UPDATE SKIP LOCKED)";
     db::execute(client, TOUCH, &[pg_sys::TEXTOID], &[key_id.into()])?;
     Ok(())
 }
@@ -407,7 +358,9 @@ fn spend_like_a_mismatch(pepper: &Pepper, secret: &[u8], params: Params) -> ApiR
 }
 
 /// Per-backend proofs that a digest matched a stored hash. An entry is only trusted while the
-/// row still holds that exact hash, and it never stands in for reading the row.
+/// row still holds that exact hash. Kept apart from `known_keys`, whose rows are dropped on
+/// every change of the tables: a proof outlives them, so issuing one key does not make every
+/// backend pay Argon2id again for every other key.
 mod proofs {
     use super::*;
 

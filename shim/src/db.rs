@@ -11,6 +11,7 @@ use deadpool_postgres::{
 };
 use std::net::IpAddr;
 use std::str::FromStr;
+use tokio_postgres::Row;
 use uuid::Uuid;
 
 pub fn pool(database_url: &str, size: usize) -> Result<Pool, String> {
@@ -32,47 +33,54 @@ pub fn pool(database_url: &str, size: usize) -> Result<Pool, String> {
         .map_err(|e| format!("cannot build the connection pool: {e}"))
 }
 
-/// One row of `apikey_verify`.
-pub struct Verdict {
+/// One row of `apikey_verify`, read in place from the row it came in.
+pub struct Verdict<'r> {
     pub valid: bool,
-    pub reason: String,
-    pub key_id: Option<String>,
+    pub reason: &'r str,
+    pub key_id: Option<&'r str>,
     pub partner_id: Option<Uuid>,
-    pub scopes: Option<Vec<String>>,
+    pub scopes: Option<Vec<&'r str>>,
     pub rate_per_minute: Option<i32>,
 }
 
+impl<'r> Verdict<'r> {
+    /// Columns by position, in the contract's order (`SELECT *`).
+    pub fn from_row(row: &'r Row) -> Result<Self, AppError> {
+        Ok(Verdict {
+            valid: row.try_get(0)?,
+            reason: row.try_get(1)?,
+            key_id: row.try_get(2)?,
+            partner_id: row.try_get(3)?,
+            scopes: row.try_get(4)?,
+            rate_per_minute: row.try_get(5)?,
+        })
+    }
+}
+
+/// Calls `apikey_verify`; read the row with [`Verdict::from_row`].
 pub async fn verify(
     client: &impl GenericClient,
     key: &PresentedKey,
     required_scopes: &[String],
     client_ip: IpAddr,
-) -> Result<Verdict, AppError> {
+) -> Result<Row, AppError> {
     // All columns, in the contract's order, so the server need not project; without
     // required scopes the default '{}' stands in for an array parameter to encode and decode.
-    let row = if required_scopes.is_empty() {
+    if required_scopes.is_empty() {
         let statement = client
             .prepare_cached("SELECT * FROM apikey_verify($1, client_ip => $2)")
             .await?;
-        client
+        Ok(client
             .query_one(&statement, &[&key.token(), &client_ip])
-            .await?
+            .await?)
     } else {
         let statement = client
             .prepare_cached("SELECT * FROM apikey_verify($1, $2, $3)")
             .await?;
-        client
+        Ok(client
             .query_one(&statement, &[&key.token(), &required_scopes, &client_ip])
-            .await?
-    };
-    Ok(Verdict {
-        valid: row.try_get("valid")?,
-        reason: row.try_get("reason")?,
-        key_id: row.try_get("key_id")?,
-        partner_id: row.try_get("partner_id")?,
-        scopes: row.try_get("scopes")?,
-        rate_per_minute: row.try_get("rate_per_minute")?,
-    })
+            .await?)
+    }
 }
 
 /// Starts the transaction of a management request acting as the caller's key holder. If

@@ -68,10 +68,14 @@ impl InMemoryLimiter {
         if buckets.len() > SWEEP_ABOVE {
             buckets.retain(|_, b| now.saturating_duration_since(b.updated) < IDLE);
         }
-        let bucket = buckets.entry(key_id.to_string()).or_insert(Bucket {
-            tokens: capacity,
-            updated: now,
-        });
+        // Looked up before inserting: an entry() would copy the key id on every request.
+        let bucket = match buckets.get_mut(key_id) {
+            Some(bucket) => bucket,
+            None => buckets.entry(key_id.to_string()).or_insert(Bucket {
+                tokens: capacity,
+                updated: now,
+            }),
+        };
         let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * per_second).min(capacity);
         bucket.updated = now;

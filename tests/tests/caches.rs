@@ -1,9 +1,12 @@
-//! A backend remembers where apikey's relations are (OIDs) and where each key's row was
-//! found (heap TIDs), so a warm verification skips catalog lookups and the index descent.
-//! These tests change the tables under a long-lived session, as a DBA or an upgrade would,
-//! and check that the session's next verification still reads the truth: after table
-//! rewrites, after a row is deleted and its space reused, and after the extension is dropped
-//! and created again. Each runs in a database of its own.
+//! A backend remembers where apikey's relations are (OIDs), where each key's row was found
+//! (heap TIDs) and the key rows themselves until an invalidation says they changed, so a
+//! warm verification reads no table. These tests change the tables under a long-lived
+//! session, as a DBA, an upgrade or a replication tool would, and check that the session's
+//! next verification still reads the truth: after a change of each column verification
+//! reads, by the extension's functions or by plain SQL, in replica mode, inside the
+//! session's own transaction and after its rollback, after table rewrites, after a row is
+//! deleted and its space reused, after TRUNCATE, and after the extension is dropped and
+//! created again. Each runs in a database of its own.
 
 use apikey_tests::postgres::Client;
 use apikey_tests::*;
@@ -113,4 +116,175 @@ fn dropping_and_creating_the_extension_is_noticed() {
     let v = verify(&mut pooled, Some(&before.token), &[], None);
     assert_eq!((v.valid, v.reason.as_str()), (false, "unknown_key"));
     assert_eq!(reason(&mut pooled, &after.token), "ok");
+}
+
+/// Every change to a column verification reads, made with plain SQL behind the extension's
+/// back, reaches a session that had the row warm on its very next verification.
+#[test]
+fn plain_sql_changes_reach_a_session_that_remembers_the_row() {
+    let mut dbs = Databases::default();
+    let (db, mut dba) = with_extension(&mut dbs, "apikey_cache_sql");
+    let mut pooled = connect_to("postgres", &db);
+    let partner = create_partner(&mut dba);
+    let other_partner = create_partner(&mut dba);
+    let key = issue(&mut dba, partner, &["a:b"]);
+    let other = issue(&mut dba, partner, &["a:b"]);
+    const CLIENT: &str = "192.0.2.1";
+    let own_hash: String = dba
+        .query_one(
+            "SELECT secret_hash FROM apikey.keys WHERE key_id = $1",
+            &[&key.key_id],
+        )
+        .expect("hash")
+        .get(0);
+    let check = |dba: &mut Client, pooled: &mut Client, change: &str, undo: &str, changed: &str| {
+        let warm = verify(pooled, Some(&key.token), &["a:b"], Some(CLIENT));
+        assert_eq!(warm.reason, "ok", "before {change}");
+        dba.execute(change, &[&key.key_id]).expect(change);
+        let v = verify(pooled, Some(&key.token), &["a:b"], Some(CLIENT));
+        // Changes that keep the key valid show in the identity columns.
+        let seen = if changed.starts_with("rate ") {
+            format!("rate {:?}", v.rate_per_minute)
+        } else if changed.starts_with("partner ") {
+            format!("partner {}", v.partner_id == Some(other_partner))
+        } else {
+            v.reason.clone()
+        };
+        assert_eq!(seen, changed, "after {change}");
+        dba.execute(undo, &[&key.key_id]).expect(undo);
+    };
+    let set = |assignment: &str| format!("UPDATE apikey.keys SET {assignment} WHERE key_id = $1");
+    for (change, undo, changed) in [
+        (set("enabled = false"), set("enabled = true"), "disabled"),
+        (
+            set("revoked_at = now()"),
+            set("revoked_at = NULL"),
+            "revoked",
+        ),
+        (
+            set("expires_at = now() - interval '1 second'"),
+            set("expires_at = NULL"),
+            "expired",
+        ),
+        (
+            set("not_before = now() + interval '1 hour'"),
+            set("not_before = NULL"),
+            "not_yet_valid",
+        ),
+        (
+            set("scopes = '{x:y}'"),
+            set("scopes = '{a:b}'"),
+            "insufficient_scope",
+        ),
+        (
+            set("allowed_cidrs = '{10.0.0.0/8}'"),
+            set("allowed_cidrs = NULL"),
+            "ip_not_allowed",
+        ),
+        (
+            set("rate_per_minute = 7"),
+            set("rate_per_minute = 300"),
+            "rate Some(7)",
+        ),
+        (
+            format!("UPDATE apikey.keys SET partner_id = '{other_partner}' WHERE key_id = $1"),
+            format!("UPDATE apikey.keys SET partner_id = '{partner}' WHERE key_id = $1"),
+            "partner true",
+        ),
+        (
+            format!(
+                "UPDATE apikey.keys k SET secret_hash = o.secret_hash FROM apikey.keys o \
+                 WHERE k.key_id = $1 AND o.key_id = '{}'",
+                other.key_id
+            ),
+            format!("UPDATE apikey.keys SET secret_hash = '{own_hash}' WHERE key_id = $1"),
+            "secret_mismatch",
+        ),
+    ] {
+        check(&mut dba, &mut pooled, &change, &undo, changed);
+    }
+    // The partner's state, and replica mode (logical replication's apply, some restores),
+    // in which ordinary triggers do not fire.
+    check(
+        &mut dba,
+        &mut pooled,
+        "UPDATE apikey.partners SET active = false WHERE partner_id = \
+         (SELECT partner_id FROM apikey.keys WHERE key_id = $1)",
+        "UPDATE apikey.partners SET active = true WHERE partner_id = \
+         (SELECT partner_id FROM apikey.keys WHERE key_id = $1)",
+        "partner_inactive",
+    );
+    dba.batch_execute("SET session_replication_role = replica")
+        .expect("replica mode");
+    check(
+        &mut dba,
+        &mut pooled,
+        "UPDATE apikey.keys SET enabled = false WHERE key_id = $1",
+        "UPDATE apikey.keys SET enabled = true WHERE key_id = $1",
+        "disabled",
+    );
+    dba.batch_execute("RESET session_replication_role")
+        .expect("origin mode");
+    assert_eq!(reason(&mut pooled, &key.token), "ok");
+    dba.execute(
+        "DELETE FROM apikey.keys WHERE key_id = $1",
+        &[&other.key_id],
+    )
+    .expect("delete");
+    assert_eq!(reason(&mut pooled, &other.token), "unknown_key");
+    dba.batch_execute("TRUNCATE apikey.keys").expect("truncate");
+    assert_eq!(reason(&mut pooled, &key.token), "unknown_key");
+}
+
+/// A session's own uncommitted changes are seen by its verifications, and forgotten with
+/// them when it rolls back (a row read from them must not outlive the transaction).
+#[test]
+fn a_sessions_own_changes_are_seen_and_forgotten_on_rollback() {
+    let mut dbs = Databases::default();
+    let (_db, mut c) = with_extension(&mut dbs, "apikey_cache_own");
+    let partner = create_partner(&mut c);
+    let key = issue(&mut c, partner, &["a:b"]);
+    assert_eq!(reason(&mut c, &key.token), "ok");
+
+    c.batch_execute("BEGIN").expect("begin");
+    c.execute("SELECT apikey_set_enabled($1, false)", &[&key.key_id])
+        .expect("disable");
+    assert_eq!(reason(&mut c, &key.token), "disabled");
+    c.batch_execute("ROLLBACK").expect("rollback");
+    assert_eq!(reason(&mut c, &key.token), "ok");
+
+    c.batch_execute("BEGIN").expect("begin");
+    let unborn = issue(&mut c, partner, &["a:b"]);
+    assert_eq!(reason(&mut c, &unborn.token), "ok");
+    c.batch_execute("ROLLBACK").expect("rollback");
+    assert_eq!(reason(&mut c, &unborn.token), "unknown_key");
+
+    c.batch_execute("BEGIN; SAVEPOINT s").expect("savepoint");
+    c.execute("SELECT apikey_revoke($1)", &[&key.key_id])
+        .expect("revoke");
+    assert_eq!(reason(&mut c, &key.token), "revoked");
+    c.batch_execute("ROLLBACK TO SAVEPOINT s")
+        .expect("rollback to savepoint");
+    assert_eq!(reason(&mut c, &key.token), "ok");
+    c.batch_execute("COMMIT").expect("commit");
+    assert_eq!(reason(&mut c, &key.token), "ok");
+}
+
+/// The trigger function is only a trigger, and nobody but the extension's owner may run it.
+#[test]
+fn the_invalidation_trigger_function_is_not_callable() {
+    let mut dbs = Databases::default();
+    let (_db, mut c) = with_extension(&mut dbs, "apikey_cache_fn");
+    let err = c
+        .batch_execute("SELECT apikey.forget_known_keys()")
+        .expect_err("a trigger function cannot be called directly");
+    assert_eq!(err.code().map(|c| c.code()), Some("0A000"), "{err}");
+    let public: bool = c
+        .query_one(
+            "SELECT has_function_privilege('public', 'apikey.forget_known_keys()', 'EXECUTE')",
+            &[],
+        )
+        .expect("privilege")
+        .get(0);
+    assert!(!public, "PUBLIC may not execute apikey.forget_known_keys()");
 }

@@ -3,7 +3,6 @@
 
 use apikey_tests::postgres::Client;
 use apikey_tests::*;
-use std::path::PathBuf;
 use std::process::Command;
 
 fn run(tool: &str, args: &[String]) {

@@ -1,0 +1,185 @@
+//! Key rows as verification needs them, remembered per backend until PostgreSQL says they
+//! may have changed.
+//!
+//! A warm verification used to read the key and its partner on every call (two relation
+//! opens and locks, a snapshot, two heap fetches): about a sixth of its cost. Now a row read
+//! once is kept, and dropped when an invalidation message names `apikey.keys` or
+//! `apikey.partners`. Those messages come from:
+//! - the triggers in `sql/known_keys.sql`: any INSERT, DELETE or TRUNCATE of keys, any change
+//!   of a column verification reads, any change of partners (whoever makes it: the
+//!   extension's functions, a DBA's UPDATE, logical replication: the triggers are ENABLE
+//!   ALWAYS);
+//! - PostgreSQL itself: DDL, VACUUM FULL, CLUSTER, TRUNCATE, statistics updates, DROP
+//!   EXTENSION, and a full reset when a backend falls behind the message queue.
+//!
+//! Why this reads the latest committed state, as the fresh snapshot did: a committing
+//! transaction makes its changes visible before it sends its invalidations, and both before
+//! its client is told it committed. Every lookup first accepts pending messages; a row is
+//! only kept if no message arrived between that point (before the snapshot it was read
+//! with) and the end of the read. So once a revocation has returned to its caller, every
+//! later verification in any session either has no remembered row or has dropped it. Rows a
+//! transaction read from its own uncommitted changes are dropped on abort, when PostgreSQL
+//! replays that transaction's invalidations locally. On a hot standby the messages arrive
+//! with the replayed commit records.
+//!
+//! Not invalidating on `last_used_at`: verification itself writes it once a minute per key,
+//! and dropping every backend's rows for that would undo the cache. Each backend keeps its
+//! own idea of when it last touched a key (see `StoredKey::last_used_at`).
+
+use crate::error::{ApiError, ApiResult};
+use crate::fetch::{self, PrimaryKey};
+use crate::net::NetAddr;
+use crate::sqltypes::{CidrList, TextList};
+use pgrx::datum::TimestampWithTimeZone;
+use pgrx::{pg_guard, pg_sys};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// A key row and its partner's `active`, independent of the time and of the caller.
+pub struct StoredKey {
+    pub partner_id: pgrx::Uuid,
+    pub secret_hash: String,
+    pub pepper_fingerprint: String,
+    pub scopes: Vec<String>,
+    pub rate_per_minute: i32,
+    pub expires_at: Option<TimestampWithTimeZone>,
+    pub not_before: Option<pg_sys::TimestampTz>,
+    pub revoked_at: Option<pg_sys::TimestampTz>,
+    pub enabled: bool,
+    pub partner_active: bool,
+    /// NULL allows every address; a list (even an empty one) only its own networks.
+    pub allowed_cidrs: Option<CidrList>,
+    /// As read, then as this backend last set it: another session's touch changes no column
+    /// that invalidates, so a backend may touch a key another backend touched a moment ago
+    /// (the UPDATE then finds it recent and writes nothing).
+    pub last_used_at: Cell<Option<pg_sys::TimestampTz>>,
+}
+
+impl StoredKey {
+    /// Whether a caller at `client` may use the key. The address is only decoded for keys
+    /// that have a list.
+    pub fn admits(&self, client: impl FnOnce() -> Option<NetAddr>) -> bool {
+        self.allowed_cidrs
+            .as_ref()
+            .is_none_or(|list| client().is_some_and(|ip| list.admits(&ip)))
+    }
+
+    pub fn expires_at_tz(&self) -> Option<pg_sys::TimestampTz> {
+        self.expires_at.map(pg_sys::TimestampTz::from)
+    }
+}
+
+/// Enough for a busy pool; past it the map starts over rather than growing without bound.
+const MAX_ENTRIES: usize = 10_000;
+
+#[derive(Default)]
+struct Known {
+    /// `fetch::generation()` the rows were read under; any other value means an
+    /// invalidation arrived since, and every row is dropped.
+    generation: u64,
+    rows: HashMap<String, Rc<StoredKey>>,
+}
+
+thread_local! {
+    static KNOWN: RefCell<Known> = RefCell::new(Known::default());
+}
+
+/// The row of `key_id`, remembered or read now; `None` if there is no such key.
+pub fn lookup(key_id: &str) -> ApiResult<Option<Rc<StoredKey>>> {
+    fetch::accept_invalidations();
+    let generation = fetch::generation();
+    let remembered = KNOWN.with_borrow_mut(|known| {
+        if known.generation != generation {
+            known.rows.clear();
+            known.generation = generation;
+        }
+        known.rows.get(key_id).cloned()
+    });
+    if remembered.is_some() {
+        return Ok(remembered);
+    }
+    let Some(row) = read(key_id)? else {
+        return Ok(None);
+    };
+    let row = Rc::new(row);
+    KNOWN.with_borrow_mut(|known| {
+        // An invalidation delivered while reading (taking the locks accepts messages) may
+        // be for a change the snapshot missed: use the row this once, keep nothing.
+        if known.generation == generation && fetch::generation() == generation {
+            if known.rows.len() >= MAX_ENTRIES {
+                known.rows.clear();
+            }
+            known.rows.insert(key_id.to_string(), Rc::clone(&row));
+        }
+    });
+    Ok(Some(row))
+}
+
+/// Reads the key and its partner with one fresh snapshot, without SPI (`fetch`).
+fn read(key_id: &str) -> ApiResult<Option<StoredKey>> {
+    let at = |t: Option<TimestampWithTimeZone>| t.map(pg_sys::TimestampTz::from);
+    let missing = || ApiError::internal("apikey.keys row has NULL in a NOT NULL column");
+    fetch::with_latest_snapshot(|snapshot| {
+        let found = snapshot.by_primary_key(PrimaryKey::Key(key_id), |row| {
+            Ok(StoredKey {
+                partner_id: row.get("partner_id")?.ok_or_else(missing)?,
+                secret_hash: row.get("secret_hash")?.ok_or_else(missing)?,
+                pepper_fingerprint: row.get("pepper_fingerprint")?.ok_or_else(missing)?,
+                scopes: row.get::<TextList>("scopes")?.ok_or_else(missing)?.0,
+                rate_per_minute: row.get("rate_per_minute")?.ok_or_else(missing)?,
+                expires_at: row.get("expires_at")?,
+                not_before: at(row.get("not_before")?),
+                revoked_at: at(row.get("revoked_at")?),
+                enabled: row.get("enabled")?.ok_or_else(missing)?,
+                partner_active: false,
+                allowed_cidrs: row.get("allowed_cidrs")?,
+                last_used_at: Cell::new(at(row.get("last_used_at")?)),
+            })
+        })?;
+        let Some(mut row) = found else {
+            return Ok(None);
+        };
+        row.partner_active = snapshot
+            .by_primary_key(PrimaryKey::Partner(row.partner_id), |p| {
+                p.get::<bool>("active")
+            })?
+            .flatten()
+            .unwrap_or(false);
+        Ok(Some(row))
+    })
+}
+
+/// `apikey.forget_known_keys()`, the trigger function of `sql/known_keys.sql`: queues a
+/// relcache invalidation of the table the trigger fired on. PostgreSQL delivers it to this
+/// backend at the next command and to every other backend after commit; `fetch`'s callback
+/// then moves the generation on. Raises when called other than as a trigger.
+#[unsafe(no_mangle)]
+#[doc(hidden)]
+pub extern "C" fn pg_finfo_apikey_forget_known_keys() -> &'static pg_sys::Pg_finfo_record {
+    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn apikey_forget_known_keys(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    // SAFETY: fcinfo is PostgreSQL's; its context is only read as TriggerData after the
+    // node tag says it is one.
+    unsafe {
+        let context = (*fcinfo).context;
+        if context.is_null() || (*context).type_ != pg_sys::NodeTag::T_TriggerData {
+            pgrx::ereport!(
+                ERROR,
+                pgrx::PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                "apikey.forget_known_keys() may only be called as a trigger"
+            );
+        }
+        let trigger = context.cast::<pg_sys::TriggerData>();
+        pg_sys::CacheInvalidateRelcache((*trigger).tg_relation);
+    }
+    // An AFTER trigger's result is ignored.
+    pg_sys::Datum::from(0)
+}

@@ -1,0 +1,32 @@
+-- Invalidation of the key rows each backend remembers for apikey_verify
+-- (extension/src/known_keys.rs). Every change verification could notice sends a relcache
+-- invalidation of the table, delivered to every session after commit; a session drops its
+-- remembered rows when it sees one. ENABLE ALWAYS: the triggers also fire where
+-- session_replication_role = replica (logical replication, some restore tools).
+-- Disabling them would let sessions verify against rows as they were.
+CREATE FUNCTION apikey.forget_known_keys() RETURNS trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'apikey_forget_known_keys';
+
+CREATE TRIGGER keys_added_or_removed
+    AFTER INSERT OR DELETE OR TRUNCATE ON apikey.keys
+    FOR EACH STATEMENT EXECUTE FUNCTION apikey.forget_known_keys();
+-- Only the columns apikey_verify reads: the once-a-minute last_used_at update that
+-- verification itself makes must not clear every session's rows.
+CREATE TRIGGER keys_verification_columns_changed
+    AFTER UPDATE ON apikey.keys
+    FOR EACH ROW
+    WHEN ((OLD.key_id, OLD.partner_id, OLD.secret_hash, OLD.pepper_fingerprint, OLD.scopes,
+           OLD.rate_per_minute, OLD.expires_at, OLD.not_before, OLD.revoked_at, OLD.enabled,
+           OLD.allowed_cidrs)
+          IS DISTINCT FROM
+          (NEW.key_id, NEW.partner_id, NEW.secret_hash, NEW.pepper_fingerprint, NEW.scopes,
+           NEW.rate_per_minute, NEW.expires_at, NEW.not_before, NEW.revoked_at, NEW.enabled,
+           NEW.allowed_cidrs))
+    EXECUTE FUNCTION apikey.forget_known_keys();
+CREATE TRIGGER partners_changed
+    AFTER UPDATE OR DELETE OR TRUNCATE ON apikey.partners
+    FOR EACH STATEMENT EXECUTE FUNCTION apikey.forget_known_keys();
+
+ALTER TABLE apikey.keys ENABLE ALWAYS TRIGGER keys_added_or_removed;
+ALTER TABLE apikey.keys ENABLE ALWAYS TRIGGER keys_verification_columns_changed;
+ALTER TABLE apikey.partners ENABLE ALWAYS TRIGGER partners_changed;
