@@ -288,3 +288,44 @@ fn the_invalidation_trigger_function_is_not_callable() {
         .get(0);
     assert!(!public, "PUBLIC may not execute apikey.forget_known_keys()");
 }
+
+/// Sessions verifying the same key in a loop while another revokes it: every verification
+/// that starts after the revocation has returned says `revoked`, in every session.
+#[test]
+fn a_revocation_reaches_every_busy_session_at_once() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let mut dbs = Databases::default();
+    let (db, mut dba) = with_extension(&mut dbs, "apikey_cache_busy");
+    let partner = create_partner(&mut dba);
+    let key = issue(&mut dba, partner, &["a:b"]);
+    let revoked = Arc::new(AtomicBool::new(false));
+    let sessions: Vec<_> = (0..4)
+        .map(|_| {
+            let (db, token, revoked) = (db.clone(), key.token.clone(), Arc::clone(&revoked));
+            std::thread::spawn(move || {
+                let mut c = connect_to("postgres", &db);
+                let mut after = 0;
+                while after < 50 {
+                    let started_after_revoke = revoked.load(Ordering::SeqCst);
+                    let reason = reason(&mut c, &token);
+                    if started_after_revoke {
+                        assert_eq!(reason, "revoked", "a call started after the revocation");
+                        after += 1;
+                    } else {
+                        assert!(reason == "ok" || reason == "revoked", "{reason}");
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    dba.execute("SELECT apikey_revoke($1)", &[&key.key_id])
+        .expect("revoke");
+    revoked.store(true, Ordering::SeqCst);
+    for session in sessions {
+        session
+            .join()
+            .expect("a session saw the key valid after its revocation");
+    }
+}
