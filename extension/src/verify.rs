@@ -97,6 +97,8 @@ pub unsafe extern "C-unwind" fn apikey_verify(fcinfo: pg_sys::FunctionCallInfo) 
         token,
         required: &required,
         client_ip,
+        // SAFETY: plain read of backend state.
+        now: unsafe { pg_sys::GetCurrentTransactionStartTimestamp() },
     };
     let outcome = verify(&request).or_raise();
     let (mut values, mut nulls) = outcome.into_datums();
@@ -108,6 +110,8 @@ struct Request<'a> {
     token: Option<&'a str>,
     required: &'a [String],
     client_ip: Option<InetDatum>,
+    /// The transaction's start, `now()`, which every time comparison uses.
+    now: pg_sys::TimestampTz,
 }
 
 struct Outcome<'a> {
@@ -160,12 +164,6 @@ impl Outcome<'_> {
 /// A minute, in PostgreSQL timestamp units (microseconds).
 const MINUTE: i64 = 60_000_000;
 
-/// The transaction's start, i.e. `now()`, which every time comparison uses.
-fn now() -> pg_sys::TimestampTz {
-    // SAFETY: plain read of backend state.
-    unsafe { pg_sys::GetCurrentTransactionStartTimestamp() }
-}
-
 /// Decides, then does the bookkeeping the decision calls for: the identity, and (where the
 /// transaction can write) the audit row of a failure, a re-hash and `last_used_at`. Only
 /// that bookkeeping uses SPI; a warm success usually needs none of it.
@@ -178,7 +176,7 @@ fn verify<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
                 key_id: key_id.to_string(),
                 scopes: row.scopes.clone(),
             });
-            let now = now();
+            let now = request.now;
             let touch = row.last_used_at.get().is_none_or(|t| t < now - MINUTE) && db::can_write();
             if outcome.rehash.is_some() || touch {
                 Spi::connect_mut(|client| {
@@ -247,7 +245,7 @@ fn decide<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
         None => return fail(Reason::SecretMismatch, Some(key_id), Some(row)),
     };
 
-    let now = now();
+    let now = request.now;
     let reason = if row.revoked_at.is_some_and(|t| t <= now) {
         Reason::Revoked
     } else if !row.enabled {
@@ -266,9 +264,9 @@ fn decide<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
         Reason::Ok
     };
     let stale = reason == Reason::Ok
-        && db::can_write()
         && (peppers.newest().fingerprint != row.pepper_fingerprint
-            || proofs::needs_rehash(key_id, &row.secret_hash, proof, params));
+            || proofs::needs_rehash(key_id, &row.secret_hash, proof, params))
+        && db::can_write();
     Ok(Outcome {
         reason,
         key_id: Some(key_id),
