@@ -106,7 +106,7 @@ pub fn lookup(key_id: &str) -> ApiResult<Option<Rc<StoredKey>>> {
     KNOWN.with_borrow_mut(|known| {
         // An invalidation delivered while reading (taking the locks accepts messages) may
         // be for a change the snapshot missed: use the row this once, keep nothing.
-        if known.generation == generation && fetch::generation() == generation {
+        if fetch::generation() == generation {
             if known.rows.len() >= MAX_ENTRIES {
                 known.rows.clear();
             }
