@@ -13,6 +13,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Audit rows of failed verifications would carry these addresses; one per test, because
@@ -101,6 +102,13 @@ impl Standby {
         );
 
         let pgdata = standby.pgdata();
+        // One base backup at a time: PostgreSQL 15 can invalidate the temporary replication
+        // slot of one pg_basebackup while the checkpoint another one forced is running (seen
+        // in CI as "terminating process ... to release replication slot").
+        static ONE_BASE_BACKUP: Mutex<()> = Mutex::new(());
+        let one_at_a_time = ONE_BASE_BACKUP
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         // -R writes primary_conninfo (the primary's socket directory and port) and
         // standby.signal; the copied apikey.conf keeps shared_preload_libraries and the
         // pepper file, so the standby loads the extension with the primary's pepper.
@@ -121,6 +129,7 @@ impl Standby {
                 "--checkpoint=fast",
             ],
         );
+        drop(one_at_a_time);
         assert!(
             backup.status.success(),
             "pg_basebackup: {}",
