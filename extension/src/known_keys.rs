@@ -150,17 +150,12 @@ fn read(key_id: &str) -> ApiResult<Option<StoredKey>> {
     })
 }
 
+v1_call_info!(pg_finfo_apikey_forget_known_keys);
+
 /// `apikey.forget_known_keys()`, the trigger function of `sql/known_keys.sql`: queues a
 /// relcache invalidation of the table the trigger fired on. PostgreSQL delivers it to this
 /// backend at the next command and to every other backend after commit; `fetch`'s callback
 /// then moves the generation on. Raises when called other than as a trigger.
-#[unsafe(no_mangle)]
-#[doc(hidden)]
-pub extern "C" fn pg_finfo_apikey_forget_known_keys() -> &'static pg_sys::Pg_finfo_record {
-    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
-    &V1
-}
-
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub unsafe extern "C-unwind" fn apikey_forget_known_keys(

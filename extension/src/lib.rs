@@ -7,6 +7,20 @@
 
 use pgrx::prelude::*;
 
+/// Declares the `pg_finfo_<symbol>` function PostgreSQL looks up for a `LANGUAGE c` function
+/// written against the version-1 calling convention by hand, i.e. without `#[pg_extern]`.
+macro_rules! v1_call_info {
+    ($finfo:ident) => {
+        #[unsafe(no_mangle)]
+        #[doc(hidden)]
+        pub extern "C" fn $finfo() -> &'static pgrx::pg_sys::Pg_finfo_record {
+            const V1: pgrx::pg_sys::Pg_finfo_record =
+                pgrx::pg_sys::Pg_finfo_record { api_version: 1 };
+            &V1
+        }
+    };
+}
+
 mod access;
 mod audit;
 mod db;

@@ -64,6 +64,8 @@ impl Reason {
     }
 }
 
+v1_call_info!(pg_finfo_apikey_verify);
+
 /// The SQL declaration lives in `sql/verify.sql`: the function is written against the C
 /// calling convention directly because pgrx's set-returning wrapper (per-call SRF state, a
 /// second call to end the set, the result descriptor rebuilt from the catalog each time)
@@ -72,13 +74,6 @@ impl Reason {
 ///
 /// SECURITY DEFINER without `SET search_path`: see `db::execute`, which pins it for every
 /// statement this function runs.
-#[unsafe(no_mangle)]
-#[doc(hidden)]
-pub extern "C" fn pg_finfo_apikey_verify() -> &'static pg_sys::Pg_finfo_record {
-    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
-    &V1
-}
-
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub unsafe extern "C-unwind" fn apikey_verify(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
