@@ -9,7 +9,7 @@ PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
 log() { printf '==> %s\n' "$*" >&2; }
 
 need_apt=()
-for pkg in postgresql-15 postgresql-server-dev-15 postgresql-contrib libclang-dev clang sudo pkg-config libssl-dev openssl curl wrk chromium chromium-driver fonts-dejavu-core; do
+for pkg in postgresql-15 postgresql-server-dev-15 postgresql-contrib libclang-dev clang sudo pkg-config libssl-dev openssl curl wrk chromium chromium-driver fonts-dejavu-core nginx caddy; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -17,6 +17,12 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+# nginx and Caddy are only run by the gateway tests, with configurations of their own; the
+# services Debian's packages start (where systemd runs) would only hold port 80.
+if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+  systemctl disable --now nginx caddy >/dev/null 2>&1 || true
 fi
 
 # Debian's package starts a default cluster on 5432; apikey never uses it, but it must not

@@ -91,6 +91,20 @@ build_extension() {
   bash "$APIKEY_REPO_ROOT/scripts/install-deps.sh"
   log "cargo pgrx install --release (a few minutes on a cold build)"
   (cd "$APIKEY_REPO_ROOT/extension" && cargo pgrx install --release --pg-config "$PGBIN/pg_config")
+  install_frozen_releases "$("$PGBIN/pg_config" --sharedir)/extension"
+}
+
+# install_frozen_releases DIR: copies the install scripts of earlier releases (sql/apikey--X.sql,
+# frozen as they shipped) into DIR. cargo pgrx install copies the upgrade scripts
+# (apikey--A--B.sql) but not these; CREATE EXTENSION apikey VERSION 'X' needs them.
+install_frozen_releases() {
+  local dir="$1" script
+  for script in "$APIKEY_REPO_ROOT"/sql/apikey--[0-9]*.sql; do
+    case "$(basename "$script")" in
+      *--*--*) ;;
+      *) install -m 0644 "$script" "$dir/" ;;
+    esac
+  done
 }
 
 # Returns 0 when the cluster of APIKEY_STATE_DIR is running.

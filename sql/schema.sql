@@ -52,24 +52,44 @@ CREATE TABLE apikey.audit_log (
     actor      text NOT NULL,
     reason     text,
     client_ip  inet,
-    detail     jsonb NOT NULL DEFAULT '{}'
+    detail     jsonb NOT NULL DEFAULT '{}',
+    -- The key verified in the acting transaction (a request through the shim names the key
+    -- that made it); NULL for SQL callers who verified none.
+    actor_key_id text
 );
 CREATE INDEX audit_log_key_id_idx ON apikey.audit_log (key_id, at);
 CREATE INDEX audit_log_partner_id_idx ON apikey.audit_log (partner_id, at);
 
+-- UPDATE, DELETE and TRUNCATE raise 42501, except the background worker's retention
+-- DELETEs (extension/src/flush.rs), which nothing reachable from SQL can imitate.
 CREATE FUNCTION apikey.audit_log_is_append_only() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RAISE EXCEPTION 'apikey.audit_log is append-only: % is not allowed', TG_OP
-        USING ERRCODE = 'insufficient_privilege';
-END
-$$;
+LANGUAGE c AS 'MODULE_PATHNAME', 'apikey_audit_log_is_append_only';
 CREATE TRIGGER audit_log_append_only
     BEFORE UPDATE OR DELETE ON apikey.audit_log
     FOR EACH ROW EXECUTE FUNCTION apikey.audit_log_is_append_only();
 CREATE TRIGGER audit_log_no_truncate
     BEFORE TRUNCATE ON apikey.audit_log
     FOR EACH STATEMENT EXECUTE FUNCTION apikey.audit_log_is_append_only();
+-- ALWAYS: also where session_replication_role = replica, which a superuser (or a
+-- replication role) could otherwise set to skip them.
+ALTER TABLE apikey.audit_log ENABLE ALWAYS TRIGGER audit_log_append_only;
+ALTER TABLE apikey.audit_log ENABLE ALWAYS TRIGGER audit_log_no_truncate;
+
+CREATE INDEX audit_log_at_idx ON apikey.audit_log (at);
+
+-- Verification counts per key, minute and reason, written by the background worker from
+-- shared memory (key_id NULL where no key was identified). NULLS NOT DISTINCT: the counts
+-- without a key of one minute and reason are one row.
+CREATE TABLE apikey.usage (
+    minute     timestamptz NOT NULL,
+    key_id     text,
+    partner_id uuid,
+    reason     text NOT NULL,
+    count      bigint NOT NULL CHECK (count > 0),
+    CONSTRAINT usage_minute_key_id_reason_key UNIQUE NULLS NOT DISTINCT (minute, key_id, reason)
+);
+CREATE INDEX usage_key_id_idx ON apikey.usage (key_id, minute);
+CREATE INDEX usage_partner_id_idx ON apikey.usage (partner_id, minute);
 
 -- pg_dump keeps the contents of these tables (they would otherwise be treated as part of
 -- the extension's definition and left out), so a restore keeps every key working.
@@ -77,3 +97,4 @@ SELECT pg_catalog.pg_extension_config_dump('apikey.partners', '');
 SELECT pg_catalog.pg_extension_config_dump('apikey.keys', '');
 SELECT pg_catalog.pg_extension_config_dump('apikey.audit_log', '');
 SELECT pg_catalog.pg_extension_config_dump('apikey.audit_log_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('apikey.usage', '');

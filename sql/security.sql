@@ -43,11 +43,13 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.apikey_verify,
     @extschema@.apikey_current_partner,
     @extschema@.apikey_current_key,
-    @extschema@.apikey_current_scopes
+    @extschema@.apikey_current_scopes,
+    @extschema@.apikey_version
 TO apikey_admin, apikey_verifier, apikey_partner;
 GRANT EXECUTE ON FUNCTION
     @extschema@.apikey_has_scope,
-    @extschema@.apikey_require_scope
+    @extschema@.apikey_require_scope,
+    @extschema@.apikey_usage
 TO apikey_admin, apikey_partner;
 
 -- Management. The functions check the caller again (a partner only touches its own keys,
@@ -55,7 +57,8 @@ TO apikey_admin, apikey_partner;
 GRANT EXECUTE ON FUNCTION
     @extschema@.apikey_partner_create,
     @extschema@.apikey_partner_set_active,
-    @extschema@.apikey_issue
+    @extschema@.apikey_issue,
+    @extschema@.apikey_status
 TO apikey_admin;
 GRANT EXECUTE ON FUNCTION
     @extschema@.apikey_rotate,
@@ -64,17 +67,19 @@ GRANT EXECUTE ON FUNCTION
 TO apikey_admin, apikey_partner;
 
 -- security_invoker: a plain view runs as its owner, a superuser who bypasses row-level
--- security, and would show every partner's keys to everyone who can read it.
+-- security, and would show every partner's keys to everyone who can read it. The status is
+-- judged at the time of the query, as verification judges it (clock_timestamp(), not the
+-- transaction's start).
 CREATE VIEW apikey.key_info WITH (security_invoker = true) AS
 SELECT
     key_id, partner_id, name, scopes, tags, metadata, environment, enabled, not_before,
     expires_at, revoked_at, revoke_reason, rotated_to, rate_per_minute, allowed_cidrs,
     created_at, created_by, last_used_at,
     CASE
-        WHEN revoked_at IS NOT NULL AND revoked_at <= now() THEN 'revoked'
-        WHEN expires_at IS NOT NULL AND expires_at <= now() THEN 'expired'
+        WHEN revoked_at IS NOT NULL AND revoked_at <= clock_timestamp() THEN 'revoked'
+        WHEN expires_at IS NOT NULL AND expires_at <= clock_timestamp() THEN 'expired'
         WHEN NOT enabled THEN 'disabled'
-        WHEN not_before IS NOT NULL AND not_before > now() THEN 'not_yet_valid'
+        WHEN not_before IS NOT NULL AND not_before > clock_timestamp() THEN 'not_yet_valid'
         ELSE 'live'
     END AS status
 FROM apikey.keys;
@@ -87,7 +92,8 @@ GRANT SELECT (
     expires_at, revoked_at, revoke_reason, rotated_to, rate_per_minute, allowed_cidrs,
     created_at, created_by, last_used_at
 ) ON apikey.keys TO apikey_admin, apikey_partner;
-GRANT SELECT ON apikey.key_info, apikey.audit_log, apikey.partners TO apikey_admin, apikey_partner;
+GRANT SELECT ON apikey.key_info, apikey.audit_log, apikey.partners, apikey.usage
+    TO apikey_admin, apikey_partner;
 
 ALTER TABLE apikey.partners ENABLE ROW LEVEL SECURITY;
 ALTER TABLE apikey.partners FORCE ROW LEVEL SECURITY;
@@ -95,6 +101,8 @@ ALTER TABLE apikey.keys ENABLE ROW LEVEL SECURITY;
 ALTER TABLE apikey.keys FORCE ROW LEVEL SECURITY;
 ALTER TABLE apikey.audit_log ENABLE ROW LEVEL SECURITY;
 ALTER TABLE apikey.audit_log FORCE ROW LEVEL SECURITY;
+ALTER TABLE apikey.usage ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apikey.usage FORCE ROW LEVEL SECURITY;
 
 CREATE POLICY admin_reads_all ON apikey.partners FOR SELECT TO apikey_admin USING (true);
 CREATE POLICY partner_reads_own ON apikey.partners FOR SELECT TO apikey_partner
@@ -104,4 +112,7 @@ CREATE POLICY partner_reads_own ON apikey.keys FOR SELECT TO apikey_partner
     USING (partner_id = @extschema@.apikey_current_partner());
 CREATE POLICY admin_reads_all ON apikey.audit_log FOR SELECT TO apikey_admin USING (true);
 CREATE POLICY partner_reads_own ON apikey.audit_log FOR SELECT TO apikey_partner
+    USING (partner_id = @extschema@.apikey_current_partner());
+CREATE POLICY admin_reads_all ON apikey.usage FOR SELECT TO apikey_admin USING (true);
+CREATE POLICY partner_reads_own ON apikey.usage FOR SELECT TO apikey_partner
     USING (partner_id = @extschema@.apikey_current_partner());

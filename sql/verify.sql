@@ -1,6 +1,7 @@
 -- apikey_verify is a C-language function written against the calling convention directly
 -- (see extension/src/verify.rs for why); this is its declaration, as the contract states it.
--- It never raises for any token value, NULL included, so it is not STRICT.
+-- It never raises for any token value, NULL included, so it is not STRICT. The last two
+-- columns (0.2.0) come from the server-wide rate limit; NULL where none was consulted.
 CREATE FUNCTION apikey_verify(
     token text,
     required_scopes text[] DEFAULT '{}',
@@ -12,7 +13,9 @@ CREATE FUNCTION apikey_verify(
     partner_id uuid,
     scopes text[],
     rate_per_minute int,
-    expires_at timestamptz
+    expires_at timestamptz,
+    rate_remaining int,
+    rate_reset_seconds int
 )
 VOLATILE SECURITY DEFINER PARALLEL UNSAFE
 LANGUAGE c

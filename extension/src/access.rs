@@ -52,9 +52,15 @@ pub fn require_admin(action: &str) -> ApiResult<()> {
 }
 
 /// Whether the caller may rotate, revoke, enable or disable the key `key_id` of partner
-/// `key_partner`. A partner asking about another partner's key is told it does not exist,
-/// so key ids of other partners cannot be probed.
-pub fn require_key_manager(key_id: &str, key_partner: pgrx::Uuid) -> ApiResult<()> {
+/// `key_partner` that holds `key_scopes`. A partner asking about another partner's key is
+/// told it does not exist, so key ids of other partners cannot be probed. A key holding an
+/// operator scope (`admin:*`, `*`) is an operator's alone, even one issued to the partner's
+/// own account: a partner that could rotate it would obtain an operator's token.
+pub fn require_key_manager(
+    key_id: &str,
+    key_partner: pgrx::Uuid,
+    key_scopes: &[String],
+) -> ApiResult<()> {
     if is_admin() {
         return Ok(());
     }
@@ -78,7 +84,29 @@ pub fn require_key_manager(key_id: &str, key_partner: pgrx::Uuid) -> ApiResult<(
             identity.key_id
         )));
     }
+    if key_scopes.iter().any(|s| scope::is_operator(s)) {
+        return Err(ApiError::denied(format!(
+            "key {key_id} holds an operator scope (admin:* or *): only an operator may manage it"
+        )));
+    }
     Ok(())
+}
+
+/// A partner may rotate a key only to scopes its current ones already grant (or keep them):
+/// rotation never widens a key. Operators may give any valid scopes.
+pub fn require_narrowing(key_id: &str, current: &[String], requested: &[String]) -> ApiResult<()> {
+    if is_admin() {
+        return Ok(());
+    }
+    match requested
+        .iter()
+        .find(|r| !scope::has_scope(current.iter().map(String::as_str), r))
+    {
+        None => Ok(()),
+        Some(wider) => Err(ApiError::denied(format!(
+            "rotating key {key_id} cannot add scope \"{wider}\": a partner may only keep or narrow a key's scopes"
+        ))),
+    }
 }
 
 pub fn key_not_found(key_id: &str) -> ApiError {

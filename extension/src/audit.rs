@@ -1,8 +1,8 @@
 //! Appends to `apikey.audit_log`. Rows carry key ids, never tokens or secrets.
 
-use crate::access;
-use crate::db;
+use crate::error::ApiResult;
 use crate::sqltypes::InetDatum;
+use crate::{access, db, identity, version};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::JsonB;
@@ -33,7 +33,48 @@ const INSERT: &str = "INSERT INTO apikey.audit_log \
     (action, key_id, partner_id, actor, reason, client_ip, detail) \
     VALUES ($1, $2, $3, $4, $5, $6, $7)";
 
-/// Records `event` unless the transaction cannot write (read-only or standby).
+const INSERT_ACTION: &str = "INSERT INTO apikey.audit_log \
+    (action, key_id, partner_id, actor, reason, client_ip, detail, actor_key_id) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+
+/// Records a management action (issue, rotate, revoke, ...) by the caller: its role, and the
+/// key verified in this transaction with the address it was presented from, which is how a
+/// request through the shim names the key that made it. A database still at a release
+/// without `actor_key_id` gets the row it can hold.
+pub fn record_action(client: &mut SpiClient<'_>, event: Event<'_>) -> ApiResult<()> {
+    if !version::schema_has(version::ACTOR_KEY_ID)? {
+        return Ok(record(client, event)?);
+    }
+    let acting = identity::current();
+    db::execute(
+        client,
+        INSERT_ACTION,
+        &[
+            pg_sys::TEXTOID,
+            pg_sys::TEXTOID,
+            pg_sys::UUIDOID,
+            pg_sys::TEXTOID,
+            pg_sys::TEXTOID,
+            pg_sys::INETOID,
+            pg_sys::JSONBOID,
+            pg_sys::TEXTOID,
+        ],
+        &[
+            event.action.into(),
+            event.key_id.into(),
+            event.partner_id.into(),
+            access::actor().into(),
+            event.reason.into(),
+            acting.as_ref().and_then(|a| a.client_ip.clone()).into(),
+            JsonB(event.detail).into(),
+            acting.as_ref().map(|a| a.key_id.as_str()).into(),
+        ],
+    )?;
+    Ok(())
+}
+
+/// Records an event of a verification (a failure, a re-hash) unless the transaction cannot
+/// write (read-only or standby).
 pub fn record(client: &mut SpiClient<'_>, event: Event<'_>) -> pgrx::spi::SpiResult<()> {
     if !db::can_write() {
         return Ok(());

@@ -70,3 +70,12 @@ pub fn can_write() -> bool {
     // SAFETY: plain reads of backend-global state.
     unsafe { !pg_sys::XactReadOnly && !pg_sys::RecoveryInProgress() }
 }
+
+/// Whether verification may update a key's row: not where [`can_write`] says no, and not in
+/// a REPEATABLE READ or SERIALIZABLE transaction, where updating a row that changed since the
+/// transaction's snapshot raises a serialization failure, and verification never raises for
+/// a change of a row. Such updates (a re-hash) wait for a later verification.
+pub fn can_write_rows() -> bool {
+    // SAFETY: plain read of backend-global state (IsolationUsesXactSnapshot() in C).
+    can_write() && unsafe { pg_sys::XactIsoLevel } < pg_sys::XACT_REPEATABLE_READ as i32
+}

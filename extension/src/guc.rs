@@ -13,6 +13,12 @@ static ARGON2_MEMORY_KIB: GucSetting<i32> = GucSetting::<i32>::new(19456);
 static ARGON2_ITERATIONS: GucSetting<i32> = GucSetting::<i32>::new(2);
 static ARGON2_PARALLELISM: GucSetting<i32> = GucSetting::<i32>::new(1);
 static PEPPER_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static MAX_KEYS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+static MAX_USAGE_ENTRIES: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+static USAGE_FLUSH_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+static USAGE_RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(400 * 86_400);
+static AUDIT_RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(400 * 86_400);
+static ARGON2_MAX_CONCURRENCY: GucSetting<i32> = GucSetting::<i32>::new(0);
 
 pub fn init() {
     GucRegistry::define_string_guc(
@@ -62,6 +68,102 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::SUPERUSER_ONLY,
     );
+    GucRegistry::define_int_guc(
+        c"apikey.max_keys",
+        c"Keys whose proof, rate limit and last use the server keeps in shared memory.",
+        c"Fixed at server start. When full, the least recently used are evicted (they only pay Argon2id again).",
+        &MAX_KEYS,
+        100,
+        10_000_000,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"apikey.max_usage_entries",
+        c"Usage counts (key, minute, reason) kept in shared memory until the worker writes them.",
+        c"Fixed at server start. When full, further counts are dropped and counted in apikey_status().",
+        &MAX_USAGE_ENTRIES,
+        100,
+        10_000_000,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"apikey.usage_flush_interval",
+        c"How often the background worker writes usage counts and last_used_at.",
+        c"",
+        &USAGE_FLUSH_INTERVAL_MS,
+        100,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"apikey.usage_retention",
+        c"Age after which the background worker deletes apikey.usage rows.",
+        c"",
+        &USAGE_RETENTION_S,
+        3_600,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"apikey.audit_retention",
+        c"Age after which the background worker deletes audit rows; 0 keeps them for ever.",
+        c"",
+        &AUDIT_RETENTION_S,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"apikey.argon2_max_concurrency",
+        c"Most Argon2id verifications running at once in the server; 0 means half the CPUs (at least one).",
+        c"Keys under attack (failed Argon2id verifications this minute) get at most half of them.",
+        &ARGON2_MAX_CONCURRENCY,
+        0,
+        1024,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+}
+
+fn positive(setting: &GucSetting<i32>) -> usize {
+    usize::try_from(setting.get()).unwrap_or(1).max(1)
+}
+
+pub fn max_keys() -> usize {
+    positive(&MAX_KEYS)
+}
+
+pub fn max_usage_entries() -> usize {
+    positive(&MAX_USAGE_ENTRIES)
+}
+
+pub fn usage_flush_interval() -> std::time::Duration {
+    std::time::Duration::from_millis(positive(&USAGE_FLUSH_INTERVAL_MS) as u64)
+}
+
+/// Seconds; the GUC bounds keep it positive.
+pub fn usage_retention_seconds() -> i64 {
+    i64::from(USAGE_RETENTION_S.get())
+}
+
+/// Seconds; 0 keeps audit rows for ever.
+pub fn audit_retention_seconds() -> i64 {
+    i64::from(AUDIT_RETENTION_S.get())
+}
+
+pub fn argon2_max_concurrency() -> u32 {
+    match u32::try_from(ARGON2_MAX_CONCURRENCY.get()) {
+        Ok(0) | Err(_) => {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            u32::try_from(cpus.div_ceil(2)).unwrap_or(1).max(1)
+        }
+        Ok(n) => n,
+    }
 }
 
 pub fn default_prefix() -> String {

@@ -33,6 +33,13 @@ pub fn digest(pepper: &[u8], secret: &[u8]) -> Digest {
     mac.finalize().into_bytes().into()
 }
 
+/// SHA-256 of a stored PHC string: names the exact hash a shared proof was shown against,
+/// in 32 bytes of shared memory instead of the whole string.
+pub fn fingerprint(phc: &str) -> Digest {
+    use sha2::Digest as _;
+    Sha256::digest(phc.as_bytes()).into()
+}
+
 pub fn digests_equal(a: &Digest, b: &Digest) -> bool {
     a.ct_eq(b).into()
 }

@@ -3,7 +3,8 @@
 //! or survive into the next transaction.
 
 use crate::error::{ApiError, OrRaise};
-use crate::{scope, validate};
+use crate::sqltypes::OwnedInet;
+use crate::{redact, scope};
 use pgrx::prelude::*;
 use std::cell::RefCell;
 
@@ -12,6 +13,9 @@ pub struct Identity {
     pub partner_id: pgrx::Uuid,
     pub key_id: String,
     pub scopes: Vec<String>,
+    /// The `client_ip` the key was presented from, recorded in the audit rows of what the
+    /// transaction does with it.
+    pub client_ip: Option<OwnedInet>,
 }
 
 thread_local! {
@@ -19,7 +23,7 @@ thread_local! {
         const { RefCell::new(None) };
 }
 
-fn local_xid() -> pg_sys::LocalTransactionId {
+pub fn local_xid() -> pg_sys::LocalTransactionId {
     // SAFETY: MyProc is set for every backend before any SQL function can run.
     unsafe { (*pg_sys::MyProc).lxid }
 }
@@ -57,13 +61,14 @@ fn apikey_current_scopes() -> Option<Vec<String>> {
     current().map(|i| i.scopes)
 }
 
+/// Raises 42501 unless the key verified in this transaction has `required`. A NULL or
+/// invalid requirement is never met (fail closed): a failed lookup in the caller's code must
+/// not let the statement through.
 #[pg_extern(stable, parallel_restricted)]
 fn apikey_require_scope(required: Option<&str>) {
-    let required = required.unwrap_or_default();
-    let shown = validate::shorten(required);
+    let shown = required.map_or_else(|| "NULL".to_string(), redact::excerpt);
     match current() {
-        Some(identity)
-            if scope::has_scope(identity.scopes.iter().map(String::as_str), required) => {}
+        Some(identity) if scope::has_all(&identity.scopes, [required]) => {}
         Some(identity) => Err(ApiError::denied(format!(
             "key {} lacks scope \"{shown}\"",
             identity.key_id

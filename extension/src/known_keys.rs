@@ -22,9 +22,9 @@
 //! replays that transaction's invalidations locally. On a hot standby the messages arrive
 //! with the replayed commit records.
 //!
-//! Not invalidating on `last_used_at`: verification itself writes it once a minute per key,
-//! and dropping every backend's rows for that would undo the cache. Each backend keeps its
-//! own idea of when it last touched a key (see `StoredKey::last_used_at`).
+//! Not invalidating on `last_used_at`: the background worker writes it for every used key,
+//! and dropping every backend's rows for that would undo the cache; verification does not
+//! read it.
 
 use crate::error::{ApiError, ApiResult};
 use crate::fetch::{self, PrimaryKey};
@@ -32,7 +32,7 @@ use crate::net::NetAddr;
 use crate::sqltypes::{CidrList, TextList};
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::{pg_guard, pg_sys};
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
@@ -40,6 +40,8 @@ use std::rc::Rc;
 pub struct StoredKey {
     pub partner_id: pgrx::Uuid,
     pub secret_hash: String,
+    /// SHA-256 of `secret_hash`, naming it in the server's shared proofs.
+    pub secret_hash_fingerprint: crate::hash::Digest,
     pub pepper_fingerprint: String,
     pub scopes: Vec<String>,
     pub rate_per_minute: i32,
@@ -50,10 +52,6 @@ pub struct StoredKey {
     pub partner_active: bool,
     /// NULL allows every address; a list (even an empty one) only its own networks.
     pub allowed_cidrs: Option<CidrList>,
-    /// As read, then as this backend last set it: another session's touch changes no column
-    /// that invalidates, so a backend may touch a key another backend touched a moment ago
-    /// (the UPDATE then finds it recent and writes nothing).
-    pub last_used_at: Cell<Option<pg_sys::TimestampTz>>,
 }
 
 impl StoredKey {
@@ -125,6 +123,7 @@ fn read(key_id: &str) -> ApiResult<Option<StoredKey>> {
             Ok(StoredKey {
                 partner_id: row.get("partner_id")?.ok_or_else(missing)?,
                 secret_hash: row.get("secret_hash")?.ok_or_else(missing)?,
+                secret_hash_fingerprint: [0; 32],
                 pepper_fingerprint: row.get("pepper_fingerprint")?.ok_or_else(missing)?,
                 scopes: row.get::<TextList>("scopes")?.ok_or_else(missing)?.0,
                 rate_per_minute: row.get("rate_per_minute")?.ok_or_else(missing)?,
@@ -134,12 +133,12 @@ fn read(key_id: &str) -> ApiResult<Option<StoredKey>> {
                 enabled: row.get("enabled")?.ok_or_else(missing)?,
                 partner_active: false,
                 allowed_cidrs: row.get("allowed_cidrs")?,
-                last_used_at: Cell::new(at(row.get("last_used_at")?)),
             })
         })?;
         let Some(mut row) = found else {
             return Ok(None);
         };
+        row.secret_hash_fingerprint = crate::hash::fingerprint(&row.secret_hash);
         row.partner_active = snapshot
             .by_primary_key(PrimaryKey::Partner(row.partner_id), |p| {
                 p.get::<bool>("active")

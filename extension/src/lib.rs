@@ -1,6 +1,7 @@
 //! apikey: API keys that live inside PostgreSQL.
 //!
-//! Pure logic (no database): `token`, `scope`, `hash`, `pepper`, `validate`, `net`.
+//! Pure logic (no database): `hash`, `pepper`, `validate`, `net`, and from the shared
+//! `apikey_contract` crate `token`, `scope` and `redact`.
 //! SQL-facing glue: `verify`, `lifecycle`, `partner`, `identity`, with `access` (who may do
 //! what), `audit`, `db` (SPI plans), `fetch` (index lookups), `known_keys` (the key rows a
 //! backend remembers), `sqltypes`, `srf`, `guc` and `error` shared between them.
@@ -23,9 +24,11 @@ macro_rules! v1_call_info {
 
 mod access;
 mod audit;
+mod clock;
 mod db;
 mod error;
 mod fetch;
+mod flush;
 mod guc;
 mod hash;
 mod identity;
@@ -34,12 +37,19 @@ mod lifecycle;
 mod net;
 mod partner;
 mod pepper;
+mod proof;
 mod scope;
+mod shared;
 mod sqltypes;
 mod srf;
-mod token;
+mod status;
+mod usage_report;
 mod validate;
 mod verify;
+mod version;
+mod worker;
+
+use apikey_contract::{reason, redact, token};
 
 ::pgrx::pg_module_magic!();
 
@@ -50,7 +60,15 @@ extension_sql_file!("../../sql/security.sql", name = "security", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    // pgrx appends a Rust backtrace to the DETAIL of every error that passes through Rust
+    // when the server's environment has RUST_BACKTRACE set; clients must never see one.
+    // RUST_LIB_BACKTRACE takes precedence for captured backtraces, and is read at the first
+    // capture, which cannot have happened before the library was loaded. The library starts
+    // no threads, so nothing reads the environment concurrently.
+    std::env::set_var("RUST_LIB_BACKTRACE", "0");
     guc::init();
+    shared::init();
+    worker::register();
     fetch::init();
 }
 

@@ -147,7 +147,7 @@ fn issue(client: &mut SpiClient<'_>, r: IssueRequest) -> ApiResult<IssuedKey> {
         event.partner_id = Some(partner_id);
         event.detail =
             serde_json::json!({ "scopes": scopes, "environment": environment, "tags": tags });
-        audit::record(client, event)?;
+        audit::record_action(client, event)?;
         return Ok((new.key_id.clone(), new.token.clone()));
     }
     Err(ApiError::internal("could not allocate a unique key id"))
@@ -168,7 +168,8 @@ fn check_partner_times_and_cidrs(
 ) -> ApiResult<()> {
     let row = client.select(
         "SELECT EXISTS (SELECT 1 FROM apikey.partners WHERE partner_id = $1), \
-                $2 <= now(), $3 >= $2, cardinality($4) = 0, array_position($4, NULL) IS NOT NULL",
+                $2 <= clock_timestamp(), $3 >= $2, cardinality($4) = 0, \
+                array_position($4, NULL) IS NOT NULL",
         Some(1),
         &[
             partner_id.into(),
@@ -200,9 +201,14 @@ fn check_partner_times_and_cidrs(
 }
 
 /// The columns of a key that lifecycle decisions need, read under `FOR UPDATE` so that
-/// concurrent rotations and revocations of one key are serialised.
+/// concurrent rotations and revocations of one key are serialised. In READ COMMITTED the
+/// lock returns the row as the last committed change left it (a revoke that waited for
+/// another one sees it revoked); in REPEATABLE READ and SERIALIZABLE, a row changed since the
+/// transaction's snapshot raises a serialization failure (40001) instead of being decided on
+/// as the snapshot saw it. States are judged at the time of the call (`crate::clock`).
 struct LockedKey {
     partner_id: pgrx::Uuid,
+    scopes: Vec<String>,
     revoked: bool,
     expired: bool,
     rotated_to: Option<String>,
@@ -211,8 +217,8 @@ struct LockedKey {
 fn lock_key(client: &mut SpiClient<'_>, key_id: Option<&str>) -> ApiResult<(String, LockedKey)> {
     let key_id = key_id.ok_or_else(|| ApiError::null("key_id"))?;
     let rows = client.update(
-        "SELECT partner_id, revoked_at IS NOT NULL AND revoked_at <= now(), \
-                expires_at IS NOT NULL AND expires_at <= now(), rotated_to \
+        "SELECT partner_id, scopes, revoked_at IS NOT NULL AND revoked_at <= clock_timestamp(), \
+                expires_at IS NOT NULL AND expires_at <= clock_timestamp(), rotated_to \
          FROM apikey.keys WHERE key_id = $1 FOR UPDATE",
         Some(1),
         &[key_id.into()],
@@ -224,11 +230,17 @@ fn lock_key(client: &mut SpiClient<'_>, key_id: Option<&str>) -> ApiResult<(Stri
         partner_id: row
             .get(1)?
             .ok_or_else(|| ApiError::internal("key without partner"))?,
-        revoked: row.get(2)?.unwrap_or(false),
-        expired: row.get(3)?.unwrap_or(false),
-        rotated_to: row.get(4)?,
+        scopes: row
+            .get::<Vec<Option<String>>>(2)?
+            .unwrap_or_default()
+            .into_iter()
+            .flatten()
+            .collect(),
+        revoked: row.get(3)?.unwrap_or(false),
+        expired: row.get(4)?.unwrap_or(false),
+        rotated_to: row.get(5)?,
     };
-    access::require_key_manager(key_id, key.partner_id)?;
+    access::require_key_manager(key_id, key.partner_id, &key.scopes)?;
     Ok((key_id.to_string(), key))
 }
 
@@ -253,6 +265,9 @@ fn rotate(
         .map(|s| validate::scopes(&s).map_err(|e| ApiError::invalid("scopes", e)))
         .transpose()?;
     let (key_id, key) = lock_key(client, key_id)?;
+    if let Some(requested) = &scopes {
+        access::require_narrowing(&key_id, &key.scopes, requested)?;
+    }
     if key.revoked {
         return Err(
             ApiError::state(format!("key {key_id} is revoked and cannot be rotated"))
@@ -293,10 +308,10 @@ fn rotate(
     .map_err(ApiError::config)?;
     client.update(
         "INSERT INTO apikey.keys (key_id, partner_id, secret_hash, pepper_fingerprint, name, \
-            scopes, tags, metadata, environment, expires_at, rate_per_minute, allowed_cidrs, \
-            created_by) \
+            scopes, tags, metadata, environment, enabled, not_before, expires_at, \
+            rate_per_minute, allowed_cidrs, created_by) \
          SELECT $1, partner_id, $2, $3, name, coalesce($4, scopes), tags, metadata, environment, \
-            expires_at, rate_per_minute, allowed_cidrs, $5 \
+            enabled, not_before, expires_at, rate_per_minute, allowed_cidrs, $5 \
          FROM apikey.keys WHERE key_id = $6",
         None,
         &[
@@ -311,7 +326,7 @@ fn rotate(
     // The old key lives on for the grace period, but never past its own expiry.
     client.update(
         "UPDATE apikey.keys SET rotated_to = $2, revoke_reason = 'rotated', \
-            revoked_at = least(revoked_at, expires_at, now() + $3) \
+            revoked_at = least(revoked_at, expires_at, clock_timestamp() + $3) \
          WHERE key_id = $1",
         None,
         &[
@@ -328,7 +343,7 @@ fn rotate(
         "grace": grace.map(|g| g.to_string()),
         "scopes_changed": scopes.is_some(),
     });
-    audit::record(client, event)?;
+    audit::record_action(client, event)?;
     Ok((new.key_id.clone(), new.token.clone()))
 }
 
@@ -351,7 +366,8 @@ fn revoke(
         return Ok(false);
     }
     client.update(
-        "UPDATE apikey.keys SET revoked_at = now(), revoke_reason = coalesce($2, 'revoked') \
+        "UPDATE apikey.keys SET revoked_at = clock_timestamp(), \
+            revoke_reason = coalesce($2, 'revoked') \
          WHERE key_id = $1",
         None,
         &[key_id.as_str().into(), reason.into()],
@@ -360,7 +376,7 @@ fn revoke(
     event.key_id = Some(&key_id);
     event.partner_id = Some(key.partner_id);
     event.reason = reason;
-    audit::record(client, event)?;
+    audit::record_action(client, event)?;
     Ok(true)
 }
 
@@ -390,6 +406,6 @@ fn set_enabled(
     let mut event = Event::new(if enabled { "enable" } else { "disable" });
     event.key_id = Some(&key_id);
     event.partner_id = Some(key.partner_id);
-    audit::record(client, event)?;
+    audit::record_action(client, event)?;
     Ok(())
 }

@@ -3,7 +3,7 @@
 use crate::access;
 use crate::audit::{self, Event};
 use crate::error::{ApiError, ApiResult, OrRaise};
-use crate::validate;
+use crate::{redact, validate};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
@@ -27,34 +27,32 @@ fn create(
     if let Some(email) = email {
         validate::email(email).map_err(|e| ApiError::invalid("contact_email", e))?;
     }
-    let exists = client
-        .select(
-            "SELECT EXISTS (SELECT 1 FROM apikey.partners WHERE lower(name) = lower($1))",
-            Some(1),
-            &[name.into()],
-        )?
-        .first()
-        .get::<bool>(1)?
-        .unwrap_or(false);
-    if exists {
+    // ON CONFLICT rather than a check first: two sessions creating the same name at once
+    // must both get this error, not one of them PostgreSQL's unique violation (whose DETAIL
+    // would repeat the name).
+    let inserted = client.update(
+        "INSERT INTO apikey.partners (name, contact_email) VALUES ($1, $2) \
+         ON CONFLICT ((lower(name))) DO NOTHING RETURNING partner_id",
+        Some(1),
+        &[name.into(), email.into()],
+    )?;
+    if inserted.is_empty() {
         return Err(ApiError::new(
             PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
-            format!("a partner named \"{name}\" already exists"),
+            format!(
+                "a partner named \"{}\" already exists",
+                redact::excerpt(name)
+            ),
         ));
     }
-    let partner_id = client
-        .update(
-            "INSERT INTO apikey.partners (name, contact_email) VALUES ($1, $2) RETURNING partner_id",
-            Some(1),
-            &[name.into(), email.into()],
-        )?
+    let partner_id = inserted
         .first()
         .get::<pgrx::Uuid>(1)?
         .ok_or_else(|| ApiError::internal("INSERT returned no partner_id"))?;
     let mut event = Event::new("partner_create");
     event.partner_id = Some(partner_id);
     event.detail = serde_json::json!({ "name": name });
-    audit::record(client, event)?;
+    audit::record_action(client, event)?;
     Ok(partner_id)
 }
 
@@ -86,6 +84,6 @@ fn set_active(
         "partner_deactivate"
     });
     event.partner_id = Some(partner_id);
-    audit::record(client, event)?;
+    audit::record_action(client, event)?;
     Ok(())
 }

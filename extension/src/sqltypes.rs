@@ -67,6 +67,45 @@ impl InetDatum {
         // SAFETY: `new`'s contract: an inet varlena, possibly toasted or short-headed.
         unsafe { varlena_payload(self.0, NetAddr::from_bytes) }
     }
+
+    /// A copy that outlives the call, e.g. to name the client in later audit rows of the
+    /// same transaction.
+    pub fn to_owned(&self) -> OwnedInet {
+        // SAFETY: as in `addr`.
+        OwnedInet(unsafe { varlena_payload(self.0, <[u8]>::to_vec) })
+    }
+}
+
+/// An `inet` value's bytes (family, mask bits, address), kept in Rust memory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnedInet(Vec<u8>);
+
+impl OwnedInet {
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl IntoDatum for OwnedInet {
+    fn into_datum(self) -> Option<pg_sys::Datum> {
+        let size = pg_sys::VARHDRSZ + self.0.len();
+        // SAFETY: a fresh allocation of `size` bytes in the current memory context, its
+        // header set and the payload copied in, is a valid inet varlena.
+        unsafe {
+            let value = pg_sys::palloc(size).cast::<pg_sys::varlena>();
+            pgrx::varlena::set_varsize_4b(value, i32::try_from(size).ok()?);
+            std::ptr::copy_nonoverlapping(
+                self.0.as_ptr(),
+                pgrx::varlena::vardata_4b(value).cast::<u8>().cast_mut(),
+                self.0.len(),
+            );
+            Some(pg_sys::Datum::from(value))
+        }
+    }
+
+    fn type_oid() -> pg_sys::Oid {
+        pg_sys::INETOID
+    }
 }
 
 impl IntoDatum for InetDatum {
@@ -95,8 +134,9 @@ unsafe fn varlena_payload<R>(datum: pg_sys::Datum, read: impl FnOnce(&[u8]) -> R
     }
 }
 
-/// Reads every non-NULL element of the one-dimensional array `datum`, whose elements are
-/// varlenas of type `element_type` (int-aligned, like text, inet and cidr).
+/// Reads every element of the one-dimensional array `datum`, whose elements are varlenas of
+/// type `element_type` (int-aligned, like text, inet and cidr); `None` for a NULL element or
+/// one `read` refuses.
 ///
 /// # Safety
 /// `datum` must be a non-NULL array of `element_type`.
@@ -104,7 +144,7 @@ unsafe fn varlena_elements<R>(
     datum: pg_sys::Datum,
     element_type: pg_sys::Oid,
     mut read: impl FnMut(&[u8]) -> Option<R>,
-) -> Vec<R> {
+) -> Vec<Option<R>> {
     // SAFETY: per the contract; deconstruct_array returns `count` element datums that point
     // into the detoasted array.
     unsafe {
@@ -127,18 +167,23 @@ unsafe fn varlena_elements<R>(
         );
         let count = usize::try_from(count).unwrap_or(0);
         (0..count)
-            .filter(|&i| !*nulls.add(i))
-            .filter_map(|i| varlena_payload(*elements.add(i), &mut read))
+            .map(|i| {
+                if *nulls.add(i) {
+                    None
+                } else {
+                    varlena_payload(*elements.add(i), &mut read)
+                }
+            })
             .collect()
     }
 }
 
-/// The strings of a `text[]` argument, NULL elements skipped. Bytes that are not UTF-8 (only
-/// possible outside UTF-8 databases) are replaced, so such a string matches no scope.
+/// The strings of a `text[]` argument, `None` for a NULL element. Bytes that are not UTF-8
+/// (only possible outside UTF-8 databases) are replaced, so such a string is no valid scope.
 ///
 /// # Safety
 /// `datum` must be a non-NULL `text[]` datum.
-pub unsafe fn text_array(datum: pg_sys::Datum) -> Vec<String> {
+pub unsafe fn text_array(datum: pg_sys::Datum) -> Vec<Option<String>> {
     // SAFETY: per the contract.
     unsafe {
         varlena_elements(datum, pg_sys::TEXTOID, |bytes| {
@@ -165,7 +210,13 @@ impl FromDatum for CidrList {
     ) -> Option<Self> {
         // SAFETY: only read from columns declared cidr[].
         (!is_null).then(|| {
-            CidrList(unsafe { varlena_elements(datum, pg_sys::CIDROID, NetAddr::from_bytes) })
+            // A NULL element (only a DBA's UPDATE can store one) admits nothing.
+            CidrList(unsafe {
+                varlena_elements(datum, pg_sys::CIDROID, NetAddr::from_bytes)
+                    .into_iter()
+                    .flatten()
+                    .collect()
+            })
         })
     }
 }
@@ -181,7 +232,8 @@ impl FromDatum for TextList {
         _typoid: pg_sys::Oid,
     ) -> Option<Self> {
         // SAFETY: only read from columns declared text[].
-        (!is_null).then(|| TextList(unsafe { text_array(datum) }))
+        // A NULL element (only a DBA's UPDATE can store one) grants nothing.
+        (!is_null).then(|| TextList(unsafe { text_array(datum).into_iter().flatten().collect() }))
     }
 }
 

@@ -4,11 +4,12 @@ use pgrx::pg_sys;
 
 /// Hands back `values` / `nulls` as the one row of the set, in materialize mode: the function
 /// is called once per execution, and the row descriptor is the one the executor already built
-/// for the call (`expectedDesc`), not one rebuilt from the catalog.
+/// for the call (`expectedDesc`), not one rebuilt from the catalog. A declaration with fewer
+/// columns (an older release's, in a database not yet updated) gets the leading ones.
 ///
 /// # Safety
-/// `fcinfo` must be the current call of a function declared to return a set of rows with
-/// exactly `values.len()` columns of the types the datums have.
+/// `fcinfo` must be the current call of a function declared to return a set of rows whose
+/// columns are a prefix of `values`, of the types the datums have.
 pub unsafe fn return_one_row(
     fcinfo: pg_sys::FunctionCallInfo,
     values: &mut [pg_sys::Datum],
@@ -21,14 +22,14 @@ pub unsafe fn return_one_row(
         let has_expected = !rsinfo.is_null()
             && (*rsinfo).type_ == pg_sys::NodeTag::T_ReturnSetInfo
             && !(*rsinfo).expectedDesc.is_null()
-            && usize::try_from((*(*rsinfo).expectedDesc).natts) == Ok(values.len());
+            && usize::try_from((*(*rsinfo).expectedDesc).natts).is_ok_and(|n| n <= values.len());
         let flags = if has_expected {
             pg_sys::MAT_SRF_USE_EXPECTED_DESC
         } else {
             0
         };
         pg_sys::SetSingleFuncCall(fcinfo, flags);
-        if usize::try_from((*(*rsinfo).setDesc).natts) != Ok(values.len()) {
+        if !usize::try_from((*(*rsinfo).setDesc).natts).is_ok_and(|n| n <= values.len()) {
             pgrx::error!("apikey: result row does not match the declared result columns");
         }
         pg_sys::tuplestore_putvalues(

@@ -1,6 +1,7 @@
 //! Argument checks for the management functions: pure, so they are unit-tested without a
 //! database. Each error says what is wrong; the caller adds which argument it was.
 
+use crate::redact::{self, excerpt};
 use crate::scope;
 
 pub const MAX_NAME_LEN: usize = 200;
@@ -18,7 +19,7 @@ pub fn scopes(scopes: &[Option<String>]) -> Result<Vec<String>, String> {
     let mut out: Vec<String> = Vec::with_capacity(scopes.len());
     for s in scopes {
         let s = s.as_deref().ok_or("a scope is NULL")?;
-        scope::validate(s).map_err(|why| format!("scope \"{}\" {why}", shorten(s)))?;
+        scope::validate(s).map_err(|why| format!("scope \"{}\" {why}", excerpt(s)))?;
         if !out.iter().any(|o| o == s) {
             out.push(s.to_string());
         }
@@ -41,7 +42,7 @@ pub fn tags(tags: &[Option<String>]) -> Result<Vec<String>, String> {
         if !ok {
             return Err(format!(
                 "tag \"{}\" must be 1 to {MAX_TAG_LEN} letters, digits or _ - . : /",
-                shorten(t)
+                excerpt(t)
             ));
         }
         if !out.iter().any(|o| o == t) {
@@ -62,14 +63,24 @@ pub fn name(name: &str) -> Result<(), String> {
     if name.chars().any(char::is_control) {
         return Err("contains control characters".into());
     }
-    Ok(())
+    no_token(name)
+}
+
+/// Text stored in clear (names, tags, reasons, metadata, e-mail addresses) must not hold a
+/// token: pasted there by mistake it would sit in a table, a dump and every listing.
+fn no_token(text: &str) -> Result<(), String> {
+    if redact::contains_token(text) {
+        Err("contains an API token, which is never stored: name the key by its key id".into())
+    } else {
+        Ok(())
+    }
 }
 
 pub fn reason(reason: &str) -> Result<(), String> {
     if reason.chars().count() > MAX_REASON_LEN {
         return Err(format!("longer than {MAX_REASON_LEN} characters"));
     }
-    Ok(())
+    no_token(reason)
 }
 
 /// Deliberately loose (one `@`, something on each side, no spaces): the address is for humans
@@ -79,21 +90,21 @@ pub fn email(email: &str) -> Result<(), String> {
         && !email.chars().any(|c| c.is_whitespace() || c.is_control())
         && matches!(email.split_once('@'), Some((local, domain))
             if !local.is_empty() && !domain.is_empty() && !domain.contains('@'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("\"{}\" is not an email address", shorten(email)))
+    if !ok {
+        return Err(format!("\"{}\" is not an email address", excerpt(email)));
     }
+    no_token(email)
 }
 
 pub fn metadata(value: &serde_json::Value) -> Result<(), String> {
     if !value.is_object() {
         return Err("must be a JSON object".into());
     }
-    if value.to_string().len() > MAX_METADATA_BYTES {
+    let text = value.to_string();
+    if text.len() > MAX_METADATA_BYTES {
         return Err(format!("larger than {MAX_METADATA_BYTES} bytes"));
     }
-    Ok(())
+    no_token(&text)
 }
 
 pub fn rate_per_minute(rate: i32) -> Result<(), String> {
@@ -101,16 +112,6 @@ pub fn rate_per_minute(rate: i32) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("must be positive, got {rate}"))
-    }
-}
-
-/// Echo at most 64 characters of a rejected value, so huge inputs do not flood messages.
-pub fn shorten(s: &str) -> String {
-    let short: String = s.chars().take(64).collect();
-    if short.len() < s.len() {
-        format!("{short}...")
-    } else {
-        short
     }
 }
 
@@ -172,6 +173,11 @@ mod tests {
         ] {
             assert!(email(bad).is_err(), "{bad:?}");
         }
+        let token = crate::token::generate("ak", "live").unwrap().token;
+        assert!(name(&format!("copy of {token}")).is_err());
+        assert!(reason(&token).is_err());
+        assert!(email(&format!("{token}@example.com")).is_err());
+        assert!(metadata(&serde_json::json!({ "note": token })).is_err());
         assert!(reason("rotated after leak").is_ok());
         assert!(reason(&"r".repeat(MAX_REASON_LEN + 1)).is_err());
     }

@@ -1,68 +1,31 @@
 //! `apikey_verify`: token in, exactly one row out, never an error for any token value.
 //!
-//! Cost model: the first successful verification of a key in a backend pays for Argon2id and
-//! remembers the proof (key id, stored hash, HMAC digest). Later ones take the key's row
-//! from `known_keys` (which drops it as soon as PostgreSQL reports a change, so revocation,
-//! expiry, enabled, partner state and hash changes apply at once) and compare one HMAC
-//! against the proof in constant time. Unknown key ids and wrong secrets both pay
-//! one Argon2id verification, so timing does not tell which key ids exist.
+//! Cost model: the first verification of a key in the server pays for Argon2id (through the
+//! server's gate) and remembers the proof (`proof`). Later ones, in any backend, take the
+//! key's row from `known_keys` (which drops it as soon as PostgreSQL reports a change, so
+//! revocation, expiry, enabled, partner state and hash changes apply at once) and compare
+//! one HMAC against the proof in constant time; a wrong secret for a proven key is rejected
+//! the same way. An unknown key id costs an index probe. Every outcome is counted
+//! (`shared::usage`), a success takes from the key's rate limit and notes its use
+//! (`shared::keys`), and a failure writes at most one audit row per key (or client address),
+//! reason and minute (`shared::marks`).
 
 use crate::audit::{self, Event};
 use crate::error::{ApiError, ApiResult, OrRaise};
-use crate::hash::{self, Digest, Params};
+use crate::hash::{self, Params};
 use crate::identity::{self, Identity};
 use crate::known_keys::{self, StoredKey};
-use crate::pepper::{Pepper, PepperSet};
-use crate::sqltypes::{self, InetDatum};
-use crate::{db, guc, scope, srf, token};
+use crate::pepper::PepperSet;
+use crate::proof::{self, Checked};
+use crate::reason::Reason;
+use crate::shared::keys::Rate;
+use crate::shared::marks::{self, Subject};
+use crate::shared::Stat;
+use crate::sqltypes::{self, InetDatum, OwnedInet};
+use crate::{clock, db, guc, redact, scope, shared, srf, token};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reason {
-    Ok,
-    MissingKey,
-    Malformed,
-    UnknownKey,
-    SecretMismatch,
-    Revoked,
-    Disabled,
-    Expired,
-    NotYetValid,
-    PartnerInactive,
-    IpNotAllowed,
-    InsufficientScope,
-}
-
-impl Reason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::Ok => "ok",
-            Reason::MissingKey => "missing_key",
-            Reason::Malformed => "malformed",
-            Reason::UnknownKey => "unknown_key",
-            Reason::SecretMismatch => "secret_mismatch",
-            Reason::Revoked => "revoked",
-            Reason::Disabled => "disabled",
-            Reason::Expired => "expired",
-            Reason::NotYetValid => "not_yet_valid",
-            Reason::PartnerInactive => "partner_inactive",
-            Reason::IpNotAllowed => "ip_not_allowed",
-            Reason::InsufficientScope => "insufficient_scope",
-        }
-    }
-
-    /// Failures after which the key is known to be authentic, so its identity is returned.
-    fn reveals_identity(self) -> bool {
-        matches!(
-            self,
-            Reason::Ok | Reason::IpNotAllowed | Reason::InsufficientScope
-        )
-    }
-}
 
 v1_call_info!(pg_finfo_apikey_verify);
 
@@ -92,8 +55,7 @@ pub unsafe extern "C-unwind" fn apikey_verify(fcinfo: pg_sys::FunctionCallInfo) 
         token,
         required: &required,
         client_ip,
-        // SAFETY: plain read of backend state.
-        now: unsafe { pg_sys::GetCurrentTransactionStartTimestamp() },
+        now: clock::now(),
     };
     let outcome = verify(&request).or_raise();
     let (mut values, mut nulls) = outcome.into_datums();
@@ -103,9 +65,10 @@ pub unsafe extern "C-unwind" fn apikey_verify(fcinfo: pg_sys::FunctionCallInfo) 
 
 struct Request<'a> {
     token: Option<&'a str>,
-    required: &'a [String],
+    /// `None` for a NULL element, which no key satisfies.
+    required: &'a [Option<String>],
     client_ip: Option<InetDatum>,
-    /// The transaction's start, `now()`, which every time comparison uses.
+    /// The time of this call (`clock_timestamp()`), which every time comparison uses.
     now: pg_sys::TimestampTz,
 }
 
@@ -113,6 +76,9 @@ struct Outcome<'a> {
     reason: Reason,
     key_id: Option<&'a str>,
     row: Option<Rc<StoredKey>>,
+    /// The rate limit after this verification, where it was consulted (shared memory, a
+    /// verification that was otherwise ok).
+    rate: Option<Rate>,
     /// Set on success when the stored hash uses an old pepper or old Argon2 parameters.
     rehash: Option<Rehash<'a>>,
 }
@@ -123,13 +89,21 @@ struct Rehash<'a> {
     params: Params,
 }
 
+/// Columns of the result: the contract's seven, then `rate_remaining` and
+/// `rate_reset_seconds` (added in 0.2.0; a database still declaring seven gets seven).
+const COLUMNS: usize = 9;
+
 impl Outcome<'_> {
     /// The result row: `valid`, `reason`, then the identity columns, which stay NULL unless
-    /// the key proved authentic.
-    fn into_datums(self) -> ([pg_sys::Datum; 7], [bool; 7]) {
+    /// the key proved authentic, then the rate-limit columns.
+    fn into_datums(self) -> ([pg_sys::Datum; COLUMNS], [bool; COLUMNS]) {
         let valid = self.reason == Reason::Ok;
         let identity = self.row.filter(|_| self.reason.reveals_identity());
-        let columns: [Option<pg_sys::Datum>; 7] = match identity {
+        let (remaining, reset) = match self.rate {
+            Some(rate) => (Some(rate.remaining), Some(rate.reset_seconds)),
+            None => (None, None),
+        };
+        let columns: [Option<pg_sys::Datum>; COLUMNS] = match identity {
             Some(row) => [
                 valid.into_datum(),
                 self.reason.as_str().into_datum(),
@@ -138,10 +112,14 @@ impl Outcome<'_> {
                 Some(sqltypes::text_array_datum(&row.scopes)),
                 row.rate_per_minute.into_datum(),
                 row.expires_at.into_datum(),
+                remaining.into_datum(),
+                reset.into_datum(),
             ],
             None => [
                 valid.into_datum(),
                 self.reason.as_str().into_datum(),
+                None,
+                None,
                 None,
                 None,
                 None,
@@ -156,45 +134,55 @@ impl Outcome<'_> {
     }
 }
 
-/// A minute, in PostgreSQL timestamp units (microseconds).
-const MINUTE: i64 = 60_000_000;
-
-/// Decides, then does the bookkeeping the decision calls for: the identity, and (where the
-/// transaction can write) the audit row of a failure, a re-hash and `last_used_at`. Only
-/// that bookkeeping uses SPI; a warm success usually needs none of it.
+/// Decides, then does the bookkeeping the decision calls for: the identity, the key's last use
+/// (in shared memory), and (where the transaction can write) the audit row of a failure and a
+/// re-hash. Only those writes use SPI; a warm success needs none.
 fn verify<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
     let outcome = decide(request)?;
+    // A key is identified when its row exists; counts and audit marks of anything else
+    // (no key, malformed, unknown key id) carry no key id.
+    let identified = outcome.row.as_ref().and(outcome.key_id);
+    let partner = outcome.row.as_ref().map(|r| r.partner_id);
+    shared::usage::count(
+        identified,
+        partner.map(|p| *p.as_bytes()),
+        outcome.reason,
+        request.now,
+        1,
+    );
     if outcome.reason == Reason::Ok {
         if let (Some(row), Some(key_id)) = (&outcome.row, outcome.key_id) {
             identity::set(Identity {
                 partner_id: row.partner_id,
                 key_id: key_id.to_string(),
                 scopes: row.scopes.clone(),
+                client_ip: request.client_ip.map(|ip| ip.to_owned()),
             });
-            let now = request.now;
-            let touch = row.last_used_at.get().is_none_or(|t| t < now - MINUTE) && db::can_write();
-            if outcome.rehash.is_some() || touch {
-                Spi::connect_mut(|client| {
-                    if let Some(rehash) = &outcome.rehash {
-                        rehash_key(client, key_id, row, rehash)?;
-                    }
-                    if touch {
-                        touch_key(client, key_id)?;
-                        row.last_used_at.set(Some(now));
-                    }
-                    Ok::<_, ApiError>(())
-                })?;
+            // last_used_at is written by the background worker from shared memory, never
+            // here: an UPDATE would lock the row until the caller's transaction ends, and
+            // a revoke would wait for it.
+            shared::keys::used(key_id, request.now);
+            if let Some(rehash) = &outcome.rehash {
+                Spi::connect_mut(|client| rehash_key(client, key_id, row, rehash))?;
             }
         }
-    } else {
-        identity::clear();
+        return Ok(outcome);
+    }
+    identity::clear();
+    // One audit row per key (or, without one, per client address), reason and minute.
+    let address = request.client_ip.map(|ip| ip.to_owned());
+    let subject = match identified {
+        Some(key_id) => Subject::Key(key_id),
+        None => Subject::Address(address.as_ref().map(OwnedInet::as_bytes)),
+    };
+    if marks::first_this_minute(subject, outcome.reason, request.now) {
         let mut event = Event::new("verify_failed");
         event.key_id = outcome.key_id;
-        event.partner_id = outcome.row.as_ref().map(|r| r.partner_id);
+        event.partner_id = partner;
         event.reason = Some(outcome.reason.as_str());
         event.client_ip = request.client_ip;
         if outcome.reason == Reason::InsufficientScope {
-            event.detail = serde_json::json!({ "required_scopes": request.required });
+            event.detail = required_scopes_detail(request.required);
         }
         Spi::connect_mut(|client| audit::record(client, event))?;
     }
@@ -207,6 +195,7 @@ fn decide<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
             reason,
             key_id,
             row,
+            rate: None,
             rehash: None,
         })
     };
@@ -222,25 +211,22 @@ fn decide<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
     let secret = parsed.secret.as_bytes();
     let key_id = parsed.key_id;
 
+    // Key ids are public (logged, listed): an unknown one is answered at the cost of an
+    // index probe, not with Argon2id work to hide that it does not exist.
     let Some(row) = known_keys::lookup(key_id)? else {
-        spend_like_a_mismatch(peppers.newest(), secret, params)?;
         return fail(Reason::UnknownKey, Some(key_id), None);
     };
     let Some(pepper) = peppers.by_fingerprint(&row.pepper_fingerprint) else {
         // The pepper that hashed this key was removed from the file: it can never verify.
-        spend_like_a_mismatch(peppers.newest(), secret, params)?;
         return fail(Reason::SecretMismatch, Some(key_id), Some(row));
     };
     let digest = hash::digest(pepper.bytes(), secret);
-    let proof = match proofs::proven(key_id, &row.secret_hash, &digest) {
-        Some(proof) => proof,
-        None if hash::verify(&row.secret_hash, &digest) => {
-            proofs::remember(key_id, &row.secret_hash, digest)
-        }
-        None => return fail(Reason::SecretMismatch, Some(key_id), Some(row)),
+    let now = request.now;
+    let proof = match proof::check(key_id, &row, &digest, now) {
+        Checked::Proven(proof) => proof,
+        Checked::Mismatch => return fail(Reason::SecretMismatch, Some(key_id), Some(row)),
     };
 
-    let now = request.now;
     let reason = if row.revoked_at.is_some_and(|t| t <= now) {
         Reason::Revoked
     } else if !row.enabled {
@@ -253,25 +239,51 @@ fn decide<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
         Reason::NotYetValid
     } else if !row.admits(|| request.client_ip.and_then(|ip| ip.addr())) {
         Reason::IpNotAllowed
-    } else if !scope::has_all(&row.scopes, request.required.iter().map(String::as_str)) {
+    } else if !scope::has_all(&row.scopes, request.required.iter().map(Option::as_deref)) {
         Reason::InsufficientScope
     } else {
         Reason::Ok
     };
+    // Only verifications that would otherwise be ok use up the rate limit.
+    let rate = (reason == Reason::Ok)
+        .then(|| shared::keys::take(key_id, row.rate_per_minute, now))
+        .flatten();
+    let reason = match rate {
+        Some(rate) if !rate.allowed => {
+            shared::count(Stat::RateLimited);
+            Reason::RateLimited
+        }
+        _ => reason,
+    };
     let stale = reason == Reason::Ok
         && (peppers.newest().fingerprint != row.pepper_fingerprint
-            || proofs::needs_rehash(key_id, &row.secret_hash, proof, params))
-        && db::can_write();
+            || proof::needs_rehash(key_id, &row.secret_hash, proof, params))
+        && db::can_write_rows();
     Ok(Outcome {
         reason,
         key_id: Some(key_id),
         row: Some(row),
+        rate,
         rehash: stale.then_some(Rehash {
             peppers,
             secret,
             params,
         }),
     })
+}
+
+/// Most required scopes a failure's audit row lists; the count is always there.
+const AUDITED_SCOPES: usize = 16;
+
+/// The required scopes of an `insufficient_scope` failure as its audit row shows them:
+/// bounded in number and length, since they come from the caller (over HTTP, from a header).
+fn required_scopes_detail(required: &[Option<String>]) -> serde_json::Value {
+    let shown: Vec<Option<String>> = required
+        .iter()
+        .take(AUDITED_SCOPES)
+        .map(|s| s.as_deref().map(redact::excerpt))
+        .collect();
+    serde_json::json!({ "required_scopes": shown, "required_scope_count": required.len() })
 }
 
 /// Re-hash with the newest pepper and current parameters. Conditional on the old hash, so
@@ -299,7 +311,7 @@ fn rehash_key(
         row.secret_hash.as_str().into(),
     ];
     db::execute(client, UPDATE, &[pg_sys::TEXTOID; 4], &args)?;
-    proofs::remember(key_id, &phc, digest);
+    proof::proved(key_id, &phc, digest, clock::now());
     let mut event = Event::new("rehash");
     event.key_id = Some(key_id);
     event.partner_id = Some(row.partner_id);
@@ -311,112 +323,4 @@ fn rehash_key(
     });
     audit::record(client, event)?;
     Ok(())
-}
-
-/// `last_used_at`, at most once a minute per key. SKIP LOCKED: if another session is
-/// updating the row right now, its timestamp is as good as ours and we do not wait. The
-/// recency test is repeated here because this backend's copy of the row does not see other
-/// sessions' touches (`known_keys`).
-fn touch_key(client: &mut SpiClient<'_>, key_id: &str) -> ApiResult<()> {
-    const TOUCH: &str = "UPDATE apikey.keys SET last_used_at = now() WHERE key_id = \
-        (SELECT key_id FROM apikey.keys WHERE key_id = $1 \
-           AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute') \
-         FOR UPDATE SKIP LOCKED)";
-    db::execute(client, TOUCH, &[pg_sys::TEXTOID], &[key_id.into()])?;
-    Ok(())
-}
-
-thread_local! {
-    static DECOY: RefCell<Option<(Params, String)>> = const { RefCell::new(None) };
-}
-
-/// One Argon2id verification against a decoy hash made with the current parameters, so an
-/// unknown key id costs what a wrong secret costs.
-fn spend_like_a_mismatch(pepper: &Pepper, secret: &[u8], params: Params) -> ApiResult<()> {
-    let decoy = DECOY.with_borrow(|d| {
-        d.as_ref()
-            .filter(|(p, _)| *p == params)
-            .map(|(_, h)| h.clone())
-    });
-    let decoy = match decoy {
-        Some(h) => h,
-        None => {
-            let h = hash::hash(&[0u8; 32], params).map_err(ApiError::config)?;
-            DECOY.set(Some((params, h.clone())));
-            h
-        }
-    };
-    let _ = hash::verify(&decoy, &hash::digest(pepper.bytes(), secret));
-    Ok(())
-}
-
-/// Per-backend proofs that a digest matched a stored hash. An entry is only trusted while the
-/// row still holds that exact hash. Kept apart from `known_keys`, whose rows are dropped on
-/// every change of the tables: a proof outlives them, so issuing one key does not make every
-/// backend pay Argon2id again for every other key.
-mod proofs {
-    use super::*;
-
-    const MAX_ENTRIES: usize = 10_000;
-
-    struct Proof {
-        stored_hash: String,
-        digest: Digest,
-        /// Parameters the stored hash was last found to match, so the warm path need not
-        /// parse the PHC string again to decide about re-hashing.
-        current_for: Option<Params>,
-    }
-
-    /// What a proof says about the stored hash: the parameters it was last found current
-    /// for, if any.
-    #[derive(Clone, Copy)]
-    pub struct Proven {
-        current_for: Option<Params>,
-    }
-
-    thread_local! {
-        static PROOFS: RefCell<HashMap<String, Proof>> = RefCell::new(HashMap::new());
-    }
-
-    pub fn proven(key_id: &str, stored_hash: &str, digest: &Digest) -> Option<Proven> {
-        PROOFS.with_borrow(|proofs| {
-            proofs
-                .get(key_id)
-                .filter(|p| p.stored_hash == stored_hash && hash::digests_equal(&p.digest, digest))
-                .map(|p| Proven {
-                    current_for: p.current_for,
-                })
-        })
-    }
-
-    pub fn remember(key_id: &str, stored_hash: &str, digest: Digest) -> Proven {
-        let proof = Proof {
-            stored_hash: stored_hash.to_string(),
-            digest,
-            current_for: None,
-        };
-        PROOFS.with_borrow_mut(|proofs| {
-            if proofs.len() >= MAX_ENTRIES && !proofs.contains_key(key_id) {
-                proofs.clear();
-            }
-            proofs.insert(key_id.to_string(), proof);
-        });
-        Proven { current_for: None }
-    }
-
-    /// Whether the proven `stored_hash` was made with parameters other than `params`.
-    pub fn needs_rehash(key_id: &str, stored_hash: &str, proven: Proven, params: Params) -> bool {
-        if proven.current_for == Some(params) {
-            return false;
-        }
-        let stale = hash::needs_rehash(stored_hash, params);
-        if !stale {
-            PROOFS.with_borrow_mut(|proofs| {
-                if let Some(p) = proofs.get_mut(key_id) {
-                    p.current_for = Some(params);
-                }
-            });
-        }
-        stale
-    }
 }

@@ -4,7 +4,7 @@
 
 use crate::auth::{client_ip, presented_key, PresentedKey};
 use crate::error::AppError;
-use crate::limiter::Decision;
+use crate::rate::Rate;
 use crate::routes;
 use crate::state::AppState;
 use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request, State};
@@ -52,7 +52,7 @@ pub struct RequestNote(Arc<Mutex<Note>>);
 #[derive(Default)]
 struct Note {
     key_id: Option<String>,
-    rate: Option<Decision>,
+    rate: Option<Rate>,
 }
 
 impl RequestNote {
@@ -66,8 +66,8 @@ impl RequestNote {
         self.note().key_id = Some(key_id.to_string());
     }
 
-    pub fn rate(&self, decision: Decision) {
-        self.note().rate = Some(decision);
+    pub fn rate(&self, rate: Rate) {
+        self.note().rate = Some(rate);
     }
 }
 

@@ -41,6 +41,21 @@ pub struct Config {
     #[arg(long, env = "APIKEY_SHIM_ALLOW_QUERY_KEY")]
     pub allow_query_key: bool,
 
+    /// Time in milliseconds a client has to send a complete request head (request line and
+    /// headers), counted from its first byte; slower connections are closed.
+    #[arg(long, env = "APIKEY_SHIM_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_timeout_ms: u64,
+
+    /// Time in milliseconds a kept-alive connection may stay open with no request in
+    /// progress. Keep it above the idle timeout of a gateway's connection pool (nginx
+    /// `keepalive_timeout` in an upstream block: 60 s by default).
+    #[arg(long, env = "APIKEY_SHIM_IDLE_TIMEOUT_MS", default_value_t = 75_000)]
+    pub idle_timeout_ms: u64,
+
+    /// Most client connections open at once; further ones wait to be accepted.
+    #[arg(long, env = "APIKEY_SHIM_MAX_CONNECTIONS", default_value_t = 512)]
+    pub max_connections: usize,
+
     /// Largest accepted request body in bytes; larger bodies get 413.
     #[arg(long, env = "APIKEY_SHIM_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
@@ -53,5 +68,13 @@ pub struct Config {
 impl Config {
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub fn connection_limits(&self) -> crate::serve::Limits {
+        crate::serve::Limits {
+            header_timeout: Duration::from_millis(self.header_timeout_ms),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            max_connections: self.max_connections,
+        }
     }
 }

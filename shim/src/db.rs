@@ -5,7 +5,9 @@
 use crate::app::Caller;
 use crate::auth::PresentedKey;
 use crate::error::AppError;
+use crate::rate::Rate;
 use crate::state::AppState;
+use apikey_contract::reason::Reason;
 use deadpool_postgres::{
     GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Transaction,
 };
@@ -41,19 +43,53 @@ pub struct Verdict<'r> {
     pub partner_id: Option<Uuid>,
     pub scopes: Option<Vec<&'r str>>,
     pub rate_per_minute: Option<i32>,
+    pub rate: Option<Rate>,
 }
 
 impl<'r> Verdict<'r> {
-    /// Columns by position, in the contract's order (`SELECT *`).
+    /// Columns by position, in the contract's order (`SELECT *`); `expires_at` (6) is not
+    /// needed.
     pub fn from_row(row: &'r Row) -> Result<Self, AppError> {
+        let reason: &str = row.try_get(1)?;
+        let rate_per_minute: Option<i32> = row.try_get(5)?;
         Ok(Verdict {
             valid: row.try_get(0)?,
-            reason: row.try_get(1)?,
+            reason,
             key_id: row.try_get(2)?,
             partner_id: row.try_get(3)?,
             scopes: row.try_get(4)?,
-            rate_per_minute: row.try_get(5)?,
+            rate_per_minute,
+            rate: rate_of(rate_per_minute, row.try_get(7)?, row.try_get(8)?, reason),
         })
+    }
+
+    /// The error for a verification that failed.
+    pub fn refusal(&self) -> AppError {
+        refusal(self.reason, self.rate)
+    }
+}
+
+/// Where the key stands against its limit, when the database consulted it.
+fn rate_of(
+    quota: Option<i32>,
+    remaining: Option<i32>,
+    reset_seconds: Option<i32>,
+    reason: &str,
+) -> Option<Rate> {
+    Some(Rate {
+        quota: quota?,
+        remaining: remaining?,
+        reset_seconds: reset_seconds?,
+        refused: reason == Reason::RateLimited.as_str(),
+    })
+}
+
+/// The error for a failed verification with `reason`: 429 with the rate-limit fields, or the
+/// status of the reason.
+fn refusal(reason: &str, rate: Option<Rate>) -> AppError {
+    match rate {
+        Some(rate) if rate.refused => AppError::RateLimited(rate),
+        _ => AppError::from_reason(reason),
     }
 }
 
@@ -114,7 +150,8 @@ async fn act_as_key_holder(
         .prepare_cached(
             "SELECT v.valid, v.reason, v.key_id, v.rate_per_minute, \
                     coalesce(apikey_has_scope(v.scopes, 'admin:*'), false), \
-                    coalesce(apikey_has_scope(v.scopes, 'keys:manage'), false) \
+                    coalesce(apikey_has_scope(v.scopes, 'keys:manage'), false), \
+                    v.rate_remaining, v.rate_reset_seconds \
              FROM apikey_verify($1, '{}', $2) AS v",
         )
         .await?;
@@ -124,12 +161,16 @@ async fn act_as_key_holder(
     let valid: bool = row.try_get(0)?;
     let reason: String = row.try_get(1)?;
     state.metrics.verify_outcome(&reason);
-    if !valid {
-        return Err(AppError::from_reason(&reason));
+    let rate = rate_of(row.try_get(3)?, row.try_get(6)?, row.try_get(7)?, &reason);
+    if let Some(rate) = rate {
+        caller.note.rate(rate);
     }
-    let key_id: String = row.try_get(2)?;
-    caller.note.key_id(&key_id);
-    let rate_per_minute: i32 = row.try_get(3)?;
+    if let Some(key_id) = row.try_get::<_, Option<String>>(2)? {
+        caller.note.key_id(&key_id);
+    }
+    if !valid {
+        return Err(refusal(&reason, rate));
+    }
     let is_admin: bool = row.try_get(4)?;
     let can_manage: bool = row.try_get(5)?;
     if !is_admin && !can_manage {
@@ -137,13 +178,6 @@ async fn act_as_key_holder(
             reason: "insufficient_scope".into(),
             message: "managing keys needs a key with scope admin:* or keys:manage".into(),
         });
-    }
-    let rate = state
-        .limiter
-        .check(&key_id, rate_per_minute.max(1).unsigned_abs());
-    caller.note.rate(rate.clone());
-    if !rate.allowed {
-        return Err(AppError::RateLimited(rate));
     }
     if !is_admin {
         tx.batch_execute("SET LOCAL ROLE apikey_partner").await?;

@@ -2,6 +2,7 @@
 //! `field` when one input was wrong) with the status a client can act on. Client mistakes are
 //! never 500s and are not logged; internal failures are logged once and hidden from clients.
 
+use apikey_contract::redact;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -17,7 +18,7 @@ pub enum AppError {
         reason: String,
         message: String,
     },
-    RateLimited(crate::limiter::Decision),
+    RateLimited(crate::rate::Rate),
     BadRequest {
         message: String,
         field: Option<String>,
@@ -56,6 +57,14 @@ impl AppError {
     /// Status for an apikey_verify failure reason.
     pub fn from_reason(reason: &str) -> Self {
         match reason {
+            // Only reached without the rate columns (a database without shared memory never
+            // says it): a 429 that asks to retry in a second.
+            "rate_limited" => AppError::RateLimited(crate::rate::Rate {
+                quota: 0,
+                remaining: 0,
+                reset_seconds: 1,
+                refused: true,
+            }),
             "insufficient_scope" => AppError::Forbidden {
                 reason: reason.into(),
                 message: "the key lacks a required scope".into(),
@@ -158,19 +167,38 @@ fn unauthorized_message(reason: &str) -> &'static str {
     }
 }
 
+/// Longest error message a client is sent.
+const MAX_MESSAGE_CHARS: usize = 300;
+
+/// A message as it may leave the shim: whatever in it is shaped like a token cut back to
+/// its key id (see `apikey_contract::redact`), and bounded. Messages can quote a client's
+/// input (serde names unknown fields and bad values), and a token pasted into the wrong
+/// field must not come back in the answer or go into a log.
+fn shown(message: &str) -> String {
+    let cleaned = redact::without_secrets(message);
+    if cleaned.chars().count() <= MAX_MESSAGE_CHARS {
+        return cleaned;
+    }
+    let mut cut: String = cleaned.chars().take(MAX_MESSAGE_CHARS - 1).collect();
+    cut.push('…');
+    cut
+}
+
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         match &self {
-            AppError::Internal(detail) => tracing::error!(error = %detail, "internal error"),
+            AppError::Internal(detail) => {
+                tracing::error!(error = %shown(detail), "internal error")
+            }
             AppError::Unavailable(detail) => {
-                tracing::warn!(error = %detail, "database unavailable")
+                tracing::warn!(error = %shown(detail), "database unavailable")
             }
             _ => {}
         }
         let (status, reason, message, field) = self.parts();
-        let mut body = json!({ "error": message, "reason": reason });
+        let mut body = json!({ "error": shown(&message), "reason": reason });
         if let Some(field) = field {
-            body["field"] = json!(field);
+            body["field"] = json!(redact::excerpt(field));
         }
         let mut response = (status, axum::Json(body)).into_response();
         let headers = response.headers_mut();
@@ -257,6 +285,29 @@ mod tests {
         );
         assert_eq!(field_of("invalid input syntax for type uuid: \"x\""), None);
         assert_eq!(field_of("something else"), None);
+    }
+
+    #[test]
+    fn messages_never_carry_a_token_and_are_bounded() {
+        let token = "ak_live_0123456789abcdef_ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopq012345";
+        let e = AppError::Unprocessable {
+            message: format!("unknown field `{token}`, expected one of `a`"),
+            field: Some(token.into()),
+        };
+        let response = e.into_response();
+        let body = futures_body(response);
+        assert!(!body.contains("ABCDEFGHIJ"), "{body}");
+        assert!(body.contains("ak_live_0123456789abcdef_…"), "{body}");
+        assert!(shown(&"word ".repeat(1000)).chars().count() <= MAX_MESSAGE_CHARS);
+    }
+
+    fn futures_body(response: Response) -> String {
+        let bytes = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime")
+            .block_on(axum::body::to_bytes(response.into_body(), 1 << 20))
+            .expect("the body");
+        String::from_utf8_lossy(&bytes).into_owned()
     }
 
     #[test]

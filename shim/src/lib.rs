@@ -2,9 +2,9 @@
 //! HTTP to the apikey extension's SQL functions and holds no key logic of its own.
 //!
 //! `config` (flags/env), `auth` (which key, which client IP), `db` (pool, verify, acting as
-//! the key holder), `limiter`, `metrics`, `error` (one error type), `extract` (extractors
-//! with that error as rejection), `app` (router + middleware), `routes/` one module per
-//! resource.
+//! the key holder), `rate` (rate-limit headers), `metrics`, `error` (one error type),
+//! `extract` (extractors with that error as rejection), `app` (router + middleware), `serve`
+//! (the accept loop and its connection limits), `routes/` one module per resource.
 
 pub mod app;
 pub mod auth;
@@ -12,7 +12,8 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod extract;
-pub mod limiter;
 pub mod metrics;
+pub mod rate;
 pub mod routes;
+pub mod serve;
 pub mod state;

@@ -1,10 +1,8 @@
 use apikey_shim::config::Config;
-use apikey_shim::limiter::InMemoryLimiter;
 use apikey_shim::metrics::Metrics;
 use apikey_shim::state::AppState;
-use apikey_shim::{app, db};
+use apikey_shim::{app, db, serve};
 use clap::Parser;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use tracing_subscriber::EnvFilter;
 
@@ -48,17 +46,13 @@ async fn run(config: Config) -> Result<(), String> {
     let state = AppState {
         pool,
         config: Arc::new(config),
-        limiter: Arc::new(InMemoryLimiter::default()),
         metrics: Arc::new(Metrics::default()),
     };
     tracing::info!(listen = %state.config.listen, "apikey-shim listening");
-    axum::serve(
-        listener,
-        app::router(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal())
-    .await
-    .map_err(|e| format!("server error: {e}"))?;
+    let limits = state.config.connection_limits();
+    serve::serve(listener, app::router(state), limits, shutdown_signal())
+        .await
+        .map_err(|e| format!("server error: {e}"))?;
     tracing::info!("apikey-shim stopped after finishing in-flight requests");
     Ok(())
 }

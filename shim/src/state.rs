@@ -1,7 +1,6 @@
 //! What every handler shares.
 
 use crate::config::Config;
-use crate::limiter::RateLimiter;
 use crate::metrics::Metrics;
 use deadpool_postgres::Pool;
 use std::sync::Arc;
@@ -10,6 +9,5 @@ use std::sync::Arc;
 pub struct AppState {
     pub pool: Pool,
     pub config: Arc<Config>,
-    pub limiter: Arc<dyn RateLimiter>,
     pub metrics: Arc<Metrics>,
 }

@@ -196,6 +196,34 @@ pub fn reason(c: &mut Client, token: &str) -> String {
     verify(c, Some(token), &[], None).reason
 }
 
+/// Waits until `done` holds, polling every 50 ms, and panics naming `what` after 60 s: a
+/// bound far above anything expected (the background worker flushes every 200 ms in the
+/// test cluster), so a slow machine does not fail a test, but something that never happens
+/// does.
+pub fn eventually<T>(what: &str, mut done: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(value) = done() {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// `last_used_at` of a key as text, NULL as `None`.
+pub fn last_used_at(c: &mut Client, key_id: &str) -> Option<String> {
+    c.query_one(
+        "SELECT last_used_at::text FROM apikey.keys WHERE key_id = $1",
+        &[&key_id],
+    )
+    .expect("the key's row")
+    .get(0)
+}
+
 /// The SQLSTATE of a failed statement, or a panic if it did not fail.
 pub fn sqlstate<T: std::fmt::Debug>(result: Result<T, postgres::Error>) -> String {
     match result {

@@ -32,6 +32,16 @@ impl Response {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
 
+    /// A parameter of a rate-limit field (`RateLimit-Policy: "key";q=300;w=60`,
+    /// `RateLimit: "key";r=299;t=1`), e.g. `rate("ratelimit", "r")`.
+    pub fn rate(&self, field: &str, parameter: &str) -> Option<i64> {
+        self.header(field)?
+            .split(';')
+            .filter_map(|p| p.trim().split_once('='))
+            .find(|(name, _)| *name == parameter)
+            .and_then(|(_, value)| value.parse().ok())
+    }
+
     /// The `reason` of a JSON error (or verify) body.
     pub fn reason(&self) -> String {
         self.json()["reason"]

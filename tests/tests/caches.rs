@@ -298,7 +298,12 @@ fn a_revocation_reaches_every_busy_session_at_once() {
     let mut dbs = Databases::default();
     let (db, mut dba) = with_extension(&mut dbs, "apikey_cache_busy");
     let partner = create_partner(&mut dba);
-    let key = issue(&mut dba, partner, &["a:b"]);
+    // A rate no loop reaches: this test is about revocation, not the limit.
+    let key = issue_with(
+        &mut dba,
+        "$1, '{a:b}', rate_per_minute => 2000000000",
+        &[&partner],
+    );
     let revoked = Arc::new(AtomicBool::new(false));
     let sessions: Vec<_> = (0..4)
         .map(|_| {

@@ -121,7 +121,7 @@ fn assert_security_intact(c: &mut Client) {
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
-    let expected = ["audit_log", "keys", "partners"];
+    let expected = ["audit_log", "keys", "partners", "usage"];
     assert_eq!(
         tables,
         expected.map(|t| (t.to_string(), true, true)).to_vec(),

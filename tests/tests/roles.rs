@@ -398,9 +398,10 @@ fn verifier_can_call_nothing_else() {
             "apikey_current_key",
             "apikey_current_partner",
             "apikey_current_scopes",
-            "apikey_verify"
+            "apikey_verify",
+            "apikey_version"
         ],
-        "a verifier may call verify and the apikey_current_* functions, nothing else"
+        "a verifier may call verify, the apikey_current_* functions and apikey_version, nothing else"
     );
 
     let mut forbidden = management_calls(f.a, &f.a_spare.key_id);

@@ -270,16 +270,6 @@ fn audit_rows_since(
         .collect()
 }
 
-fn last_used_at(primary: &mut Client, key_id: &str) -> Option<String> {
-    primary
-        .query_one(
-            "SELECT last_used_at::text FROM apikey.keys WHERE key_id = $1",
-            &[&key_id],
-        )
-        .expect("read the key row")
-        .get(0)
-}
-
 #[test]
 fn verify_on_a_standby_answers_without_writing() {
     let mut primary = superuser();
@@ -399,7 +389,9 @@ fn verify_on_a_standby_answers_without_writing() {
         .reason,
         "insufficient_scope"
     );
-    assert!(last_used_at(&mut primary, &key.key_id).is_some());
+    eventually("the primary's worker writes last_used_at", || {
+        last_used_at(&mut primary, &key.key_id)
+    });
     assert_eq!(
         audit_rows_since(&mut primary, watermark, &key.key_id, CLIENT_IP),
         vec!["verify_failed/insufficient_scope".to_string()]

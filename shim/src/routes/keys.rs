@@ -120,12 +120,7 @@ async fn fetch_key(
 
 /// Echo a key id only when it looks like one, so a pasted token never reaches a response.
 fn printable(key_id: &str) -> String {
-    let looks_like_key_id = key_id.len() <= 40
-        && key_id.matches('_').count() == 2
-        && key_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_');
-    if looks_like_key_id {
+    if apikey_contract::token::is_key_id(key_id) {
         format!("\"{key_id}\"")
     } else {
         "named in the path".to_string()

@@ -5,6 +5,7 @@ use crate::app::Caller;
 use crate::db;
 use crate::error::AppError;
 use crate::state::AppState;
+use apikey_contract::{redact, scope};
 use axum::body::Body;
 use axum::extract::{FromRequestParts, State};
 use axum::http::header::CONTENT_TYPE;
@@ -65,8 +66,11 @@ async fn verify(
     if let Some(key_id) = verdict.key_id {
         caller.note.key_id(key_id);
     }
+    if let Some(rate) = verdict.rate {
+        caller.note.rate(rate);
+    }
     if !verdict.valid {
-        return Err(AppError::from_reason(verdict.reason));
+        return Err(verdict.refusal());
     }
     let (Some(key_id), Some(partner_id), Some(scopes), Some(rate)) = (
         verdict.key_id,
@@ -78,14 +82,6 @@ async fn verify(
             "apikey_verify returned ok without an identity".into(),
         ));
     };
-    // Only requests the database accepted use up quota.
-    let decision = state.limiter.check(key_id, rate.max(1).unsigned_abs());
-    if !decision.allowed {
-        caller.note.rate(decision.clone());
-        state.metrics.verify_outcome("rate_limited");
-        return Err(AppError::RateLimited(decision));
-    }
-    caller.note.rate(decision);
     let mut uuid_text = Uuid::encode_buffer();
     let partner_id = &*partner_id.hyphenated().encode_lower(&mut uuid_text);
     let body = serde_json::to_vec(&Verified {
@@ -97,7 +93,7 @@ async fn verify(
         rate_per_minute: rate,
     })
     .map_err(|e| AppError::Internal(format!("cannot encode the verify response: {e}")))?;
-    // Room for these four and the three RateLimit-* headers the middleware adds.
+    // Room for these four and the two RateLimit fields the middleware adds.
     let mut headers = HeaderMap::with_capacity(8);
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     for (name, value) in [
@@ -114,17 +110,26 @@ async fn verify(
     Ok(response)
 }
 
+/// Headers that carry the original request's method, as gateways name them.
+const METHOD_HEADERS: [&str; 3] = [
+    "x-forwarded-method",
+    "x-original-method",
+    "x-envoy-original-method",
+];
+
 /// Required scopes: every `scope=` parameter (comma-separated lists allowed), the
 /// comma-separated `X-Required-Scopes` header, and, when a `resource=` parameter names the
 /// protected resource, one derived from the original method a gateway forwards
-/// (`X-Forwarded-Method` / `X-Original-Method`): GET/HEAD/OPTIONS read, POST/PUT/PATCH write,
-/// DELETE delete.
+/// (`X-Forwarded-Method` / `X-Original-Method` / `X-Envoy-Original-Method`): GET/HEAD/OPTIONS
+/// read, POST/PUT/PATCH write, DELETE delete. Bounded like a key's own scopes, and every
+/// scope must be valid: a gateway configured wrong gets a 400 naming the input, not a key
+/// that silently matches or fails.
 fn required_scopes(query: Option<&str>, headers: &HeaderMap) -> Result<Vec<String>, AppError> {
     let mut scopes = Vec::new();
     let mut resource = None;
     for (name, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         match name.as_ref() {
-            "scope" => scopes.extend(split_list(&value)),
+            "scope" => extend_checked(&mut scopes, &value, "scope")?,
             "resource" => resource = Some(value.into_owned()),
             _ => {}
         }
@@ -133,47 +138,79 @@ fn required_scopes(query: Option<&str>, headers: &HeaderMap) -> Result<Vec<Strin
         let value = value
             .to_str()
             .map_err(|_| AppError::bad_request("X-Required-Scopes must be visible ASCII"))?;
-        scopes.extend(split_list(value));
+        extend_checked(&mut scopes, value, "X-Required-Scopes")?;
     }
     if let Some(resource) = resource {
-        let method = [
-            "x-forwarded-method",
-            "x-original-method",
-            "x-envoy-original-method",
-        ]
-        .iter()
-        .find_map(|h| headers.get(*h))
-        .map(|v| v.to_str().unwrap_or_default().trim().to_ascii_uppercase());
-        let Some(method) = method else {
-            return Err(AppError::BadRequest {
-                message:
-                    "resource= needs the original method in X-Forwarded-Method or X-Original-Method"
-                        .into(),
-                field: Some("resource".into()),
-            });
-        };
-        let action = match method.as_str() {
-            "GET" | "HEAD" | "OPTIONS" => "read",
-            "POST" | "PUT" | "PATCH" => "write",
-            "DELETE" => "delete",
-            other => {
+        let action = match original_method(headers)?.as_deref() {
+            Some("GET" | "HEAD" | "OPTIONS") => "read",
+            Some("POST" | "PUT" | "PATCH") => "write",
+            Some("DELETE") => "delete",
+            Some(other) => {
                 return Err(AppError::bad_request(format!(
                     "cannot derive a scope from method {}",
-                    other.chars().take(16).collect::<String>()
+                    redact::excerpt(other)
                 )))
             }
+            None => {
+                return Err(AppError::BadRequest {
+                    message: "resource= needs the original method in X-Forwarded-Method or \
+                              X-Original-Method"
+                        .into(),
+                    field: Some("resource".into()),
+                })
+            }
         };
-        scopes.push(format!("{resource}:{action}"));
+        extend_checked(&mut scopes, &format!("{resource}:{action}"), "resource")?;
     }
     Ok(scopes)
 }
 
-fn split_list(value: &str) -> impl Iterator<Item = String> + '_ {
-    value
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
+/// The original method, from whichever method headers the request has. When they disagree
+/// (a client sent one of its own, which the gateway did not overwrite), the request is
+/// refused: deciding by either would let the client choose which scope is checked.
+fn original_method(headers: &HeaderMap) -> Result<Option<String>, AppError> {
+    let mut method: Option<String> = None;
+    for name in METHOD_HEADERS {
+        for value in headers.get_all(name) {
+            let value = value
+                .to_str()
+                .map_err(|_| AppError::bad_request(format!("{name} must be visible ASCII")))?
+                .trim()
+                .to_ascii_uppercase();
+            match &method {
+                Some(seen) if *seen != value => {
+                    return Err(AppError::bad_request(
+                        "the method headers (X-Forwarded-Method, X-Original-Method, \
+                         X-Envoy-Original-Method) disagree; the gateway must overwrite or clear \
+                         every one of them",
+                    ))
+                }
+                _ => method = Some(value),
+            }
+        }
+    }
+    Ok(method)
+}
+
+/// Adds the comma-separated scopes of `list` to `scopes`, refusing an invalid scope or more
+/// than a key can hold (`source` names where they came from).
+fn extend_checked(scopes: &mut Vec<String>, list: &str, source: &str) -> Result<(), AppError> {
+    for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        if let Err(why) = scope::validate(item) {
+            return Err(AppError::BadRequest {
+                message: format!("required scope \"{}\" {why}", redact::excerpt(item)),
+                field: Some(source.into()),
+            });
+        }
+        if scopes.len() >= scope::MAX_SCOPES {
+            return Err(AppError::BadRequest {
+                message: format!("at most {} required scopes", scope::MAX_SCOPES),
+                field: Some(source.into()),
+            });
+        }
+        scopes.push(item.to_string());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -214,5 +251,55 @@ mod tests {
         )
         .is_err());
         assert!(required_scopes(None, &HeaderMap::new()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn method_headers_that_disagree_are_refused() {
+        let both = headers(&[
+            ("x-original-method", "DELETE"),
+            ("x-forwarded-method", "GET"),
+        ]);
+        assert!(required_scopes(Some("resource=orders"), &both).is_err());
+        let twice = headers(&[
+            ("x-original-method", "DELETE"),
+            ("x-original-method", "GET"),
+        ]);
+        assert!(required_scopes(Some("resource=orders"), &twice).is_err());
+        let agreeing = headers(&[
+            ("x-original-method", "delete"),
+            ("x-forwarded-method", "DELETE"),
+        ]);
+        assert_eq!(
+            required_scopes(Some("resource=orders"), &agreeing).unwrap(),
+            vec!["orders:delete"]
+        );
+    }
+
+    #[test]
+    fn required_scopes_are_bounded_and_valid() {
+        let many = (0..=scope::MAX_SCOPES)
+            .map(|i| format!("r{i}:read"))
+            .collect::<Vec<_>>()
+            .join(",");
+        assert!(required_scopes(None, &headers(&[("x-required-scopes", &many)])).is_err());
+        let long = format!("a:{}", "b".repeat(scope::MAX_SCOPE_LEN));
+        assert!(required_scopes(Some(&format!("scope={long}")), &HeaderMap::new()).is_err());
+        assert!(required_scopes(Some("scope=orders%20read"), &HeaderMap::new()).is_err());
+        assert!(required_scopes(
+            Some("resource=bad%20name"),
+            &headers(&[("x-original-method", "GET")])
+        )
+        .is_err());
+        let Err(AppError::BadRequest { message, field }) = required_scopes(
+            None,
+            &headers(&[(
+                "x-required-scopes",
+                "ak_live_0123456789abcdefABCDEFGHIJKLMNOPQRSTUVWXYZ",
+            )]),
+        ) else {
+            panic!("an invalid scope is a bad request");
+        };
+        assert_eq!(field.as_deref(), Some("X-Required-Scopes"));
+        assert!(!message.contains("ABCDEFGHIJKLMNOPQRSTUVWXYZ"), "{message}");
     }
 }

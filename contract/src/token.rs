@@ -14,9 +14,13 @@ pub const MAX_PREFIX_LEN: usize = 16;
 const ID_LEN: usize = 16;
 const SECRET_LEN: usize = 43;
 const CHECKSUM_LEN: usize = 6;
+/// The length of a token whose prefix is `prefix_len` characters long.
+pub const fn token_len(prefix_len: usize) -> usize {
+    prefix_len + 1 + 4 + 1 + ID_LEN + 1 + SECRET_LEN + CHECKSUM_LEN
+}
+
 /// Longest well-formed token; anything longer is rejected before it is even scanned.
-pub const MAX_TOKEN_LEN: usize =
-    MAX_PREFIX_LEN + 1 + 4 + 1 + ID_LEN + 1 + SECRET_LEN + CHECKSUM_LEN;
+pub const MAX_TOKEN_LEN: usize = token_len(MAX_PREFIX_LEN);
 
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 

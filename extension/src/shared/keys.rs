@@ -1,0 +1,382 @@
+//! Per key, in shared memory: the proof that a digest matches its stored hash, its rate-limit
+//! bucket, when it was last used (for the background worker to write `last_used_at`), and
+//! whether an Argon2id verification of it is running. Entries are tagged with the database,
+//! since two databases may hold the same key id. When the table is full, the least recently
+//! used twentieth of it is evicted: an evicted key only pays Argon2id again, restarts its
+//! bucket full and may lose a minute of `last_used_at`.
+
+use super::table::{Locked, TableEntry};
+use super::{database, fixed, handles, Handles, Stat};
+use crate::hash::{self, Digest};
+use pgrx::spinlock::PgSpinLock;
+use pgrx::PGRXSharedMemory;
+
+/// Longest key id a tag holds: a 16-character prefix, `_live_`, 16 characters.
+pub const MAX_KEY_ID: usize = 39;
+
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct KeyTag {
+    db: u32,
+    len: u8,
+    id: [u8; MAX_KEY_ID],
+}
+
+impl KeyTag {
+    pub fn new(db: u32, key_id: &str) -> Option<KeyTag> {
+        let (len, id) = fixed(key_id.as_bytes())?;
+        Some(KeyTag { db, len, id })
+    }
+
+    pub fn key_id(&self) -> String {
+        String::from_utf8_lossy(&self.id[..usize::from(self.len)]).into_owned()
+    }
+}
+
+/// What the server knows of one key between verifications. Plain data behind a spinlock:
+/// every update is a few instructions.
+#[derive(Clone, Copy, Default, Debug)]
+pub struct KeyState {
+    /// SHA-256 of the stored hash (PHC string) that `proof` was shown to match.
+    pub proof_of: [u8; 32],
+    /// HMAC-SHA256(pepper, secret) proven to match that hash.
+    pub proof: [u8; 32],
+    pub proven: bool,
+    /// Token bucket: verifications left, as of `refilled_at` (a `TimestampTz`).
+    pub tokens: f64,
+    pub refilled_at: i64,
+    /// Last successful verification, and the value last written to `last_used_at`.
+    pub last_used: i64,
+    pub written_used: i64,
+    /// An Argon2id verification of this key is running in some backend.
+    pub hashing: bool,
+    /// Failed Argon2id verifications in minute `failure_minute` (marks a key under attack).
+    pub failures: u32,
+    pub failure_minute: i64,
+    /// Last time any backend used the entry, for eviction.
+    pub touched: i64,
+}
+
+// SAFETY: plain old data, no pointers.
+unsafe impl PGRXSharedMemory for KeyState {}
+
+#[repr(C)]
+pub struct KeyEntry {
+    tag: KeyTag,
+    pub state: PgSpinLock<KeyState>,
+}
+
+// SAFETY: repr(C) with the tag first; KeyTag is 4 + 1 + 39 = 44 bytes with alignment 4,
+// so it has no padding.
+unsafe impl TableEntry for KeyEntry {
+    type Tag = KeyTag;
+
+    fn new(tag: KeyTag) -> KeyEntry {
+        KeyEntry {
+            tag,
+            state: PgSpinLock::new(KeyState::default()),
+        }
+    }
+}
+
+/// The Argon2id gate, in `Control`: how many verifications run, and how many of those are
+/// for keys under attack.
+#[derive(Clone, Copy, Default, Debug)]
+pub struct Gate {
+    pub running: u32,
+    pub running_suspect: u32,
+}
+
+// SAFETY: plain old data.
+unsafe impl PGRXSharedMemory for Gate {}
+
+/// Runs `f` on the state of `key_id` in this database, creating the entry if needed.
+/// `None` without shared memory (or for a key id too long to be one).
+pub fn with_key<R>(key_id: &str, now: i64, f: impl FnOnce(&mut KeyState) -> R) -> Option<R> {
+    let handles = handles()?;
+    let tag = KeyTag::new(database(), key_id)?;
+    {
+        let table = handles.keys.shared();
+        if let Some(entry) = table.get(&tag) {
+            return Some(update(entry, now, f));
+        }
+    }
+    let mut table = handles.keys.exclusive();
+    if table.get(&tag).is_none() && table.len() >= crate::guc::max_keys() {
+        evict_oldest(handles, &mut table);
+    }
+    let entry = table.get_or_insert(&tag)?;
+    Some(update(entry, now, f))
+}
+
+fn update<R>(entry: &KeyEntry, now: i64, f: impl FnOnce(&mut KeyState) -> R) -> R {
+    let mut state = entry.state.lock();
+    state.touched = now;
+    f(&mut state)
+}
+
+/// Removes the least recently used twentieth of the table (at least one entry).
+fn evict_oldest(handles: &Handles, table: &mut Locked<'_, KeyEntry>) {
+    let mut ages: Vec<(i64, KeyTag)> = table
+        .entries()
+        .into_iter()
+        .map(|e| (e.state.lock().touched, e.tag))
+        .collect();
+    ages.sort_unstable_by_key(|(touched, _)| *touched);
+    let victims = (ages.len() / 20).max(1);
+    for (_, tag) in ages.iter().take(victims) {
+        table.remove(tag);
+    }
+    handles.control.count(Stat::KeysEvicted, victims as u64);
+}
+
+/// Records a successful verification of `key_id` at `now`.
+pub fn used(key_id: &str, now: i64) {
+    with_key(key_id, now, |state| {
+        state.last_used = state.last_used.max(now);
+    });
+}
+
+/// A minute, in `TimestampTz` units.
+pub const MINUTE: i64 = 60_000_000;
+
+/// What the shared proof of a key says about a digest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proof {
+    /// The digest was shown to match this very stored hash.
+    Matches,
+    /// A different digest was shown to match it: this one cannot (a wrong secret).
+    Differs,
+    /// No proof for this stored hash yet: only Argon2id can tell.
+    Unknown,
+}
+
+/// Checks `digest` against the shared proof of `key_id` for the stored hash whose
+/// fingerprint is `stored`. `None` without shared memory.
+pub fn proof(key_id: &str, stored: &Digest, digest: &Digest, now: i64) -> Option<Proof> {
+    with_key(key_id, now, |state| {
+        if !state.proven || state.proof_of != *stored {
+            Proof::Unknown
+        } else if hash::digests_equal(&state.proof, digest) {
+            Proof::Matches
+        } else {
+            Proof::Differs
+        }
+    })
+}
+
+/// Remembers that `digest` matches the stored hash fingerprinted `stored`.
+pub fn prove(key_id: &str, stored: &Digest, digest: &Digest, now: i64) {
+    with_key(key_id, now, |state| {
+        state.proof_of = *stored;
+        state.proof = *digest;
+        state.proven = true;
+    });
+}
+
+/// Failed Argon2id verifications of one key in one minute after which it counts as under
+/// attack, and gets only part of the server's Argon2id capacity (`argon2`).
+pub const SUSPECT_AFTER: u32 = 3;
+
+/// Notes a failed Argon2id verification of `key_id`.
+pub fn failed(key_id: &str, now: i64) {
+    let minute = now - now.rem_euclid(MINUTE);
+    with_key(key_id, now, |state| {
+        if state.failure_minute != minute {
+            state.failure_minute = minute;
+            state.failures = 0;
+        }
+        state.failures = state.failures.saturating_add(1);
+    });
+}
+
+/// Whether `key_id` failed Argon2id often this minute.
+pub fn suspect(key_id: &str, now: i64) -> bool {
+    let minute = now - now.rem_euclid(MINUTE);
+    with_key(key_id, now, |state| {
+        state.failure_minute == minute && state.failures >= SUSPECT_AFTER
+    })
+    .unwrap_or(false)
+}
+
+/// Where a key stands against its rate limit after one more verification.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rate {
+    pub allowed: bool,
+    /// Verifications left now.
+    pub remaining: i32,
+    /// Refused: seconds until one is allowed again; allowed: until the full allowance is back.
+    pub reset_seconds: i32,
+}
+
+/// Takes one verification from the bucket of `key_id`: `rate_per_minute` tokens, refilled
+/// continuously, so a key may burst one minute's allowance. `None` without shared memory.
+pub fn take(key_id: &str, rate_per_minute: i32, now: i64) -> Option<Rate> {
+    with_key(key_id, now, |state| {
+        let (tokens, rate) = bucket::take(state.tokens, state.refilled_at, rate_per_minute, now);
+        state.tokens = tokens;
+        state.refilled_at = now;
+        rate
+    })
+}
+
+/// The token bucket, as pure arithmetic.
+pub mod bucket {
+    use super::Rate;
+
+    const SECOND: f64 = 1_000_000.0;
+
+    /// The bucket after one more verification at `now`, and what it says. A bucket never
+    /// filled (`refilled_at` 0) starts full.
+    pub fn take(tokens: f64, refilled_at: i64, rate_per_minute: i32, now: i64) -> (f64, Rate) {
+        let capacity = f64::from(rate_per_minute.max(1));
+        let per_second = capacity / 60.0;
+        let elapsed = if refilled_at == 0 {
+            f64::INFINITY
+        } else {
+            (now - refilled_at).max(0) as f64 / SECOND
+        };
+        let available = (tokens + elapsed * per_second).min(capacity);
+        let seconds =
+            |missing: f64| (missing / per_second).ceil().clamp(0.0, i32::MAX as f64) as i32;
+        if available >= 1.0 {
+            let left = available - 1.0;
+            let rate = Rate {
+                allowed: true,
+                remaining: left.floor() as i32,
+                reset_seconds: seconds(capacity - left),
+            };
+            (left, rate)
+        } else {
+            let rate = Rate {
+                allowed: false,
+                remaining: 0,
+                reset_seconds: seconds(1.0 - available).max(1),
+            };
+            (available, rate)
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        const S: i64 = 1_000_000;
+
+        #[test]
+        fn a_full_minute_then_refusal_then_refill() {
+            let (mut tokens, mut at) = (0.0, 0);
+            let now = 1_000 * S;
+            for i in 0..60 {
+                let (t, rate) = take(tokens, at, 60, now);
+                assert!(rate.allowed, "burst {i}");
+                assert_eq!(rate.remaining, 59 - i);
+                (tokens, at) = (t, now);
+            }
+            let (t, rate) = take(tokens, at, 60, now);
+            assert!(!rate.allowed);
+            assert_eq!((rate.remaining, rate.reset_seconds), (0, 1));
+            (tokens, at) = (t, now);
+            // One a second comes back at 60 per minute.
+            let (t, rate) = take(tokens, at, 60, now + S);
+            assert!(rate.allowed);
+            assert_eq!(rate.remaining, 0);
+            assert_eq!(
+                rate.reset_seconds, 60,
+                "a full minute until all 60 are back"
+            );
+            let (_, rate) = take(t, now + S, 60, now + S + S / 2);
+            assert!(!rate.allowed);
+            assert_eq!(rate.reset_seconds, 1);
+        }
+
+        #[test]
+        fn the_bucket_never_holds_more_than_a_minute() {
+            let (tokens, rate) = take(5.0, 1, 300, 3_600 * S);
+            assert!(rate.allowed);
+            assert_eq!(tokens, 299.0);
+            assert_eq!(rate.reset_seconds, 1);
+            // A lowered rate clamps what is left.
+            let (tokens, _) = take(299.0, 3_600 * S, 10, 3_600 * S);
+            assert_eq!(tokens, 9.0);
+        }
+
+        #[test]
+        fn a_slow_rate_refuses_for_seconds() {
+            let (tokens, _) = take(0.0, 0, 1, 10 * S);
+            assert_eq!(tokens, 0.0);
+            let (_, rate) = take(tokens, 10 * S, 1, 40 * S);
+            assert!(!rate.allowed);
+            assert_eq!(rate.reset_seconds, 30);
+        }
+    }
+}
+
+/// Keys of database `db` whose `last_used_at` is due to be written: used since it was last
+/// written, and at least a minute later than that (so a busy key is written once a minute).
+pub fn unwritten_uses(db: u32) -> Vec<(String, i64)> {
+    let Some(handles) = handles() else {
+        return Vec::new();
+    };
+    let table = handles.keys.shared();
+    table
+        .entries()
+        .into_iter()
+        .filter(|e| e.tag.db == db)
+        .filter_map(|e| {
+            let state = *e.state.lock();
+            let due = state.last_used > 0
+                && (state.written_used == 0 || state.last_used >= state.written_used + MINUTE);
+            due.then(|| (e.tag.key_id(), state.last_used))
+        })
+        .collect()
+}
+
+/// Notes that `last_used_at` of `key_id` in `db` now holds `at`.
+pub fn written(db: u32, key_id: &str, at: i64) {
+    let (Some(handles), Some(tag)) = (handles(), KeyTag::new(db, key_id)) else {
+        return;
+    };
+    let table = handles.keys.shared();
+    if let Some(entry) = table.get(&tag) {
+        let mut state = entry.state.lock();
+        state.written_used = state.written_used.max(at);
+    }
+}
+
+/// The databases that have keys with unwritten uses.
+pub fn databases_with_uses() -> Vec<u32> {
+    let Some(handles) = handles() else {
+        return Vec::new();
+    };
+    let table = handles.keys.shared();
+    let mut dbs: Vec<u32> = table
+        .entries()
+        .into_iter()
+        .filter(|e| {
+            let state = e.state.lock();
+            state.last_used > state.written_used
+        })
+        .map(|e| e.tag.db)
+        .collect();
+    dbs.sort_unstable();
+    dbs.dedup();
+    dbs
+}
+
+/// Drops every entry of database `db` (dropped, or without the extension).
+pub fn forget_database(db: u32) {
+    let Some(handles) = handles() else {
+        return;
+    };
+    let mut table = handles.keys.exclusive();
+    let tags: Vec<KeyTag> = table
+        .entries()
+        .into_iter()
+        .filter(|e| e.tag.db == db)
+        .map(|e| e.tag)
+        .collect();
+    for tag in &tags {
+        table.remove(tag);
+    }
+}

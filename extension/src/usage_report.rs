@@ -1,0 +1,128 @@
+//! `apikey_usage(...)`: verification counts per bucket, key and reason, from `apikey.usage`
+//! plus what the server has counted but the worker not yet written. Operators see every
+//! partner's; a partner (a `keys:manage` key verified in the transaction) only its own.
+
+use crate::error::{ApiError, ApiResult, OrRaise};
+use crate::shared::{self, usage};
+use crate::{access, identity};
+use pgrx::datum::{Interval, TimestampWithTimeZone};
+use pgrx::prelude::*;
+
+#[pg_extern(stable, security_definer, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn apikey_usage(
+    key_id: default!(Option<&str>, "NULL"),
+    partner_id: default!(Option<pgrx::Uuid>, "NULL"),
+    since: default!(Option<TimestampWithTimeZone>, "now() - interval '24 hours'"),
+    bucket: default!(Option<Interval>, "'1 hour'"),
+) -> TableIterator<
+    'static,
+    (
+        name!(bucket, TimestampWithTimeZone),
+        name!(key_id, Option<String>),
+        name!(reason, String),
+        name!(count, i64),
+    ),
+> {
+    TableIterator::new(report(key_id, partner_id, since, bucket).or_raise())
+}
+
+type Row = (TimestampWithTimeZone, Option<String>, String, i64);
+
+fn report(
+    key_id: Option<&str>,
+    partner_id: Option<pgrx::Uuid>,
+    since: Option<TimestampWithTimeZone>,
+    bucket: Option<Interval>,
+) -> ApiResult<Vec<Row>> {
+    let since = since.ok_or_else(|| ApiError::null("since"))?;
+    let bucket = bucket.ok_or_else(|| ApiError::null("bucket"))?;
+    // Operators choose any partner; a partner sees its own rows whatever it asks for.
+    let partner = if access::is_admin() {
+        partner_id
+    } else {
+        match identity::current() {
+            Some(caller) if partner_id.is_none_or(|p| p == caller.partner_id) => {
+                Some(caller.partner_id)
+            }
+            _ => return Ok(Vec::new()),
+        }
+    };
+    let pending = usage::pending(shared::database());
+    let minutes: Vec<TimestampWithTimeZone> = pending
+        .iter()
+        .map(|r| {
+            TimestampWithTimeZone::try_from(r.minute)
+                .map_err(|_| ApiError::internal("a pending count with an impossible minute"))
+        })
+        .collect::<ApiResult<_>>()?;
+    let key_ids: Vec<Option<String>> = pending.iter().map(|r| r.key_id.clone()).collect();
+    let partners: Vec<Option<pgrx::Uuid>> = pending
+        .iter()
+        .map(|r| r.partner.map(pgrx::Uuid::from_bytes))
+        .collect();
+    let reasons: Vec<String> = pending
+        .iter()
+        .map(|r| r.reason.as_str().to_string())
+        .collect();
+    let counts: Vec<i64> = pending
+        .iter()
+        .map(|r| i64::try_from(r.count).unwrap_or(i64::MAX))
+        .collect();
+    Spi::connect(|client| {
+        let valid = client
+            .select(
+                "SELECT $1 >= interval '1 minute' AND date_part('month', $1) = 0 \
+                        AND date_part('year', $1) = 0",
+                Some(1),
+                &[bucket.into()],
+            )?
+            .first()
+            .get::<bool>(1)?
+            .unwrap_or(false);
+        if !valid {
+            return Err(ApiError::invalid(
+                "bucket",
+                "must be at least a minute and hold no months or years",
+            ));
+        }
+        let rows = client.select(
+            "WITH everything AS ( \
+                 SELECT minute, key_id, partner_id, reason, count FROM apikey.usage \
+                 UNION ALL \
+                 SELECT * FROM unnest($5::timestamptz[], $6::text[], $7::uuid[], $8::text[], \
+                                      $9::bigint[]) \
+             ) \
+             SELECT date_bin($4, minute, timestamptz '2000-01-01 00:00:00+00'), key_id, reason, \
+                    sum(count)::bigint \
+             FROM everything \
+             WHERE minute >= date_bin($4, $3, timestamptz '2000-01-01 00:00:00+00') \
+               AND ($1::text IS NULL OR key_id = $1) \
+               AND ($2::uuid IS NULL OR partner_id = $2) \
+             GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+            None,
+            &[
+                key_id.into(),
+                partner.into(),
+                since.into(),
+                bucket.into(),
+                minutes.into(),
+                key_ids.into(),
+                partners.into(),
+                reasons.into(),
+                counts.into(),
+            ],
+        )?;
+        rows.into_iter()
+            .map(|row| {
+                Ok((
+                    row.get::<TimestampWithTimeZone>(1)?
+                        .ok_or_else(|| ApiError::internal("a usage bucket without a time"))?,
+                    row.get::<String>(2)?,
+                    row.get::<String>(3)?.unwrap_or_default(),
+                    row.get::<i64>(4)?.unwrap_or(0),
+                ))
+            })
+            .collect()
+    })
+}

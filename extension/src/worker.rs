@@ -1,0 +1,193 @@
+//! The background workers: they only schedule; the work is in `flush`.
+//!
+//! - The launcher (started by the postmaster when the library is preloaded, restarted five
+//!   seconds after it dies, not run on a standby) looks once a second for databases with
+//!   something in shared memory to write, and starts one flusher per such database.
+//! - A flusher connects to its database and, every `apikey.usage_flush_interval`, writes
+//!   `last_used_at` and the usage counts; once an hour it applies retention. On SIGTERM (a
+//!   clean shutdown) it flushes once more before exiting, so a clean restart loses no counts.
+//!   It exits after ten idle minutes; the launcher starts it again when needed. A database
+//!   without the extension (or dropped) has its shared state discarded.
+
+use crate::flush::{self, Schema};
+use crate::shared::{keys, usage};
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, DynamicBackgroundWorker,
+    SignalWakeFlags,
+};
+use pgrx::prelude::*;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+const LAUNCHER_TICK: Duration = Duration::from_secs(1);
+const RETENTION_EVERY: Duration = Duration::from_secs(3600);
+const IDLE_EXIT: Duration = Duration::from_secs(600);
+
+/// Registers the launcher; from `_PG_init`, when preloading.
+pub fn register() {
+    // SAFETY: a read of a flag set by the postmaster around preloading.
+    if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        return;
+    }
+    BackgroundWorkerBuilder::new("apikey launcher")
+        .set_type("apikey launcher")
+        .set_library("apikey")
+        .set_function("apikey_launcher_main")
+        .enable_spi_access()
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(Some(Duration::from_secs(5)))
+        .load();
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn apikey_launcher_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    // No database: the launcher reads only the shared catalog pg_database.
+    BackgroundWorker::connect_worker_to_spi(None, None);
+    let mut flushers: HashMap<u32, DynamicBackgroundWorker> = HashMap::new();
+    while BackgroundWorker::wait_latch(Some(LAUNCHER_TICK)) {
+        reload_config_if_asked();
+        flushers.retain(|_, worker| {
+            matches!(
+                worker.pid(),
+                Ok(_) | Err(pgrx::bgworkers::BackgroundWorkerStatus::NotYetStarted)
+            )
+        });
+        let mut wanted = keys::databases_with_uses();
+        wanted.extend(usage::databases());
+        wanted.sort_unstable();
+        wanted.dedup();
+        for db in wanted {
+            if flushers.contains_key(&db) {
+                continue;
+            }
+            if !BackgroundWorker::transaction(|| database_exists(db)) {
+                keys::forget_database(db);
+                usage::forget_database(db);
+                continue;
+            }
+            match start_flusher(db) {
+                Some(worker) => {
+                    flushers.insert(db, worker);
+                }
+                // Out of worker slots (max_worker_processes): try again next tick.
+                None => log!("apikey: no background worker slot free to flush database {db}"),
+            }
+        }
+    }
+}
+
+fn database_exists(db: u32) -> bool {
+    // SAFETY: a syscache probe inside the transaction `BackgroundWorker::transaction` opened.
+    unsafe {
+        pg_sys::SearchSysCacheExists(
+            pg_sys::SysCacheIdentifier::DATABASEOID as i32,
+            pg_sys::Datum::from(db),
+            pg_sys::Datum::from(0),
+            pg_sys::Datum::from(0),
+            pg_sys::Datum::from(0),
+        )
+    }
+}
+
+fn start_flusher(db: u32) -> Option<DynamicBackgroundWorker> {
+    BackgroundWorkerBuilder::new(&format!("apikey flusher for database {db}"))
+        .set_type("apikey flusher")
+        .set_library("apikey")
+        .set_function("apikey_flusher_main")
+        .set_argument(Some(pg_sys::Datum::from(db)))
+        .enable_spi_access()
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(None)
+        // SAFETY: reads this process's pid.
+        .set_notify_pid(unsafe { pg_sys::MyProcPid })
+        .load_dynamic()
+        .ok()
+}
+
+fn reload_config_if_asked() {
+    if BackgroundWorker::sighup_received() {
+        // SAFETY: the standard reaction to SIGHUP in a worker's main loop.
+        unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+    }
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn apikey_flusher_main(arg: pg_sys::Datum) {
+    let db = u32::try_from(arg.value()).unwrap_or(0);
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(db)), None);
+    let mut last_retention: Option<Instant> = None;
+    let mut last_work = Instant::now();
+    loop {
+        let running = BackgroundWorker::wait_latch(Some(crate::guc::usage_flush_interval()));
+        reload_config_if_asked();
+        let retention = last_retention.is_none_or(|at| at.elapsed() >= RETENTION_EVERY);
+        let had_work = !keys::unwritten_uses(db).is_empty() || !usage::pending(db).is_empty();
+        match flush_once(db, retention) {
+            Some(Schema::Absent) => return,
+            Some(_) if retention => last_retention = Some(Instant::now()),
+            _ => {}
+        }
+        if had_work {
+            last_work = Instant::now();
+        }
+        if !running || last_work.elapsed() >= IDLE_EXIT {
+            return;
+        }
+    }
+}
+
+/// One flush in a transaction of its own. An error is logged, the counts go back to shared
+/// memory for the next try, and the worker carries on.
+fn flush_once(db: u32, retention: bool) -> Option<Schema> {
+    // SAFETY: the documented way for a background worker to run a transaction; every path
+    // below ends it (commit, or abort after a caught error).
+    unsafe {
+        pg_sys::SetCurrentStatementStartTimestamp();
+        pg_sys::StartTransactionCommand();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+    }
+    let taken = std::panic::AssertUnwindSafe(std::cell::RefCell::new(Vec::new()));
+    let outcome = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
+        let schema = flush::schema().unwrap_or_else(|e| e.raise());
+        match schema {
+            Schema::Absent => {
+                keys::forget_database(db);
+                usage::forget_database(db);
+            }
+            Schema::WithoutUsage => usage::forget_database(db),
+            Schema::Current => *taken.borrow_mut() = usage::take(db),
+        }
+        if !matches!(schema, Schema::Absent) {
+            flush::write(db, &schema, &taken.borrow(), retention).unwrap_or_else(|e| e.raise());
+        }
+        Some(schema)
+    }))
+    .catch_others(|error| {
+        usage::give_back(db, &taken.borrow());
+        let message = match &error {
+            pgrx::pg_sys::panic::CaughtError::PostgresError(report)
+            | pgrx::pg_sys::panic::CaughtError::ErrorReport(report)
+            | pgrx::pg_sys::panic::CaughtError::RustPanic {
+                ereport: report, ..
+            } => report.message().to_string(),
+        };
+        warning!("apikey: flushing usage of database {db} failed, will retry: {message}");
+        None
+    })
+    .execute();
+    // SAFETY: ends the transaction started above.
+    unsafe {
+        if outcome.is_some() {
+            pg_sys::PopActiveSnapshot();
+            pg_sys::CommitTransactionCommand();
+        } else {
+            pg_sys::AbortCurrentTransaction();
+        }
+    }
+    flush::note_flush(outcome.is_some());
+    outcome
+}

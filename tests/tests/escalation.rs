@@ -1,0 +1,244 @@
+//! Operator power never reaches a partner: a partner's `keys:manage` key may rotate its own
+//! keys only to scopes they already grant, and may not rotate, revoke, enable or disable a
+//! key that holds an operator scope (`admin:*`, `*`), even one issued to its own partner.
+//! Checked as a real login role that is only `apikey_partner`, as the shim narrowed to
+//! `apikey_partner`, and over HTTP.
+
+use apikey_tests::postgres::Client;
+use apikey_tests::shim::Shim;
+use apikey_tests::*;
+use serde_json::json;
+
+const INSUFFICIENT_PRIVILEGE: &str = "42501";
+
+struct Partner {
+    su: Client,
+    partner: Uuid,
+    manager: Issued,
+    reader: Issued,
+    wide: Issued,
+    operator_of_own_partner: Issued,
+}
+
+fn partner() -> Partner {
+    let mut su = superuser();
+    let partner = create_partner(&mut su);
+    let manager = issue(&mut su, partner, &["keys:manage"]);
+    let reader = issue(&mut su, partner, &["orders:read"]);
+    let wide = issue(&mut su, partner, &["orders:*", "invoices:read"]);
+    let operator_of_own_partner = issue(&mut su, partner, &["admin:*"]);
+    Partner {
+        su,
+        partner,
+        manager,
+        reader,
+        wide,
+        operator_of_own_partner,
+    }
+}
+
+/// A login that is a member of `apikey_partner` only.
+fn partner_login(su: &mut Client) -> Client {
+    let name = login_role(su, "escalation", &["apikey_partner"]);
+    connect(&name)
+}
+
+/// Runs `sql` in a transaction that first verified `token` with `keys:manage`; rolls back.
+fn as_manager(c: &mut Client, token: &str, sql: &str) -> Result<Vec<String>, postgres::Error> {
+    let mut tx = c.transaction().expect("begin");
+    let ok: bool = tx
+        .query_one(
+            "SELECT valid FROM apikey_verify($1, '{keys:manage}')",
+            &[&token],
+        )
+        .expect("verify")
+        .get(0);
+    assert!(ok, "the manager key verifies");
+    let rows = tx.query(sql, &[])?;
+    let out = rows
+        .iter()
+        .map(|r| r.try_get::<_, String>(0).unwrap_or_default())
+        .collect();
+    tx.commit()?;
+    Ok(out)
+}
+
+fn scopes_of(su: &mut Client, key_id: &str) -> Vec<String> {
+    su.query_one(
+        "SELECT scopes FROM apikey.keys WHERE key_id = $1",
+        &[&key_id],
+    )
+    .expect("scopes")
+    .get(0)
+}
+
+fn keys_of(su: &mut Client, partner: Uuid) -> i64 {
+    su.query_one(
+        "SELECT count(*) FROM apikey.keys WHERE partner_id = $1",
+        &[&partner],
+    )
+    .expect("count keys")
+    .get(0)
+}
+
+#[test]
+fn a_partner_cannot_rotate_a_key_to_wider_scopes_in_sql() {
+    let mut p = partner();
+    let mut c = partner_login(&mut p.su);
+    let before = keys_of(&mut p.su, p.partner);
+    for scopes in [
+        "{admin:*}",
+        "{*}",
+        "{orders:read,keys:manage}",
+        "{orders:write}",
+        "{orders:*}",
+    ] {
+        let sql = format!(
+            "SELECT key_id FROM apikey_rotate('{}', '0', '{scopes}')",
+            p.reader.key_id
+        );
+        let code = sqlstate(as_manager(&mut c, &p.manager.token, &sql));
+        assert_eq!(
+            code, INSUFFICIENT_PRIVILEGE,
+            "rotating orders:read to {scopes}"
+        );
+    }
+    assert_eq!(keys_of(&mut p.su, p.partner), before, "no key was minted");
+    assert_eq!(scopes_of(&mut p.su, &p.reader.key_id), ["orders:read"]);
+    assert_eq!(
+        reason(&mut p.su, &p.reader.token),
+        "ok",
+        "the key stays live"
+    );
+}
+
+#[test]
+fn a_partner_may_keep_or_narrow_scopes() {
+    let mut p = partner();
+    let mut c = partner_login(&mut p.su);
+    let narrowed = as_manager(
+        &mut c,
+        &p.manager.token,
+        &format!(
+            "SELECT key_id FROM apikey_rotate('{}', '0', '{{orders:read}}')",
+            p.wide.key_id
+        ),
+    )
+    .expect("narrowing orders:*,invoices:read to orders:read");
+    assert_eq!(scopes_of(&mut p.su, &narrowed[0]), ["orders:read"]);
+    let kept = as_manager(
+        &mut c,
+        &p.manager.token,
+        &format!("SELECT key_id FROM apikey_rotate('{}')", p.reader.key_id),
+    )
+    .expect("rotation inheriting the scopes");
+    assert_eq!(scopes_of(&mut p.su, &kept[0]), ["orders:read"]);
+}
+
+#[test]
+fn a_partner_cannot_touch_an_operator_key_of_its_own_partner() {
+    let mut p = partner();
+    let mut c = partner_login(&mut p.su);
+    let key = &p.operator_of_own_partner.key_id;
+    for call in [
+        format!("SELECT key_id FROM apikey_rotate('{key}')"),
+        format!("SELECT key_id FROM apikey_rotate('{key}', '0', '{{orders:read}}')"),
+        format!("SELECT apikey_revoke('{key}')::text"),
+        format!("SELECT 'done' FROM apikey_set_enabled('{key}', false)"),
+    ] {
+        assert_eq!(
+            sqlstate(as_manager(&mut c, &p.manager.token, &call)),
+            INSUFFICIENT_PRIVILEGE,
+            "{call}"
+        );
+    }
+    let star = issue(&mut p.su, p.partner, &["*"]);
+    let call = format!("SELECT key_id FROM apikey_rotate('{}')", star.key_id);
+    assert_eq!(
+        sqlstate(as_manager(&mut c, &p.manager.token, &call)),
+        INSUFFICIENT_PRIVILEGE
+    );
+    assert_eq!(reason(&mut p.su, &p.operator_of_own_partner.token), "ok");
+}
+
+#[test]
+fn the_shim_narrowed_to_a_partner_is_bound_the_same_way() {
+    let mut p = partner();
+    let name = login_role(
+        &mut p.su,
+        "escalation_shim",
+        &["apikey_verifier", "apikey_admin", "apikey_partner"],
+    );
+    let mut c = connect(&name);
+    let mut tx = c.transaction().expect("begin");
+    tx.query_one(
+        "SELECT valid FROM apikey_verify($1, '{keys:manage}')",
+        &[&p.manager.token],
+    )
+    .expect("verify");
+    tx.batch_execute("SET LOCAL ROLE apikey_partner")
+        .expect("narrow");
+    let result = tx.query(
+        "SELECT key_id FROM apikey_rotate($1, '0', '{admin:*}')",
+        &[&p.reader.key_id],
+    );
+    assert_eq!(sqlstate(result), INSUFFICIENT_PRIVILEGE);
+}
+
+#[test]
+fn operators_may_give_any_valid_scopes() {
+    let mut p = partner();
+    let rotated: String =
+        p.su.query_one(
+            "SELECT key_id FROM apikey_rotate($1, '0', '{admin:*}')",
+            &[&p.reader.key_id],
+        )
+        .expect("an operator widens a key")
+        .get(0);
+    assert_eq!(scopes_of(&mut p.su, &rotated), ["admin:*"]);
+}
+
+#[test]
+fn over_http_a_partner_key_cannot_mint_an_operator_token() {
+    let mut p = partner();
+    let shim = Shim::start();
+    let before = keys_of(&mut p.su, p.partner);
+    for scopes in [
+        json!(["admin:*"]),
+        json!(["*"]),
+        json!(["orders:read", "keys:manage"]),
+    ] {
+        let response = shim.post_as(
+            &p.manager.token,
+            &format!("/v1/keys/{}/rotate", p.reader.key_id),
+            &json!({ "scopes": scopes }),
+        );
+        assert_eq!(response.status, 403, "{scopes}: {}", response.body);
+        assert_eq!(response.reason(), "forbidden");
+    }
+    let response = shim.post_as(
+        &p.manager.token,
+        &format!("/v1/keys/{}/rotate", p.operator_of_own_partner.key_id),
+        &json!({}),
+    );
+    assert_eq!(response.status, 403, "{}", response.body);
+    assert_eq!(keys_of(&mut p.su, p.partner), before, "no key was minted");
+
+    let response = shim.post_as(
+        &p.manager.token,
+        &format!("/v1/keys/{}/rotate", p.wide.key_id),
+        &json!({ "scopes": ["orders:read"] }),
+    );
+    assert_eq!(response.status, 201, "{}", response.body);
+    assert_eq!(response.json()["key"]["scopes"], json!(["orders:read"]));
+    let token = response.json()["token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let listed = shim.get_as(&token, "/v1/keys");
+    assert_eq!(
+        listed.status, 403,
+        "the narrowed key cannot manage: {}",
+        listed.body
+    );
+}
