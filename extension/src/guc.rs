@@ -68,26 +68,31 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::SUPERUSER_ONLY,
     );
-    GucRegistry::define_int_guc(
-        c"apikey.max_keys",
-        c"Keys whose proof, rate limit and last use the server keeps in shared memory.",
-        c"Fixed at server start. When full, the least recently used are evicted (they only pay Argon2id again).",
-        &MAX_KEYS,
-        100,
-        10_000_000,
-        GucContext::Postmaster,
-        GucFlags::default(),
-    );
-    GucRegistry::define_int_guc(
-        c"apikey.max_usage_entries",
-        c"Usage counts (key, minute, reason) kept in shared memory until the worker writes them.",
-        c"Fixed at server start. When full, further counts are dropped and counted in apikey_status().",
-        &MAX_USAGE_ENTRIES,
-        100,
-        10_000_000,
-        GucContext::Postmaster,
-        GucFlags::default(),
-    );
+    // Settings of shared memory exist only where it does: a library loaded after server
+    // start may not define a postmaster setting at all.
+    // SAFETY: a read of a flag the postmaster sets around preloading.
+    if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
+        GucRegistry::define_int_guc(
+            c"apikey.max_keys",
+            c"Keys whose proof, rate limit and last use the server keeps in shared memory.",
+            c"Fixed at server start. When full, the least recently used are evicted (they only pay Argon2id again).",
+            &MAX_KEYS,
+            100,
+            10_000_000,
+            GucContext::Postmaster,
+            GucFlags::default(),
+        );
+        GucRegistry::define_int_guc(
+            c"apikey.max_usage_entries",
+            c"Usage counts (key, minute, reason) kept in shared memory until the worker writes them.",
+            c"Fixed at server start. When full, further counts are dropped and counted in apikey_status().",
+            &MAX_USAGE_ENTRIES,
+            100,
+            10_000_000,
+            GucContext::Postmaster,
+            GucFlags::default(),
+        );
+    }
     GucRegistry::define_int_guc(
         c"apikey.usage_flush_interval",
         c"How often the background worker writes usage counts and last_used_at.",

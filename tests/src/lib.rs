@@ -2,6 +2,7 @@
 //! `scripts/test.sh` starts (socket directory, port and paths come from its environment),
 //! as the superuser or as real login roles.
 
+pub mod cluster;
 pub mod shim;
 pub mod webdriver;
 

@@ -1221,7 +1221,11 @@ fn a_refused_management_call_is_audited_as_a_failed_verification() {
         )
     };
     let rows = failures();
-    assert_eq!(rows.len(), 1, "the refused GET /v1/keys is audited: {rows:?}");
+    assert_eq!(
+        rows.len(),
+        1,
+        "the refused GET /v1/keys is audited: {rows:?}"
+    );
     assert_eq!(rows[0]["reason"], "revoked", "{rows:?}");
     // The same failure again within the minute, on /v1/verify: counted in the usage, but
     // not audited again (one row per key, reason and minute).

@@ -89,9 +89,9 @@ fn header_u64(response: &Response, name: &str) -> u64 {
 
 /// A parameter of a rate-limit field, e.g. `r` of `RateLimit`.
 fn rate(response: &Response, field: &str, parameter: &str) -> i64 {
-    response.rate(field, parameter).unwrap_or_else(|| {
-        panic!("{field} has no {parameter}; headers {:?}", response.headers)
-    })
+    response
+        .rate(field, parameter)
+        .unwrap_or_else(|| panic!("{field} has no {parameter}; headers {:?}", response.headers))
 }
 
 /// A token whose checksum no longer matches (its last character changed).
@@ -166,7 +166,11 @@ fn ok_carries_identity_and_rate_limit_headers() {
         .collect();
     scopes.sort_unstable();
     assert_eq!(scopes, ["invoices:read", "orders:read"]);
-    assert_eq!(r.header("ratelimit-policy"), Some("\"key\";q=300;w=60"), "the default rate");
+    assert_eq!(
+        r.header("ratelimit-policy"),
+        Some("\"key\";q=300;w=60"),
+        "the default rate"
+    );
     assert_eq!(rate(&r, "ratelimit", "r"), 299);
     let reset = rate(&r, "ratelimit", "t");
     assert!(

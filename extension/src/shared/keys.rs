@@ -93,8 +93,18 @@ unsafe impl PGRXSharedMemory for Gate {}
 /// Runs `f` on the state of `key_id` in this database, creating the entry if needed.
 /// `None` without shared memory (or for a key id too long to be one).
 pub fn with_key<R>(key_id: &str, now: i64, f: impl FnOnce(&mut KeyState) -> R) -> Option<R> {
+    with_key_in(database(), key_id, now, f)
+}
+
+/// [`with_key`] for database `db`.
+fn with_key_in<R>(
+    db: u32,
+    key_id: &str,
+    now: i64,
+    f: impl FnOnce(&mut KeyState) -> R,
+) -> Option<R> {
     let handles = handles()?;
-    let tag = KeyTag::new(database(), key_id)?;
+    let tag = KeyTag::new(db, key_id)?;
     {
         let table = handles.keys.shared();
         if let Some(entry) = table.get(&tag) {
@@ -132,9 +142,31 @@ fn evict_oldest(handles: &Handles, table: &mut Locked<'_, KeyEntry>) {
 
 /// Records a successful verification of `key_id` at `now`.
 pub fn used(key_id: &str, now: i64) {
-    with_key(key_id, now, |state| {
-        state.last_used = state.last_used.max(now);
+    used_in(database(), key_id, now);
+}
+
+/// [`used`] in database `db` (for what a restart brings back).
+pub fn used_in(db: u32, key_id: &str, at: i64) {
+    with_key_in(db, key_id, at, |state| {
+        state.last_used = state.last_used.max(at);
     });
+}
+
+/// Every use not yet written, in every database: `(db, key id, last used)`.
+pub fn unwritten_uses_everywhere() -> Vec<(u32, String, i64)> {
+    let Some(handles) = handles() else {
+        return Vec::new();
+    };
+    let table = handles.keys.shared();
+    table
+        .entries()
+        .into_iter()
+        .filter_map(|e| {
+            let state = *e.state.lock();
+            (state.last_used > state.written_used)
+                .then(|| (e.tag.db, e.tag.key_id(), state.last_used))
+        })
+        .collect()
 }
 
 /// A minute, in `TimestampTz` units.

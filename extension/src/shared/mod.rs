@@ -10,6 +10,7 @@
 pub mod argon2;
 pub mod keys;
 pub mod marks;
+mod persist;
 pub mod table;
 pub mod usage;
 
@@ -180,6 +181,20 @@ unsafe extern "C-unwind" fn start_shmem() {
         };
         pg_sys::LWLockRelease(init_lock);
         HANDLES.store(Box::into_raw(Box::new(handles)), Ordering::Release);
+        // In the postmaster (not a backend attaching under EXEC_BACKEND): bring back what
+        // the last clean shutdown saved, and save what is left at the next one.
+        if !pg_sys::IsUnderPostmaster {
+            persist::load();
+            pg_sys::on_shmem_exit(Some(save_on_exit), pg_sys::Datum::from(0));
+        }
+    }
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn save_on_exit(code: i32, _arg: pg_sys::Datum) {
+    // A crash (non-zero code) saves nothing: the state may be inconsistent.
+    if code == 0 {
+        persist::save();
     }
 }
 

@@ -118,6 +118,19 @@ fn row(entry: &UsageEntry) -> UsageRow {
     }
 }
 
+/// Every count not yet written, in every database.
+pub fn pending_everywhere() -> Vec<(u32, UsageRow)> {
+    let Some(handles) = handles() else {
+        return Vec::new();
+    };
+    let table = handles.usage.shared();
+    table
+        .entries()
+        .into_iter()
+        .map(|e| (e.tag.db, row(e)))
+        .collect()
+}
+
 /// The counts of database `db` not yet written, without removing them.
 pub fn pending(db: u32) -> Vec<UsageRow> {
     let Some(handles) = handles() else {

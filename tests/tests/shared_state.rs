@@ -1,0 +1,569 @@
+//! One server-wide state: rate limits spent by many sessions, two shims and SQL together;
+//! proofs shared by fresh connections (checked with `apikey_status()` counters, not
+//! timings); proofs that never outlive the hash they proved; two databases with one key id
+//! kept apart; usage written by the worker, kept across a clean restart, recovered after a
+//! crash; retention; a flood of forged tokens that writes almost nothing; and the same
+//! extension without `shared_preload_libraries`.
+
+use apikey_tests::cluster::PrivateCluster;
+use apikey_tests::postgres::Client;
+use apikey_tests::shim::Shim;
+use apikey_tests::*;
+use std::sync::{Arc, Barrier, Mutex, MutexGuard};
+
+/// Tests that read the server-wide counters run one at a time (other test files run
+/// before or after this one, never alongside).
+fn counters_alone() -> MutexGuard<'static, ()> {
+    static ALONE: Mutex<()> = Mutex::new(());
+    ALONE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn status(c: &mut Client, column: &str) -> i64 {
+    c.query_one(
+        &format!("SELECT {column}::bigint FROM apikey_status()"),
+        &[],
+    )
+    .unwrap_or_else(|e| panic!("apikey_status().{column}: {e}"))
+    .get(0)
+}
+
+fn setup() -> (Client, Uuid) {
+    let mut c = superuser();
+    let partner = create_partner(&mut c);
+    (c, partner)
+}
+
+#[test]
+fn many_sessions_never_spend_more_than_the_limit() {
+    let (mut c, partner) = setup();
+    let key = issue_with(&mut c, "$1, '{a:b}', rate_per_minute => 30", &[&partner]);
+    const SESSIONS: usize = 8;
+    let barrier = Arc::new(Barrier::new(SESSIONS));
+    let started = std::time::Instant::now();
+    let sessions: Vec<_> = (0..SESSIONS)
+        .map(|_| {
+            let (barrier, token) = (Arc::clone(&barrier), key.token.clone());
+            std::thread::spawn(move || {
+                let mut c = superuser();
+                barrier.wait();
+                (0..20).map(|_| reason(&mut c, &token)).collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let reasons: Vec<String> = sessions
+        .into_iter()
+        .flat_map(|s| s.join().expect("session"))
+        .collect();
+    let elapsed = started.elapsed().as_secs_f64();
+    let ok = reasons.iter().filter(|r| *r == "ok").count();
+    let limited = reasons.iter().filter(|r| *r == "rate_limited").count();
+    assert_eq!(ok + limited, SESSIONS * 20, "{reasons:?}");
+    // The burst of one minute's allowance, plus what refilled while the test ran (30/min).
+    let refilled = (elapsed * 30.0 / 60.0).ceil() as usize;
+    assert!(
+        (30..=30 + refilled).contains(&ok),
+        "{ok} accepted in {elapsed:.1}s at 30/min"
+    );
+}
+
+#[test]
+fn two_shims_and_sql_share_one_limit() {
+    let (mut c, partner) = setup();
+    let key = issue_with(&mut c, "$1, '{a:b}', rate_per_minute => 6", &[&partner]);
+    let (a, b) = (Shim::start(), Shim::start());
+    for shim in [&a, &b, &a, &b] {
+        let r = shim.get_as(&key.token, "/v1/verify");
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    assert_eq!(reason(&mut c, &key.token), "ok");
+    let last = b.get_as(&key.token, "/v1/verify");
+    assert_eq!(last.status, 200, "the sixth of six: {}", last.body);
+    assert_eq!(last.rate("ratelimit", "r"), Some(0));
+    for shim in [&a, &b] {
+        let r = shim.get_as(&key.token, "/v1/verify");
+        assert_eq!(r.status, 429, "{}", r.body);
+        assert_eq!(r.reason(), "rate_limited");
+    }
+    let row = c
+        .query_one(
+            "SELECT valid, reason, key_id, rate_remaining, rate_reset_seconds \
+             FROM apikey_verify($1)",
+            &[&key.token],
+        )
+        .expect("verify");
+    assert!(!row.get::<_, bool>(0));
+    assert_eq!(row.get::<_, String>(1), "rate_limited");
+    assert_eq!(
+        row.get::<_, Option<String>>(2),
+        Some(key.key_id.clone()),
+        "identity set"
+    );
+    assert_eq!(row.get::<_, Option<i32>>(3), Some(0));
+    let reset: i32 = row.get::<_, Option<i32>>(4).expect("rate_reset_seconds");
+    assert!(
+        (1..=10).contains(&reset),
+        "one more in at most 10 s at 6/min: {reset}"
+    );
+}
+
+#[test]
+fn a_proof_is_shared_by_fresh_connections_and_refutes_wrong_secrets() {
+    let _alone = counters_alone();
+    let (mut c, partner) = setup();
+    let key = issue(&mut c, partner, &["a:b"]);
+    let verified = status(&mut c, "argon2_verified");
+    assert_eq!(reason(&mut superuser(), &key.token), "ok");
+    assert_eq!(
+        status(&mut c, "argon2_verified"),
+        verified + 1,
+        "the first pays Argon2id"
+    );
+    for _ in 0..3 {
+        assert_eq!(reason(&mut superuser(), &key.token), "ok");
+    }
+    assert_eq!(
+        status(&mut c, "argon2_verified"),
+        verified + 1,
+        "fresh connections use the server's proof"
+    );
+    let failed = status(&mut c, "argon2_failed");
+    let wrong = forge(&key.key_id, &"W".repeat(43));
+    for _ in 0..5 {
+        assert_eq!(reason(&mut superuser(), &wrong.token), "secret_mismatch");
+    }
+    assert_eq!(
+        status(&mut c, "argon2_failed"),
+        failed,
+        "a wrong secret for a proven key costs no Argon2id"
+    );
+}
+
+#[test]
+fn a_proof_never_outlives_the_hash_it_proved() {
+    let (mut c, partner) = setup();
+    let key = issue(&mut c, partner, &["a:b"]);
+    let other = issue(&mut c, partner, &["a:b"]);
+    let mut warm = superuser();
+    assert_eq!(reason(&mut warm, &key.token), "ok");
+    // The stored hash becomes another key's: the proof of the old one must not count.
+    c.execute(
+        "UPDATE apikey.keys k SET secret_hash = o.secret_hash, \
+             pepper_fingerprint = o.pepper_fingerprint \
+         FROM apikey.keys o WHERE k.key_id = $1 AND o.key_id = $2",
+        &[&key.key_id, &other.key_id],
+    )
+    .expect("swap the hash");
+    assert_eq!(reason(&mut warm, &key.token), "secret_mismatch");
+    assert_eq!(reason(&mut superuser(), &key.token), "secret_mismatch");
+    c.execute("SELECT apikey_partner_set_active($1, false)", &[&partner])
+        .expect("deactivate");
+    assert_eq!(reason(&mut warm, &other.token), "partner_inactive");
+}
+
+#[test]
+fn two_databases_with_one_key_id_are_kept_apart() {
+    let mut dbs = Databases::default();
+    let second = dbs.create("apikey_shared_second");
+    let mut first = superuser();
+    let partner = create_partner(&mut first);
+    let key = issue_with(&mut first, "$1, '{a:b}', rate_per_minute => 2", &[&partner]);
+    let mut other = connect_to("postgres", &second);
+    other
+        .batch_execute("SET client_min_messages = warning; CREATE EXTENSION apikey")
+        .expect("CREATE EXTENSION");
+    let copy = first
+        .query_one(
+            "SELECT secret_hash, pepper_fingerprint FROM apikey.keys WHERE key_id = $1",
+            &[&key.key_id],
+        )
+        .expect("the key row");
+    let (hash, fingerprint): (String, String) = (copy.get(0), copy.get(1));
+    let partner2 = create_partner(&mut other);
+    other
+        .execute(
+            "INSERT INTO apikey.keys (key_id, partner_id, secret_hash, pepper_fingerprint, \
+                 environment, rate_per_minute) VALUES ($1, $2, $3, $4, 'live', 3)",
+            &[&key.key_id, &partner2, &hash, &fingerprint],
+        )
+        .expect("the same key id in the second database");
+    // Limits are per database: the first's allowance spent, the second's untouched (three
+    // there, for the three verifications below).
+    assert_eq!(reason(&mut first, &key.token), "ok");
+    assert_eq!(reason(&mut first, &key.token), "ok");
+    assert_eq!(reason(&mut first, &key.token), "rate_limited");
+    assert_eq!(reason(&mut other, &key.token), "ok");
+    assert_eq!(
+        verify(&mut other, Some(&key.token), &[], None).partner_id,
+        Some(partner2)
+    );
+    // A revocation in one does not touch the other.
+    first
+        .execute("SELECT apikey_revoke($1)", &[&key.key_id])
+        .expect("revoke");
+    assert_eq!(reason(&mut first, &key.token), "revoked");
+    assert_eq!(reason(&mut other, &key.token), "ok");
+    // A different hash under the same key id: no proof from the first database counts.
+    let stranger = issue(&mut other, partner2, &["a:b"]);
+    other
+        .execute(
+            "UPDATE apikey.keys k SET secret_hash = s.secret_hash FROM apikey.keys s \
+             WHERE k.key_id = $1 AND s.key_id = $2",
+            &[&key.key_id, &stranger.key_id],
+        )
+        .expect("another hash");
+    assert_eq!(reason(&mut other, &key.token), "secret_mismatch");
+}
+
+#[test]
+fn usage_is_written_by_the_worker_and_readable_at_once() {
+    let (mut c, partner) = setup();
+    let key = issue(&mut c, partner, &["a:b"]);
+    assert_eq!(reason(&mut c, &key.token), "ok");
+    assert_eq!(reason(&mut c, &key.token), "ok");
+    assert_eq!(
+        verify(&mut c, Some(&key.token), &["x:y"], None).reason,
+        "insufficient_scope"
+    );
+    // Counted at once (from shared memory), written within the flush interval.
+    let counts = |c: &mut Client| -> Vec<(String, i64)> {
+        c.query(
+            "SELECT reason, sum(count)::bigint FROM apikey_usage(key_id => $1) GROUP BY 1 ORDER BY 1",
+            &[&key.key_id],
+        )
+        .expect("apikey_usage")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+    };
+    let expected = vec![("insufficient_scope".to_string(), 1), ("ok".to_string(), 2)];
+    assert_eq!(counts(&mut c), expected);
+    eventually("the worker writes the counts", || {
+        let written: i64 = c
+            .query_one(
+                "SELECT coalesce(sum(count), 0)::bigint FROM apikey.usage WHERE key_id = $1",
+                &[&key.key_id],
+            )
+            .expect("apikey.usage")
+            .get(0);
+        (written == 3).then_some(())
+    });
+    assert_eq!(
+        counts(&mut c),
+        expected,
+        "written counts are not counted twice"
+    );
+    let partner_of_rows: Vec<Option<Uuid>> = c
+        .query(
+            "SELECT DISTINCT partner_id FROM apikey.usage WHERE key_id = $1",
+            &[&key.key_id],
+        )
+        .expect("apikey.usage")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(partner_of_rows, [Some(partner)]);
+}
+
+#[test]
+fn a_partner_sees_only_its_own_usage() {
+    let (mut c, partner) = setup();
+    let other_partner = create_partner(&mut c);
+    let manager = issue(&mut c, partner, &["keys:manage"]);
+    let stranger = issue(&mut c, other_partner, &["a:b"]);
+    assert_eq!(reason(&mut c, &stranger.token), "ok");
+    let name = login_role(&mut c, "usage_partner", &["apikey_partner"]);
+    let mut p = connect(&name);
+    let mut tx = p.transaction().expect("begin");
+    tx.query_one(
+        "SELECT valid FROM apikey_verify($1, '{keys:manage}')",
+        &[&manager.token],
+    )
+    .expect("verify");
+    let seen: Vec<Option<String>> = tx
+        .query(
+            "SELECT DISTINCT key_id FROM apikey_usage(since => now() - interval '1 hour')",
+            &[],
+        )
+        .expect("apikey_usage")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        seen,
+        [Some(manager.key_id.clone())],
+        "only its own key's counts"
+    );
+    let asked: i64 = tx
+        .query_one(
+            "SELECT count(*) FROM apikey_usage(key_id => $1, partner_id => $2)",
+            &[&stranger.key_id, &other_partner],
+        )
+        .expect("apikey_usage")
+        .get(0);
+    assert_eq!(asked, 0, "asking for another partner's key shows nothing");
+    let table: i64 = tx
+        .query_one(
+            "SELECT count(*) FROM apikey.usage WHERE key_id = $1",
+            &[&stranger.key_id],
+        )
+        .expect("apikey.usage")
+        .get(0);
+    assert_eq!(table, 0, "row-level security on apikey.usage");
+}
+
+#[test]
+fn a_flood_of_forged_tokens_writes_almost_nothing() {
+    let _alone = counters_alone();
+    let (mut c, partner) = setup();
+    let key = issue(&mut c, partner, &["a:b"]);
+    assert_eq!(reason(&mut c, &key.token), "ok", "the key is proven");
+    // Other tests run alongside: count only this test's rows.
+    let rows_of_the_flood = "SELECT count(*) FROM apikey.audit_log WHERE action = 'verify_failed' \
+         AND (key_id = $1 OR host(client_ip) IN ('198.51.100.61', '198.51.100.62'))";
+    let before: i64 = c
+        .query_one(rows_of_the_flood, &[&key.key_id])
+        .expect("count")
+        .get(0);
+    let minute_before: String = c
+        .query_one("SELECT date_trunc('minute', clock_timestamp())::text", &[])
+        .expect("minute")
+        .get(0);
+    let failed = status(&mut c, "argon2_failed");
+    for i in 0..300 {
+        let unknown = forge(&format!("ak_live_{:016}", i), &"x".repeat(43));
+        let ip = if i % 2 == 0 {
+            "198.51.100.61"
+        } else {
+            "198.51.100.62"
+        };
+        assert_eq!(
+            verify(&mut c, Some(&unknown.token), &[], Some(ip)).reason,
+            "unknown_key"
+        );
+        let wrong = forge(&key.key_id, &format!("{:043}", i));
+        assert_eq!(
+            verify(&mut c, Some(&wrong.token), &[], Some(ip)).reason,
+            "secret_mismatch"
+        );
+    }
+    let minutes: i64 = c
+        .query_one(
+            "SELECT extract(epoch FROM date_trunc('minute', clock_timestamp()) - $1::text::timestamptz)::bigint / 60 + 1",
+            &[&minute_before],
+        )
+        .expect("minutes")
+        .get(0);
+    let after: i64 = c
+        .query_one(rows_of_the_flood, &[&key.key_id])
+        .expect("count")
+        .get(0);
+    // Two addresses for unknown key ids, one key for wrong secrets, per minute spanned.
+    assert!(
+        after - before <= 3 * minutes,
+        "{} audit rows for 600 failures over {minutes} minute(s)",
+        after - before
+    );
+    assert_eq!(
+        status(&mut c, "argon2_failed"),
+        failed,
+        "neither unknown key ids nor wrong secrets for a proven key cost Argon2id"
+    );
+    let counted: i64 = c
+        .query_one(
+            "SELECT coalesce(sum(count), 0)::bigint FROM apikey_usage(since => $1::text::timestamptz) \
+             WHERE key_id = $2 AND reason = 'secret_mismatch'",
+            &[&minute_before, &key.key_id],
+        )
+        .expect("apikey_usage")
+        .get(0);
+    assert_eq!(counted, 300, "every failure is counted");
+}
+
+/// `secret` after `key_id`, with a valid checksum, so only the database can refuse it.
+fn forge(key_id: &str, secret: &str) -> Issued {
+    let body = format!("{key_id}_{secret}");
+    let mut value = u64::from(crc32(body.as_bytes()));
+    const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut digits = [b'0'; 6];
+    for digit in digits.iter_mut().rev() {
+        *digit = BASE62[(value % 62) as usize];
+        value /= 62;
+    }
+    Issued {
+        key_id: key_id.to_string(),
+        token: format!("{body}{}", String::from_utf8_lossy(&digits)),
+    }
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in bytes {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+#[test]
+fn counts_survive_a_clean_restart_and_the_worker_recovers_from_a_crash() {
+    let cluster = PrivateCluster::start(&[
+        "shared_preload_libraries = 'apikey'",
+        "apikey.usage_flush_interval = '1h'",
+    ]);
+    let mut c = cluster.connect("apikey");
+    let partner = create_partner(&mut c);
+    let key = issue(&mut c, partner, &["a:b"]);
+    for _ in 0..4 {
+        assert_eq!(reason(&mut c, &key.token), "ok");
+    }
+    let written = |c: &mut Client| -> i64 {
+        c.query_one(
+            "SELECT coalesce(sum(count), 0)::bigint FROM apikey.usage WHERE key_id = $1",
+            &[&key.key_id],
+        )
+        .expect("apikey.usage")
+        .get(0)
+    };
+    // A flusher starts for the database and writes at once; after that it waits an hour.
+    eventually("the first flush", || (written(&mut c) == 4).then_some(()));
+    for _ in 0..3 {
+        assert_eq!(reason(&mut c, &key.token), "ok");
+    }
+    assert_eq!(written(&mut c), 4, "the next flush is an hour away");
+    drop(c);
+    cluster.restart();
+    let mut c = cluster.connect("apikey");
+    assert_eq!(
+        written(&mut c),
+        7,
+        "a clean shutdown writes what was counted"
+    );
+    assert!(
+        last_used_at(&mut c, &key.key_id).is_some(),
+        "and last_used_at"
+    );
+
+    // A crash: every backend is reset, shared memory with it (what it held is lost); the
+    // server and the worker come back and count again.
+    let pid: i32 = c
+        .query_one("SELECT pg_backend_pid()", &[])
+        .expect("pid")
+        .get(0);
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    drop(c);
+    let mut c = cluster.wait_until_up();
+    assert_eq!(reason(&mut c, &key.token), "ok");
+    let shared: bool = c
+        .query_one("SELECT shared_memory FROM apikey_status()", &[])
+        .expect("status")
+        .get(0);
+    assert!(shared);
+    eventually("the launcher is back", || {
+        c.query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'apikey launcher'",
+            &[],
+        )
+        .ok()
+        .map(|r| r.get::<_, i64>(0))
+        .filter(|n| *n > 0)
+    });
+    drop(c);
+    cluster.restart();
+    let mut c = cluster.connect("apikey");
+    // Counted after the crash, written (before the shutdown, or right after the start from
+    // what the shutdown saved).
+    eventually("the count made after the crash is written", || {
+        (written(&mut c) == 8).then_some(())
+    });
+}
+
+#[test]
+fn retention_deletes_only_old_rows() {
+    let cluster = PrivateCluster::start(&[
+        "shared_preload_libraries = 'apikey'",
+        "apikey.usage_flush_interval = '100ms'",
+        "apikey.usage_retention = '1h'",
+        "apikey.audit_retention = '1h'",
+    ]);
+    let mut c = cluster.connect("apikey");
+    let partner = create_partner(&mut c);
+    let key = issue(&mut c, partner, &["a:b"]);
+    c.batch_execute(&format!(
+        "INSERT INTO apikey.usage VALUES (now() - interval '2 hours', '{k}', '{partner}', 'ok', 7), \
+                                         (now() - interval '10 minutes', '{k}', '{partner}', 'ok', 5);
+         INSERT INTO apikey.audit_log (at, action, key_id, actor) VALUES
+             (now() - interval '2 hours', 'old', '{k}', 'test'),
+             (now() - interval '10 minutes', 'recent', '{k}', 'test');",
+        k = key.key_id
+    ))
+    .expect("old and recent rows");
+    // A verification gives the database a flusher, whose first round applies retention.
+    assert_eq!(reason(&mut c, &key.token), "ok");
+    eventually("retention runs", || {
+        let old: i64 = c
+            .query_one(
+                "SELECT (SELECT count(*) FROM apikey.usage WHERE count = 7) \
+                      + (SELECT count(*) FROM apikey.audit_log WHERE action = 'old')",
+                &[],
+            )
+            .expect("count")
+            .get(0);
+        (old == 0).then_some(())
+    });
+    let kept: i64 = c
+        .query_one(
+            "SELECT (SELECT count(*) FROM apikey.usage WHERE count = 5) \
+                  + (SELECT count(*) FROM apikey.audit_log WHERE action IN ('recent', 'issue'))",
+            &[],
+        )
+        .expect("count")
+        .get(0);
+    assert_eq!(kept, 3, "recent rows stay");
+    // Nobody else may delete audit rows.
+    let code = sqlstate(c.batch_execute("DELETE FROM apikey.audit_log WHERE action = 'recent'"));
+    assert_eq!(code, "42501");
+}
+
+#[test]
+fn without_preloading_verification_works_and_status_says_what_is_off() {
+    let cluster = PrivateCluster::start(&[]);
+    let mut c = cluster.connect("apikey");
+    let partner = create_partner(&mut c);
+    let key = issue_with(&mut c, "$1, '{a:b}', rate_per_minute => 1", &[&partner]);
+    let row = c
+        .query_one(
+            "SELECT reason, rate_remaining, rate_reset_seconds FROM apikey_verify($1)",
+            &[&key.token],
+        )
+        .expect("verify");
+    assert_eq!(row.get::<_, String>(0), "ok");
+    assert_eq!(row.get::<_, Option<i32>>(1), None);
+    assert_eq!(row.get::<_, Option<i32>>(2), None);
+    assert_eq!(reason(&mut c, &key.token), "ok", "no limit is enforced");
+    let (shared, note): (bool, Option<String>) = {
+        let r = c
+            .query_one("SELECT shared_memory, note FROM apikey_status()", &[])
+            .expect("status");
+        (r.get(0), r.get(1))
+    };
+    assert!(!shared);
+    let note = note.expect("a note");
+    assert!(note.contains("shared_preload_libraries"), "{note}");
+    let usage: i64 = c
+        .query_one("SELECT count(*) FROM apikey_usage()", &[])
+        .expect("apikey_usage")
+        .get(0);
+    assert_eq!(usage, 0, "nothing counted");
+}
