@@ -22,6 +22,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::keys::router())
         .merge(routes::partners::router())
         .merge(routes::audit::router())
+        .merge(routes::usage::router())
         .merge(routes::service::router())
         .merge(routes::console::router())
         .fallback(|| async { AppError::NotFound("no such route".into()) })

@@ -149,9 +149,130 @@ impl Metrics {
     }
 }
 
+/// `apikey_status()` as Prometheus text: counters for what only grows, gauges for the rest.
+/// Columns that are NULL (no shared memory) are left out, but `apikey_shared_memory` is
+/// always there.
+pub fn render_server_status(status: &serde_json::Value) -> String {
+    const COUNTERS: [(&str, &str); 11] = [
+        (
+            "proof_hits",
+            "Verifications answered by a proof, without Argon2id.",
+        ),
+        ("proof_misses", "Verifications that needed Argon2id."),
+        ("argon2_verified", "Argon2id verifications that matched."),
+        (
+            "argon2_failed",
+            "Argon2id verifications that did not match.",
+        ),
+        (
+            "argon2_waits",
+            "Verifications that waited for the Argon2id gate.",
+        ),
+        (
+            "rate_limited",
+            "Verifications refused by a key's rate limit.",
+        ),
+        (
+            "usage_dropped",
+            "Usage counts dropped because shared memory was full.",
+        ),
+        (
+            "audit_suppressed",
+            "Failure audit rows not written because shared memory was full.",
+        ),
+        ("keys_evicted", "Keys evicted from shared memory."),
+        ("flushes", "Background worker flushes."),
+        (
+            "flush_failures",
+            "Background worker flushes that failed and will be retried.",
+        ),
+    ];
+    const GAUGES: [(&str, &str); 6] = [
+        ("keys_in_use", "Keys held in shared memory."),
+        (
+            "keys_capacity",
+            "Keys shared memory can hold (apikey.max_keys).",
+        ),
+        ("usage_entries", "Usage counts waiting for the worker."),
+        (
+            "usage_capacity",
+            "Usage counts shared memory can hold (apikey.max_usage_entries).",
+        ),
+        ("argon2_running", "Argon2id verifications running now."),
+        (
+            "argon2_max_concurrency",
+            "Argon2id verifications allowed at once.",
+        ),
+    ];
+    let mut out = String::new();
+    let shared = status["shared_memory"].as_bool().unwrap_or(false);
+    let _ = writeln!(
+        out,
+        "# HELP apikey_shared_memory Whether the server runs apikey with shared memory (shared_preload_libraries).\n\
+         # TYPE apikey_shared_memory gauge\napikey_shared_memory {}",
+        u8::from(shared)
+    );
+    for (kind, items) in [("counter", &COUNTERS[..]), ("gauge", &GAUGES[..])] {
+        for (column, help) in items {
+            let Some(value) = status[column].as_i64() else {
+                continue;
+            };
+            let name = if kind == "counter" {
+                format!("apikey_{column}_total")
+            } else {
+                format!("apikey_{column}")
+            };
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
+    }
+    if let Some(at) = status["last_flush"]
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+    {
+        let _ = writeln!(
+            out,
+            "# HELP apikey_last_flush_timestamp_seconds When the background worker last flushed.\n\
+             # TYPE apikey_last_flush_timestamp_seconds gauge\napikey_last_flush_timestamp_seconds {}",
+            at.timestamp()
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn renders_the_servers_status() {
+        let text = render_server_status(&serde_json::json!({
+            "shared_memory": true, "proof_hits": 7, "keys_in_use": 3, "argon2_running": 0,
+            "last_flush": "2026-12-01T10:00:00+00:00", "note": null
+        }));
+        assert!(text.contains("\napikey_shared_memory 1\n"), "{text}");
+        assert!(
+            text.contains("# TYPE apikey_proof_hits_total counter\napikey_proof_hits_total 7\n"),
+            "{text}"
+        );
+        assert!(text.contains("\napikey_keys_in_use 3\n"), "{text}");
+        assert!(text.contains("\napikey_argon2_running 0\n"), "{text}");
+        assert!(
+            text.contains("apikey_last_flush_timestamp_seconds 1796119200\n"),
+            "{text}"
+        );
+        let off = render_server_status(
+            &serde_json::json!({ "shared_memory": false, "proof_hits": null }),
+        );
+        assert_eq!(
+            off.lines()
+                .filter(|l| !l.starts_with('#'))
+                .collect::<Vec<_>>(),
+            ["apikey_shared_memory 0"]
+        );
+    }
 
     #[test]
     fn renders_counters_histograms_and_gauges() {

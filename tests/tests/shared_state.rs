@@ -567,3 +567,79 @@ fn without_preloading_verification_works_and_status_says_what_is_off() {
         .get(0);
     assert_eq!(usage, 0, "nothing counted");
 }
+
+#[test]
+fn usage_and_the_servers_figures_over_http() {
+    let (mut c, partner) = setup();
+    let other = create_partner(&mut c);
+    let operator = operator_key(&mut c);
+    let manager = issue(&mut c, partner, &["keys:manage"]);
+    let used = issue(&mut c, partner, &["a:b"]);
+    let stranger = issue(&mut c, other, &["a:b"]);
+    for token in [&used.token, &used.token, &stranger.token] {
+        assert_eq!(reason(&mut c, token), "ok");
+    }
+    let shim = Shim::start();
+    let path = |key: &Issued| format!("/v1/usage?key_id={}&bucket=1d", key.key_id);
+    let r = shim.get_as(&operator.token, &path(&used));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let body = r.json();
+    assert_eq!(body["bucket_seconds"], 86_400);
+    assert_eq!(body["truncated"], false);
+    let items = body["items"].as_array().expect("items").clone();
+    assert_eq!(items.len(), 1, "{body}");
+    assert_eq!(items[0]["key_id"], used.key_id.as_str());
+    assert_eq!(items[0]["reason"], "ok");
+    assert_eq!(items[0]["count"], 2);
+    assert!(
+        items[0]["bucket"]
+            .as_str()
+            .is_some_and(|b| b.ends_with("T00:00:00+00:00")),
+        "{body}"
+    );
+
+    // A partner sees its own keys' counts, and nothing of another partner's.
+    let own = shim.get_as(&manager.token, &path(&used));
+    assert_eq!(own.status, 200, "{}", own.body);
+    assert_eq!(own.json()["items"].as_array().map(Vec::len), Some(1));
+    let foreign = shim.get_as(&manager.token, &path(&stranger));
+    assert_eq!(foreign.status, 200, "{}", foreign.body);
+    assert_eq!(foreign.json()["items"], serde_json::json!([]));
+    let plain = shim.get_as(&used.token, "/v1/usage");
+    assert_eq!(
+        plain.status, 403,
+        "a key without keys:manage: {}",
+        plain.body
+    );
+
+    for bad in [
+        "bucket=1w",
+        "bucket=30s",
+        "limit=0",
+        "since=yesterday",
+        "colour=red",
+    ] {
+        let r = shim.get_as(&operator.token, &format!("/v1/usage?{bad}"));
+        assert!(
+            matches!(r.status, 400 | 422),
+            "{bad}: {} {}",
+            r.status,
+            r.body
+        );
+    }
+    let r = shim.get_as(&operator.token, "/v1/usage?bucket=1w");
+    assert_eq!(r.json()["field"], "bucket");
+
+    let metrics = shim.get("/metrics");
+    assert_eq!(metrics.status, 200);
+    for line in [
+        "\napikey_shared_memory 1\n",
+        "# TYPE apikey_proof_hits_total counter\n",
+    ] {
+        assert!(
+            metrics.body.contains(line),
+            "{line:?} missing from /metrics:\n{}",
+            metrics.body
+        );
+    }
+}

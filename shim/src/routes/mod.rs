@@ -5,6 +5,7 @@ pub mod console;
 pub mod keys;
 pub mod partners;
 pub mod service;
+pub mod usage;
 pub mod verify;
 
 use crate::error::AppError;

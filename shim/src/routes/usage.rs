@@ -1,0 +1,130 @@
+//! `GET /v1/usage`: verification counts per bucket, key and reason (`apikey_usage`), counts
+//! not yet written by the background worker included. A partner's key sees only its own
+//! partner's (the extension decides, as for every management route).
+
+use super::Managed;
+use crate::app::Caller;
+use crate::db;
+use crate::error::AppError;
+use crate::extract::Query;
+use crate::state::AppState;
+use axum::extract::State;
+use axum::routing::get;
+use axum::Router;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::json;
+use uuid::Uuid;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/usage", get(usage))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsageQuery {
+    key_id: Option<String>,
+    partner_id: Option<Uuid>,
+    since: Option<DateTime<Utc>>,
+    bucket: Option<String>,
+    limit: Option<i64>,
+}
+
+const DEFAULT_ROWS: i64 = 5_000;
+const MAX_ROWS: i64 = 50_000;
+
+/// `60s`, `5m`, `1h`, `1d`: a whole number of seconds, minutes, hours or days, from a
+/// minute to 366 days.
+fn bucket_seconds(text: &str) -> Result<i64, AppError> {
+    let refuse = || {
+        AppError::invalid_field(
+            "bucket",
+            "bucket must be a whole number of s, m, h or d (e.g. 5m, 1h), from 1m to 366d",
+        )
+    };
+    let (number, unit) = text.split_at(text.len().saturating_sub(1));
+    let n: i64 = number.parse().map_err(|_| refuse())?;
+    let seconds = match unit {
+        "s" => n,
+        "m" => n.checked_mul(60).ok_or_else(refuse)?,
+        "h" => n.checked_mul(3_600).ok_or_else(refuse)?,
+        "d" => n.checked_mul(86_400).ok_or_else(refuse)?,
+        _ => return Err(refuse()),
+    };
+    if (60..=366 * 86_400).contains(&seconds) {
+        Ok(seconds)
+    } else {
+        Err(refuse())
+    }
+}
+
+async fn usage(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<UsageQuery>,
+) -> Result<Managed, AppError> {
+    let bucket = bucket_seconds(q.bucket.as_deref().unwrap_or("1h"))?;
+    let limit = q.limit.unwrap_or(DEFAULT_ROWS);
+    if !(1..=MAX_ROWS).contains(&limit) {
+        return Err(AppError::invalid_field(
+            "limit",
+            format!("limit must be between 1 and {MAX_ROWS}"),
+        ));
+    }
+    let mut conn = state.pool.get().await?;
+    let tx = db::begin_as_key_holder(&mut conn, &state, &caller).await?;
+    let rows = tx
+        .query(
+            "SELECT jsonb_build_object('bucket', u.bucket, 'key_id', u.key_id, \
+                                       'reason', u.reason, 'count', u.count) \
+             FROM apikey_usage($1, $2, coalesce($3, now() - interval '24 hours'), \
+                               make_interval(secs => $4)) AS u \
+             LIMIT $5",
+            &[
+                &q.key_id,
+                &q.partner_id,
+                &q.since,
+                &(bucket as f64),
+                &(limit + 1),
+            ],
+        )
+        .await?;
+    tx.commit().await?;
+    let truncated = rows.len() as i64 > limit;
+    let items = rows
+        .iter()
+        .take(limit as usize)
+        .map(|row| row.try_get::<_, serde_json::Value>(0))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Managed::ok(json!({
+        "bucket_seconds": bucket,
+        "items": items,
+        "truncated": truncated,
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_whole_units_from_a_minute_to_a_year() {
+        assert_eq!(bucket_seconds("1h").ok(), Some(3_600));
+        assert_eq!(bucket_seconds("5m").ok(), Some(300));
+        assert_eq!(bucket_seconds("60s").ok(), Some(60));
+        assert_eq!(bucket_seconds("366d").ok(), Some(366 * 86_400));
+        for bad in [
+            "",
+            "h",
+            "1",
+            "59s",
+            "367d",
+            "1w",
+            "-1h",
+            "1.5h",
+            "9999999999999999999d",
+        ] {
+            assert!(bucket_seconds(bad).is_err(), "{bad}");
+        }
+    }
+}
