@@ -1,13 +1,22 @@
 #!/usr/bin/env bash
-# Measures apikey_verify throughput against the ceiling of the same machine and server:
+# Measures apikey_verify against the ceiling of the same machine and server, in one private
+# cluster (destroyed on exit) with apikey in shared_preload_libraries:
 #   (a) pgbench -S (primary-key SELECTs), what a trivial prepared query costs end to end;
-#   (b) apikey_verify over 100 live keys, steady state, once every backend has proven each
-#       key's hash (the per-backend cache; the first seconds pay Argon2id per key);
-#   (c) apikey_verify with a new connection per transaction (-C), so every call is cold.
-# All three run in one private cluster, destroyed on exit, so they share one configuration.
+#   (b) warm: apikey_verify over 100 live keys, steady state (first 10 s not counted);
+#   (c) fresh: the same on a freshly restarted server, every second counted (the first
+#       verification of each key pays Argon2id once for the whole server);
+#   (d) cold: a new connection per transaction (pgbench -C) verifying the 100 keys, proven
+#       by other connections before, against pgbench -C -S;
+#   (e) flood: one key's throughput while 8 other connections send forged tokens (unknown
+#       key ids) and wrong secrets for a proven key at BENCH_FLOOD_RATE per second, against
+#       the same without the flood;
+#   (f) rejections alone: unknown key ids and wrong secrets for a proven key, as fast as
+#       they go.
 #
-# Env: BENCH_SECONDS            duration of runs (a) and (b), default 20 (must exceed 10)
-#      BENCH_RATE_PER_MINUTE    rate_per_minute of the benchmark keys, default 1000000, so
+# Env: BENCH_SECONDS            duration of runs (a), (b), (c) and (e), default 20 (must exceed 10)
+#      BENCH_FLOOD_RATE         forged verifications per second in (e), default 240 (four
+#                               times the 60/s of the attack the shared-state issue measured)
+#      BENCH_RATE_PER_MINUTE    rate_per_minute of the benchmark keys, default 1000000000, so
 #                               that a rate limit does not turn the run into rejections
 #      APIKEY_BENCH_STATE_DIR   default /tmp/apikey-bench (wiped first)
 #      APIKEY_BENCH_PGPORT      default 54332
@@ -23,12 +32,14 @@ APIKEY_PORT_KNOB=APIKEY_BENCH_PGPORT
 apikey_paths
 
 seconds="${BENCH_SECONDS:-20}"
-rate="${BENCH_RATE_PER_MINUTE:-1000000}"
+rate="${BENCH_RATE_PER_MINUTE:-1000000000}"
+flood_rate="${BENCH_FLOOD_RATE:-240}"
 nkeys=100
 warmup=10
 cold_seconds=10
 [[ "$seconds" =~ ^[0-9]+$ ]] || die "BENCH_SECONDS must be a whole number of seconds (got '$seconds')"
 [[ "$rate" =~ ^[0-9]+$ ]] || die "BENCH_RATE_PER_MINUTE must be a whole number (got '$rate')"
+[[ "$flood_rate" =~ ^[0-9]+$ ]] || die "BENCH_FLOOD_RATE must be a whole number (got '$flood_rate')"
 if [ "$seconds" -le "$warmup" ]; then
   die "BENCH_SECONDS must be more than $warmup: the first $warmup s are the cold start and are not counted"
 fi
@@ -120,48 +131,83 @@ check_keys "before the runs"
 log "(b) warm: apikey_verify over $nkeys keys for $seconds s (first $warmup s not counted)"
 run_pgbench "$work/warm.out" -n -M prepared -c 4 -j 2 -T "$seconds" --progress=5 "${script_args[@]}" apikey
 
-log "(c) cold: apikey_verify with a new connection per call (-C) for $cold_seconds s"
-run_pgbench "$work/cold.out" -n -M prepared -C -c 2 -j 2 -T "$cold_seconds" "${script_args[@]}" apikey
+log "(c) fresh: restarting the server (empty shared memory), then $seconds s, every second counted"
+cluster_stop
+cluster_start
+run_pgbench "$work/fresh.out" -n -M prepared -c 4 -j 2 -T "$seconds" --progress=5 "${script_args[@]}" apikey
+
+log "(d) cold: a new connection per transaction, $cold_seconds s each"
+run_pgbench "$work/cold_select.out" -S -M prepared -C -c 4 -j 2 -T "$cold_seconds" pgbench
+run_pgbench "$work/cold.out" -n -M prepared -C -c 4 -j 2 -T "$cold_seconds" "${script_args[@]}" apikey
 
 check_keys "after the runs"
 
-# (d) Timing must not tell which key ids exist: an unknown key id pays one Argon2id
-# verification against a decoy hash, as a wrong secret does against the real one.
-log "(d) rejections: unknown key id vs wrong secret, $cold_seconds s each"
-psql_as postgres -tA -F ' ' -v pid="$partner_id" >"$work/rejects" <<'SQL'
-SELECT g, i.key_id, i.token
-FROM generate_series(1, 20) AS g, LATERAL apikey_issue(:'pid'::uuid, ARRAY['orders:read']) AS i;
-SQL
+# Forged tokens: a valid checksum (computed here, as an attacker would) around a random key
+# id, and around the first benchmark key's id with a random secret.
+forge() {
+  python3 - "$@" <<'PY'
+import random, string, sys, zlib
+ALPHABET = string.digits + string.ascii_uppercase + string.ascii_lowercase
+def checksum(body):
+    value, digits = zlib.crc32(body.encode()), []
+    for _ in range(6):
+        digits.append(ALPHABET[value % 62]); value //= 62
+    return "".join(reversed(digits))
+def rand(n):
+    return "".join(random.choice(ALPHABET) for _ in range(n))
+kind, known_key_id, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+for _ in range(count):
+    key_id = "ak_live_" + rand(16) if kind == "unknown" else known_key_id
+    body = key_id + "_" + rand(43)
+    print(body + checksum(body))
+PY
+}
+first_key_id="${tokens[0]%_*}"
+flood_args=()
 unknown_args=()
 mismatch_args=()
-while read -r n key_id token; do
-  f="$work/reject_$n.sql"
-  printf "SELECT * FROM apikey_verify('%s');\n" "$token" >"$f"
-  if [ "$n" -le 10 ]; then
-    psql_as postgres -q -c "DELETE FROM apikey.keys WHERE key_id = '$key_id'"
-    unknown_args+=(-f "$f@1")
-  else
-    # Give the key another key's hash: its own token no longer matches.
-    psql_as postgres -q -c "UPDATE apikey.keys SET secret_hash = (SELECT secret_hash FROM apikey.keys
-      WHERE key_id <> '$key_id' AND partner_id = '$partner_id' LIMIT 1) WHERE key_id = '$key_id'"
-    mismatch_args+=(-f "$f@1")
-  fi
-done <"$work/rejects"
+i=0
+while read -r token; do
+  i=$((i + 1))
+  f="$work/forged_$i.sql"
+  printf "SELECT * FROM apikey_verify('%s', client_ip => '198.51.100.%d');\n" "$token" $((i % 250)) >"$f"
+  flood_args+=(-f "$f@1")
+  if [ "$i" -le 20 ]; then unknown_args+=(-f "$f@1"); else mismatch_args+=(-f "$f@1"); fi
+done < <(forge unknown - 20; forge wrong "$first_key_id" 20)
+
+single="$work/single.sql"
+printf "SELECT * FROM apikey_verify('%s', ARRAY['orders:' || 'read']);\n" "${tokens[0]}" >"$single"
+log "(e) flood: one warm key, 2 clients, $seconds s alone, then $seconds s beside 8 connections forging $flood_rate/s"
+run_pgbench "$work/alone.out" -n -M prepared -c 2 -j 1 -T "$seconds" --progress=5 -f "$single" apikey
+bench_pgbench -n -M prepared -c 8 -j 1 -T "$((seconds + 2))" --rate="$flood_rate" "${flood_args[@]}" apikey \
+  >"$work/flood.out" 2>&1 &
+flood_pid=$!
+sleep 1
+run_pgbench "$work/flooded.out" -n -M prepared -c 2 -j 1 -T "$seconds" --progress=5 -f "$single" apikey
+wait "$flood_pid" || die "the flood pgbench failed: $(tail -n 5 "$work/flood.out")"
+
+log "(f) rejections alone, $cold_seconds s each"
 run_pgbench "$work/unknown.out" -n -M prepared -c 2 -j 2 -T "$cold_seconds" "${unknown_args[@]}" apikey
 run_pgbench "$work/mismatch.out" -n -M prepared -c 2 -j 2 -T "$cold_seconds" "${mismatch_args[@]}" apikey
+
+audit_rows="$(psql_as postgres -tA -c "SELECT count(*) FROM apikey.audit_log WHERE action = 'verify_failed'")"
+status="$(psql_as postgres -tA -F ' ' -c "SELECT argon2_verified, argon2_failed, proof_hits FROM apikey_status()")"
 
 ceiling_steady="$(steady_tps "$work/select.out")"
 ceiling_all="$(overall_tps "$work/select.out")"
 warm_steady="$(steady_tps "$work/warm.out")"
-warm_all="$(overall_tps "$work/warm.out")"
+fresh_all="$(overall_tps "$work/fresh.out")"
+cold_select="$(overall_tps "$work/cold_select.out")"
 cold_all="$(overall_tps "$work/cold.out")"
+alone="$(steady_tps "$work/alone.out")"
+flooded="$(steady_tps "$work/flooded.out")"
+flood_done="$(overall_tps "$work/flood.out")"
 unknown_all="$(overall_tps "$work/unknown.out")"
 mismatch_all="$(overall_tps "$work/mismatch.out")"
-unknown_vs_mismatch="$(ratio "$unknown_all" "$mismatch_all" 1 '%.2f')"
-cold_conn_ms="$(awk '/^average connection time = / { print $5; exit }' "$work/cold.out")"
-cold_lat_ms="$(awk '/^latency average = / { print $4; exit }' "$work/cold.out")"
 warm_pct="$(ratio "$warm_steady" "$ceiling_steady" 100 '%.0f')"
-warm_vs_cold="$(ratio "$warm_steady" "$cold_all" 1 '%.0f')"
+fresh_pct="$(ratio "$fresh_all" "$ceiling_all" 100 '%.0f')"
+cold_pct="$(ratio "$cold_all" "$cold_select" 100 '%.0f')"
+flood_pct="$(ratio "$flooded" "$alone" 100 '%.0f')"
 argon2="$(psql_as postgres -tA -c "SELECT concat_ws(', ',
   'memory_kib=' || current_setting('apikey.argon2_memory_kib', true),
   'iterations=' || current_setting('apikey.argon2_iterations', true),
@@ -169,19 +215,25 @@ argon2="$(psql_as postgres -tA -c "SELECT concat_ws(', ',
 
 echo
 echo "apikey benchmark: $(machine_summary), Argon2id ${argon2:-defaults}"
-echo "4 clients / 2 threads, -M prepared, $seconds s per run; steady = mean of progress lines after $warmup s"
+echo "-M prepared, $seconds s per run; steady = mean of progress lines after $warmup s"
 echo
-printf '%-52s %14s %14s\n' "run" "steady tps" "overall tps"
-printf '%-52s %14s %14s\n' "(a) pgbench -S, ceiling" "$ceiling_steady" "$ceiling_all"
-printf '%-52s %14s %14s\n' "(b) apikey_verify, $nkeys keys, warm" "$warm_steady" "$warm_all"
-printf '%-52s %14s %14s\n' "(c) apikey_verify, new connection per call (cold)" "-" "$cold_all"
-printf '%-52s %14s %14s\n' "(d) rejected: unknown key id" "-" "$unknown_all"
-printf '%-52s %14s %14s\n' "(d) rejected: wrong secret" "-" "$mismatch_all"
+printf '%-60s %12s %12s\n' "run" "steady tps" "overall tps"
+printf '%-60s %12s %12s\n' "(a) pgbench -S, 4 clients (ceiling)" "$ceiling_steady" "$ceiling_all"
+printf '%-60s %12s %12s\n' "(b) apikey_verify, $nkeys keys, warm, 4 clients" "$warm_steady" "-"
+printf '%-60s %12s %12s\n' "(c) apikey_verify, $nkeys keys, fresh server, 4 clients" "-" "$fresh_all"
+printf '%-60s %12s %12s\n' "(d) pgbench -C -S, 4 clients" "-" "$cold_select"
+printf '%-60s %12s %12s\n' "(d) apikey_verify -C, $nkeys proven keys, 4 clients" "-" "$cold_all"
+printf '%-60s %12s %12s\n' "(e) one key, 2 clients, alone" "$alone" "-"
+printf '%-60s %12s %12s\n' "(e) one key, 2 clients, beside the flood" "$flooded" "-"
+printf '%-60s %12s %12s\n' "(e) the flood itself (8 clients, at most $flood_rate/s)" "-" "$flood_done"
+printf '%-60s %12s %12s\n' "(f) rejected: unknown key id, 2 clients" "-" "$unknown_all"
+printf '%-60s %12s %12s\n' "(f) rejected: wrong secret for a proven key, 2 clients" "-" "$mismatch_all"
 echo
-echo "cold verifications/s:   $cold_all (2 clients; per call ${cold_lat_ms:-?} ms, of which connecting ${cold_conn_ms:-?} ms)"
-echo "warm / ceiling:         $warm_pct%"
-echo "warm / cold:            ${warm_vs_cold}x"
-echo "unknown / wrong secret: ${unknown_vs_mismatch} (1.00 = timing reveals nothing about which key ids exist)"
-echo "note: (c) is only cold while the proof cache is per backend; a shared cache would make it warm."
+echo "warm / ceiling:            $warm_pct%"
+echo "fresh / ceiling:           $fresh_pct%"
+echo "cold -C / pgbench -C -S:   $cold_pct%"
+echo "flooded / alone:           $flood_pct%"
+echo "verify_failed audit rows:  $audit_rows (after every forged verification of the run)"
+echo "argon2 verified/failed, proof hits: ${status:-?}"
 echo
-echo "RESULT warm_vs_pgbench_S=${warm_pct}%"
+echo "RESULT warm_vs_pgbench_S=${warm_pct}% fresh_vs_pgbench_S=${fresh_pct}% cold_vs_pgbench_C_S=${cold_pct}% flood=${flood_pct}%"

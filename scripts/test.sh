@@ -138,3 +138,12 @@ else
   log "tests/Cargo.toml does not exist yet: skipping the end-to-end tests"
   record "end-to-end tests (tests/Cargo.toml missing)" skip
 fi
+
+# The README's deploy guide, run on a Debian-managed cluster of its own with the packages
+# installed by apt (it puts the developer build's extension files back afterwards).
+if [ "$#" -eq 0 ]; then
+  rc=0
+  log "deploy guide: scripts/deploy-test.sh"
+  bash "$APIKEY_REPO_ROOT/scripts/deploy-test.sh" || rc=$?
+  if [ "$rc" -eq 0 ]; then record "packages + deploy guide" ok; else record "packages + deploy guide" FAIL; fi
+fi

@@ -125,7 +125,7 @@ pub fn init() {
     );
     GucRegistry::define_int_guc(
         c"apikey.argon2_max_concurrency",
-        c"Most Argon2id verifications running at once in the server; 0 means half the CPUs (at least one).",
+        c"Most Argon2id verifications running at once in the server; 0 means one per CPU.",
         c"Keys under attack (failed Argon2id verifications this minute) get at most half of them.",
         &ARGON2_MAX_CONCURRENCY,
         0,
@@ -165,7 +165,7 @@ pub fn argon2_max_concurrency() -> u32 {
     match u32::try_from(ARGON2_MAX_CONCURRENCY.get()) {
         Ok(0) | Err(_) => {
             let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-            u32::try_from(cpus.div_ceil(2)).unwrap_or(1).max(1)
+            u32::try_from(cpus).unwrap_or(1).max(1)
         }
         Ok(n) => n,
     }

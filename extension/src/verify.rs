@@ -158,10 +158,9 @@ fn verify<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
                 scopes: row.scopes.clone(),
                 client_ip: request.client_ip.map(|ip| ip.to_owned()),
             });
-            // last_used_at is written by the background worker from shared memory, never
-            // here: an UPDATE would lock the row until the caller's transaction ends, and
-            // a revoke would wait for it.
-            shared::keys::used(key_id, request.now);
+            // The use was noted with the rate limit (`shared::keys::take`); last_used_at is
+            // written from there by the background worker, never here: an UPDATE would lock
+            // the row until the caller's transaction ends, and a revoke would wait for it.
             if let Some(rehash) = &outcome.rehash {
                 Spi::connect_mut(|client| rehash_key(client, key_id, row, rehash))?;
             }

@@ -140,12 +140,8 @@ fn evict_oldest(handles: &Handles, table: &mut Locked<'_, KeyEntry>) {
     handles.control.count(Stat::KeysEvicted, victims as u64);
 }
 
-/// Records a successful verification of `key_id` at `now`.
-pub fn used(key_id: &str, now: i64) {
-    used_in(database(), key_id, now);
-}
-
-/// [`used`] in database `db` (for what a restart brings back).
+/// Records a use of `key_id` at `at` in database `db` (what a restart brings back; a
+/// verification notes its use in [`take`]).
 pub fn used_in(db: u32, key_id: &str, at: i64) {
     with_key_in(db, key_id, at, |state| {
         state.last_used = state.last_used.max(at);
@@ -242,12 +238,16 @@ pub struct Rate {
 }
 
 /// Takes one verification from the bucket of `key_id`: `rate_per_minute` tokens, refilled
-/// continuously, so a key may burst one minute's allowance. `None` without shared memory.
+/// continuously, so a key may burst one minute's allowance. An allowed one is the key's last
+/// use (for `last_used_at`), noted in the same pass. `None` without shared memory.
 pub fn take(key_id: &str, rate_per_minute: i32, now: i64) -> Option<Rate> {
     with_key(key_id, now, |state| {
         let (tokens, rate) = bucket::take(state.tokens, state.refilled_at, rate_per_minute, now);
         state.tokens = tokens;
         state.refilled_at = now;
+        if rate.allowed {
+            state.last_used = state.last_used.max(now);
+        }
         rate
     })
 }

@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# Tests the README's "Deploy on your own PostgreSQL" guide on this machine: runs its sh
+# blocks, in order, in one shell, against a Debian-managed cluster of its own
+# (pg_createcluster, on a port of its own), with the packages scripts/package.sh builds
+# installed by apt onto the system's PostgreSQL 15. Then it checks the result (a key issued
+# by the guide verifies in psql and through the packaged shim), removes the packages
+# (checking that removal keeps the pepper file and the database, and what purge says), drops
+# the cluster, and puts back the extension files a developer build had installed.
+#
+# Two things differ from a real server, and only these: the cluster name and port (the guide's
+# `CLUSTER=main PGPORT=5432` line), and `systemctl`, which a machine without systemd cannot
+# run: the service is started as its unit would (same user, same environment file), on a
+# free port instead of 8080.
+#
+# Env: APIKEY_SKIP_BUILD=1   package what is already built
+#      APIKEY_DEPLOY_PGPORT  the cluster's port (default 54335)
+set -euo pipefail
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+root="$APIKEY_REPO_ROOT"
+cluster=apikeydeploy
+port="${APIKEY_DEPLOY_PGPORT:-54335}"
+shim_port=$((port + 1))
+work="$(mktemp -d "${TMPDIR:-/tmp}/apikey-deploy.XXXXXX")"
+chmod 0755 "$work"
+extdir="$("$PGBIN/pg_config" --sharedir)/extension"
+libdir="$("$PGBIN/pg_config" --pkglibdir)"
+
+# The developer build's files, which installing and purging the package replaces and removes.
+mkdir -p "$work/dev-files"
+cp -a "$libdir/apikey.so" "$extdir"/apikey* "$work/dev-files/" 2>/dev/null || true
+
+stop_shim() {
+  if [ -f "$work/shim.pid" ]; then
+    kill -TERM "$(cat "$work/shim.pid")" 2>/dev/null || true
+    sleep 0.5
+    rm -f "$work/shim.pid"
+  fi
+}
+
+finish() {
+  local rc=$?
+  set +e
+  trap '' INT TERM
+  stop_shim
+  pg_dropcluster --stop 15 "$cluster" >/dev/null 2>&1
+  if dpkg-query -W postgresql-15-apikey >/dev/null 2>&1 || dpkg-query -W apikey-shim >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq postgresql-15-apikey apikey-shim >/dev/null 2>&1
+  fi
+  # Put the developer build back where the package was.
+  cp -a "$work/dev-files/apikey.so" "$libdir/" 2>/dev/null
+  find "$work/dev-files" -name 'apikey*' ! -name apikey.so -exec cp -a {} "$extdir/" \; 2>/dev/null
+  rm -rf "$work"
+  if [ "$rc" -eq 0 ]; then echo "DEPLOY TEST PASSED"; else echo "DEPLOY TEST FAILED"; fi
+  exit "$rc"
+}
+trap finish EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+command -v pg_createcluster >/dev/null || die "pg_createcluster (postgresql-common) is missing"
+pg_dropcluster --stop 15 "$cluster" >/dev/null 2>&1 || true
+if _apikey_port_in_use "$port" || _apikey_port_in_use "$shim_port"; then
+  die "port $port or $shim_port is in use; set APIKEY_DEPLOY_PGPORT"
+fi
+log "pg_createcluster 15 $cluster on port $port"
+pg_createcluster 15 "$cluster" -p "$port" --start >/dev/null
+
+# The guide's sh blocks, in order.
+guide="$work/guide.sh"
+awk '
+  /^## Deploy on your own PostgreSQL/ { inside = 1; next }
+  inside && /^## / { inside = 0 }
+  inside && /^```sh$/ { block = 1; next }
+  inside && block && /^```$/ { block = 0; print ""; next }
+  inside && block { print }
+' "$root/README.md" >"$guide"
+grep -q '^CLUSTER=main PGPORT=5432$' "$guide" || die "the guide no longer names its cluster as expected"
+[ "$(grep -c 'systemctl' "$guide")" -eq 2 ] || die "the guide's systemctl lines changed: update this script"
+
+# systemctl, as the unit would run the service.
+cat >"$work/preamble.sh" <<EOF
+set -euo pipefail
+cd "$root"
+export DEBIAN_FRONTEND=noninteractive
+export APIKEY_SKIP_BUILD="${APIKEY_SKIP_BUILD:-0}"
+start_shim() {
+  if [ -f "$work/shim.pid" ]; then kill -TERM "\$(cat "$work/shim.pid")"; sleep 0.5; fi
+  (
+    while IFS= read -r line; do
+      case "\$line" in ''|'#'*) continue ;; esac
+      export "\${line%%=*}=\${line#*=}"
+    done </etc/apikey-shim/apikey-shim.env
+    export APIKEY_SHIM_LISTEN=127.0.0.1:$shim_port
+    cd / && exec setsid runuser -u apikey_shim -- /usr/bin/apikey-shim
+  ) >"$work/shim.log" 2>&1 </dev/null &
+  echo \$! >"$work/shim.pid"
+  for _ in \$(seq 1 100); do
+    curl -s -o /dev/null "http://127.0.0.1:$shim_port/healthz" && return 0
+    sleep 0.1
+  done
+  cat "$work/shim.log" >&2
+  return 1
+}
+EOF
+sed -e "s/^CLUSTER=main PGPORT=5432\$/CLUSTER=$cluster PGPORT=$port/" \
+    -e 's/^sudo systemctl enable --now apikey-shim$/start_shim/' \
+    -e 's/^sudo systemctl restart apikey-shim$/start_shim/' \
+    -e "s#127.0.0.1:8080#127.0.0.1:$shim_port#g" \
+    "$guide" >"$work/steps.sh"
+cat >>"$work/steps.sh" <<EOF
+echo "\$ADMIN_TOKEN" >"$work/admin-token"
+EOF
+
+log "running the guide's blocks"
+cat "$work/preamble.sh" "$work/steps.sh" >"$work/run.sh"
+bash "$work/run.sh" 2>&1 | tee "$work/run.log" | sed 's/^/    /'
+
+token="$(cat "$work/admin-token")"
+[[ "$token" =~ ^ak_live_[A-Za-z0-9_]+$ ]] || die "the guide issued no token"
+grep -q '"valid":true' "$work/run.log" || die "the guide's curl check did not answer valid"
+psql_deploy() { runuser -u postgres -- psql -X -p "$port" -d apikey -v ON_ERROR_STOP=1 -Atc "$1"; }
+[ "$(psql_deploy "SELECT reason FROM apikey_verify('$token')")" = ok ] || die "the token does not verify in psql"
+[ "$(psql_deploy "SELECT extension_version || ' ' || library_version FROM apikey_version()")" \
+  = "$(sed -n 's/^version = "\(.*\)"$/\1/p' "$root/extension/Cargo.toml" | head -n1) $(sed -n 's/^version = "\(.*\)"$/\1/p' "$root/extension/Cargo.toml" | head -n1)" ] \
+  || die "apikey_version() does not name the packaged release"
+[ "$(psql_deploy "SELECT shared_memory FROM apikey_status()")" = t ] || die "the server runs without shared memory"
+status="$(curl -s -o /dev/null -w '%{http_code}' -X POST "http://127.0.0.1:$shim_port/v1/partners" \
+  -H "X-API-Key: $token" -H 'Content-Type: application/json' -d '{"name": "deployed"}')"
+[ "$status" = 201 ] || die "the packaged shim could not create a partner (HTTP $status): $(tail -n 5 "$work/shim.log")"
+[ "$(stat -c '%U %a' /etc/postgresql/15/$cluster/apikey-pepper)" = "postgres 600" ] || die "the pepper file's owner or mode is wrong"
+[ "$(stat -c '%U:%G %a' /etc/apikey-shim/apikey-shim.env)" = "root:apikey_shim 640" ] || die "the environment file's owner or mode is wrong"
+ps -o user= -p "$(pgrep -f '^/usr/bin/apikey-shim' | head -n1)" | grep -qx apikey_shim || die "the shim does not run as apikey_shim"
+
+if command -v systemd-analyze >/dev/null; then
+  systemd-analyze verify /lib/systemd/system/apikey-shim.service || die "systemd-analyze finds fault with the unit"
+fi
+if command -v lintian >/dev/null; then
+  log "lintian"
+  for deb in "$root"/target/debian/*.deb; do
+    lintian --fail-on error --suppress-tags dir-or-file-in-opt "$deb" | sed 's/^/    /'
+  done
+fi
+
+log "removing the packages: the database and the pepper file stay"
+stop_shim
+removal="$(DEBIAN_FRONTEND=noninteractive apt-get remove -y postgresql-15-apikey apikey-shim 2>&1)"
+echo "$removal" | grep -q 'Left untouched: every database' || die "removal does not say what it leaves: $removal"
+[ -f "/etc/postgresql/15/$cluster/apikey-pepper" ] || die "removal took the pepper file"
+[ -f /etc/apikey-shim/apikey-shim.env ] || die "remove (not purge) deleted the configuration"
+[ "$(psql_deploy "SELECT count(*) FROM apikey.keys")" -ge 1 ] || die "the keys are gone"
+purge="$(DEBIAN_FRONTEND=noninteractive apt-get purge -y postgresql-15-apikey apikey-shim 2>&1)"
+echo "$purge" | grep -q 'Left in place: the system user apikey_shim' || die "purge does not say what it leaves: $purge"
+[ ! -e /etc/apikey-shim/apikey-shim.env ] || die "purge left the environment file"
+[ -f "/etc/postgresql/15/$cluster/apikey-pepper" ] || die "purge took the pepper file"
+log "deploy guide: every step ran, the key verified in psql and through the packaged shim"
