@@ -132,3 +132,17 @@ AS 'MODULE_PATHNAME', 'apikey_usage_wrapper';
 REVOKE ALL ON FUNCTION @extschema@.apikey_usage(text, uuid, timestamptz, interval) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.apikey_usage(text, uuid, timestamptz, interval)
     TO apikey_admin, apikey_partner;
+
+CREATE FUNCTION @extschema@."apikey_rate_state"(
+	"key_id" TEXT
+) RETURNS TABLE (
+	"rate_per_minute" INT,
+	"remaining" INT,
+	"reset_seconds" INT
+)
+VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'apikey_rate_state_wrapper';
+REVOKE ALL ON FUNCTION @extschema@.apikey_rate_state(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.apikey_rate_state(text) TO apikey_admin, apikey_partner;

@@ -49,7 +49,8 @@ TO apikey_admin, apikey_verifier, apikey_partner;
 GRANT EXECUTE ON FUNCTION
     @extschema@.apikey_has_scope,
     @extschema@.apikey_require_scope,
-    @extschema@.apikey_usage
+    @extschema@.apikey_usage,
+    @extschema@.apikey_rate_state
 TO apikey_admin, apikey_partner;
 
 -- Management. The functions check the caller again (a partner only touches its own keys,

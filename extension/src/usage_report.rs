@@ -29,6 +29,47 @@ fn apikey_usage(
 
 type Row = (TimestampWithTimeZone, Option<String>, String, i64);
 
+/// `apikey_rate_state(key_id)`: where a key stands against its rate limit now, taking
+/// nothing (for the console). Operators may ask about any key; a partner (with a key verified
+/// in the transaction) about its own; anyone else is told the key does not exist.
+#[pg_extern(volatile, security_definer, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn apikey_rate_state(
+    key_id: Option<&str>,
+) -> TableIterator<
+    'static,
+    (
+        name!(rate_per_minute, i32),
+        name!(remaining, Option<i32>),
+        name!(reset_seconds, Option<i32>),
+    ),
+> {
+    TableIterator::once(rate_state(key_id).or_raise())
+}
+
+fn rate_state(key_id: Option<&str>) -> ApiResult<(i32, Option<i32>, Option<i32>)> {
+    let key_id = key_id.ok_or_else(|| ApiError::null("key_id"))?;
+    let row = Spi::get_two_with_args::<pgrx::Uuid, i32>(
+        "SELECT partner_id, rate_per_minute FROM apikey.keys WHERE key_id = $1",
+        &[key_id.into()],
+    );
+    let (partner, rate) = match row {
+        Ok((Some(partner), Some(rate))) => (partner, rate),
+        _ => return Err(access::key_not_found(key_id)),
+    };
+    let allowed = access::is_admin()
+        || identity::current().is_some_and(|caller| caller.partner_id == partner);
+    if !allowed {
+        return Err(access::key_not_found(key_id));
+    }
+    let state = shared::keys::peek(key_id, rate, crate::clock::now());
+    Ok((
+        rate,
+        state.map(|s| s.remaining),
+        state.map(|s| s.reset_seconds),
+    ))
+}
+
 fn report(
     key_id: Option<&str>,
     partner_id: Option<pgrx::Uuid>,

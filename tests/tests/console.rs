@@ -676,6 +676,54 @@ fn the_audit_dialog_lists_a_keys_history() {
     });
 }
 
+#[test]
+fn the_usage_dialog_charts_a_keys_outcomes_and_its_rate() {
+    let console = Console::start();
+    let partner = console.partner();
+    let key = issue_with(
+        &mut console.db.borrow_mut(),
+        "$1, '{orders:read}', rate_per_minute => 2",
+        &[&partner.id],
+    );
+    {
+        let mut db = console.db.borrow_mut();
+        let reasons: Vec<String> = (0..3).map(|_| reason(&mut db, &key.token)).collect();
+        assert_eq!(reasons, ["ok", "ok", "rate_limited"]);
+        assert_eq!(
+            verify(&mut db, Some(&key.token), &["orders:write"], None).reason,
+            "insufficient_scope"
+        );
+    }
+    console.sign_in_as_operator();
+    console.filter_keys(&partner.name);
+    console.wait_for_status(&key.key_id, "live");
+    console.row_action(&key.key_id, "usage");
+    console.wait_displayed("#usage-dialog");
+    console
+        .browser
+        .wait_for_text("#usage-status", "4 verifications");
+    for (reason, count) in [("ok", 2), ("rate_limited", 1), ("refused", 1)] {
+        let drawn = console.browser.exec(
+            "return Array.from(document.querySelectorAll(`#usage-chart rect[data-reason='${arguments[0]}']`))
+               .reduce((sum, r) => sum + Number(r.getAttribute('data-count')), 0);",
+            vec![json!(reason)],
+        );
+        assert_eq!(drawn.as_i64(), Some(count), "{reason} bars");
+    }
+    console.browser.wait_for_text("#usage-legend", "ok: 2");
+    console
+        .browser
+        .wait_for_text("#usage-legend", "rate limited: 1");
+    console
+        .browser
+        .wait_for_text("#usage-rate", "Rate limit 2 per minute: 0 left now");
+    console.screenshot("08-usage-dialog");
+    console.browser.click("#usage-close");
+    console.browser.wait_until("the usage dialog closed", |b| {
+        !b.find("#usage-dialog").is_displayed()
+    });
+}
+
 // ---------------------------------------------------------------------------------------------
 // Partners
 // ---------------------------------------------------------------------------------------------

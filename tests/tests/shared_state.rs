@@ -11,8 +11,9 @@ use apikey_tests::shim::Shim;
 use apikey_tests::*;
 use std::sync::{Arc, Barrier, Mutex, MutexGuard};
 
-/// Tests that read the server-wide counters run one at a time (other test files run
-/// before or after this one, never alongside).
+/// Tests that read the server-wide counters, and tests that make Argon2id fail (which those
+/// counters see), run one at a time (other test files run before or after this one, never
+/// alongside).
 fn counters_alone() -> MutexGuard<'static, ()> {
     static ALONE: Mutex<()> = Mutex::new(());
     ALONE
@@ -142,6 +143,7 @@ fn a_proof_is_shared_by_fresh_connections_and_refutes_wrong_secrets() {
 
 #[test]
 fn a_proof_never_outlives_the_hash_it_proved() {
+    let _alone = counters_alone();
     let (mut c, partner) = setup();
     let key = issue(&mut c, partner, &["a:b"]);
     let other = issue(&mut c, partner, &["a:b"]);
@@ -164,6 +166,7 @@ fn a_proof_never_outlives_the_hash_it_proved() {
 
 #[test]
 fn two_databases_with_one_key_id_are_kept_apart() {
+    let _alone = counters_alone();
     let mut dbs = Databases::default();
     let second = dbs.create("apikey_shared_second");
     let mut first = superuser();

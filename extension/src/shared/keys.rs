@@ -252,15 +252,30 @@ pub fn take(key_id: &str, rate_per_minute: i32, now: i64) -> Option<Rate> {
     })
 }
 
+/// Where `key_id` stands now, without taking anything: `None` without shared memory.
+pub fn peek(key_id: &str, rate_per_minute: i32, now: i64) -> Option<Rate> {
+    let handles = handles()?;
+    let tag = KeyTag::new(database(), key_id)?;
+    let table = handles.keys.shared();
+    let (tokens, refilled_at) = match table.get(&tag) {
+        Some(entry) => {
+            let state = entry.state.lock();
+            (state.tokens, state.refilled_at)
+        }
+        None => (0.0, 0),
+    };
+    Some(bucket::peek(tokens, refilled_at, rate_per_minute, now))
+}
+
 /// The token bucket, as pure arithmetic.
 pub mod bucket {
     use super::Rate;
 
     const SECOND: f64 = 1_000_000.0;
 
-    /// The bucket after one more verification at `now`, and what it says. A bucket never
-    /// filled (`refilled_at` 0) starts full.
-    pub fn take(tokens: f64, refilled_at: i64, rate_per_minute: i32, now: i64) -> (f64, Rate) {
+    /// Tokens in the bucket at `now`, its capacity, and the refill per second. A bucket never
+    /// filled (`refilled_at` 0) is full.
+    fn level(tokens: f64, refilled_at: i64, rate_per_minute: i32, now: i64) -> (f64, f64, f64) {
         let capacity = f64::from(rate_per_minute.max(1));
         let per_second = capacity / 60.0;
         let elapsed = if refilled_at == 0 {
@@ -268,9 +283,32 @@ pub mod bucket {
         } else {
             (now - refilled_at).max(0) as f64 / SECOND
         };
-        let available = (tokens + elapsed * per_second).min(capacity);
-        let seconds =
-            |missing: f64| (missing / per_second).ceil().clamp(0.0, i32::MAX as f64) as i32;
+        (
+            (tokens + elapsed * per_second).min(capacity),
+            capacity,
+            per_second,
+        )
+    }
+
+    /// Whole seconds to refill `missing` tokens at `per_second`.
+    fn seconds_for(missing: f64, per_second: f64) -> i32 {
+        (missing / per_second).ceil().clamp(0.0, i32::MAX as f64) as i32
+    }
+
+    /// What the bucket says at `now`, taking nothing.
+    pub fn peek(tokens: f64, refilled_at: i64, rate_per_minute: i32, now: i64) -> Rate {
+        let (available, capacity, per_second) = level(tokens, refilled_at, rate_per_minute, now);
+        Rate {
+            allowed: available >= 1.0,
+            remaining: available.floor() as i32,
+            reset_seconds: seconds_for(capacity - available, per_second),
+        }
+    }
+
+    /// The bucket after one more verification at `now`, and what it says.
+    pub fn take(tokens: f64, refilled_at: i64, rate_per_minute: i32, now: i64) -> (f64, Rate) {
+        let (available, capacity, per_second) = level(tokens, refilled_at, rate_per_minute, now);
+        let seconds = |missing: f64| seconds_for(missing, per_second);
         if available >= 1.0 {
             let left = available - 1.0;
             let rate = Rate {
@@ -331,6 +369,18 @@ pub mod bucket {
             // A lowered rate clamps what is left.
             let (tokens, _) = take(299.0, 3_600 * S, 10, 3_600 * S);
             assert_eq!(tokens, 9.0);
+        }
+
+        #[test]
+        fn peeking_takes_nothing() {
+            let rate = peek(0.0, 0, 60, 10 * S);
+            assert_eq!(
+                (rate.allowed, rate.remaining, rate.reset_seconds),
+                (true, 60, 0)
+            );
+            let rate = peek(30.0, 10 * S, 60, 10 * S);
+            assert_eq!((rate.remaining, rate.reset_seconds), (30, 30));
+            assert_eq!(peek(0.5, 10 * S, 60, 10 * S).allowed, false);
         }
 
         #[test]

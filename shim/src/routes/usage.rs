@@ -1,6 +1,7 @@
 //! `GET /v1/usage`: verification counts per bucket, key and reason (`apikey_usage`), counts
-//! not yet written by the background worker included. A partner's key sees only its own
-//! partner's (the extension decides, as for every management route).
+//! not yet written by the background worker included, and for one key its rate-limit state
+//! (`apikey_rate_state`). A partner's key sees only its own partner's (the extension decides,
+//! as for every management route).
 
 use super::Managed;
 use crate::app::Caller;
@@ -89,7 +90,25 @@ async fn usage(
             ],
         )
         .await?;
-    tx.commit().await?;
+    // For one key, where it stands against its rate limit now (null where the caller may not
+    // see the key, or it does not exist: the last statement, so its error costs nothing).
+    let rate = match &q.key_id {
+        Some(key_id) => tx
+            .query_opt(
+                "SELECT jsonb_build_object('rate_per_minute', rate_per_minute, \
+                        'remaining', remaining, 'reset_seconds', reset_seconds) \
+                 FROM apikey_rate_state($1)",
+                &[key_id],
+            )
+            .await
+            .ok()
+            .flatten()
+            .and_then(|row| row.try_get::<_, serde_json::Value>(0).ok()),
+        None => None,
+    };
+    if rate.is_some() || q.key_id.is_none() {
+        tx.commit().await?;
+    }
     let truncated = rows.len() as i64 > limit;
     let items = rows
         .iter()
@@ -100,6 +119,7 @@ async fn usage(
         "bucket_seconds": bucket,
         "items": items,
         "truncated": truncated,
+        "rate": rate,
     })))
 }
 
