@@ -92,7 +92,9 @@ else
   record "unit tests (only end-to-end files asked for)" skip
 fi
 
-cluster_start
+# Started with RUST_BACKTRACE=1, as a server may well be: no error a client sees may carry a
+# Rust backtrace even then (tests/tests/hardening.rs checks).
+RUST_BACKTRACE=1 cluster_start
 # The background worker writes last_used_at and usage every 10 s by default; tests that wait
 # for it should not have to.
 # Standbys the tests start stream from this cluster without a slot: keep enough WAL that a

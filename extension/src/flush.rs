@@ -5,7 +5,7 @@
 use crate::error::{ApiError, ApiResult};
 use crate::shared::{self, keys, usage, Stat};
 use crate::{guc, version};
-use pgrx::datum::TimestampWithTimeZone;
+use pgrx::datum::{DatumWithOid, TimestampWithTimeZone};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use std::cell::Cell;
@@ -51,7 +51,6 @@ pub fn write_last_used(client: &mut SpiClient<'_>, db: u32) -> ApiResult<()> {
             None,
             &[ids.clone().into()],
         )?
-        .into_iter()
         .filter_map(|row| row.get::<String>(1).ok().flatten())
         .collect();
     client.update(
@@ -69,7 +68,6 @@ pub fn write_last_used(client: &mut SpiClient<'_>, db: u32) -> ApiResult<()> {
             None,
             &[ids.into()],
         )?
-        .into_iter()
         .filter_map(|row| row.get::<String>(1).ok().flatten())
         .collect();
     for (key_id, at) in &due {
@@ -80,12 +78,8 @@ pub fn write_last_used(client: &mut SpiClient<'_>, db: u32) -> ApiResult<()> {
     Ok(())
 }
 
-/// Adds this database's pending usage counts to `apikey.usage`. The counts are taken out of
-/// shared memory first; if the transaction fails, the caller gives them back.
-pub fn write_usage(client: &mut SpiClient<'_>, rows: &[usage::UsageRow]) -> ApiResult<()> {
-    if rows.is_empty() {
-        return Ok(());
-    }
+/// Usage rows as five SQL arrays (minute, key id, partner, reason, count), for `unnest`.
+pub fn usage_arrays(rows: &[usage::UsageRow]) -> ApiResult<[DatumWithOid<'static>; 5]> {
     let minutes: Vec<TimestampWithTimeZone> = rows
         .iter()
         .map(|r| timestamp(r.minute))
@@ -100,19 +94,29 @@ pub fn write_usage(client: &mut SpiClient<'_>, rows: &[usage::UsageRow]) -> ApiR
         .iter()
         .map(|r| i64::try_from(r.count).unwrap_or(i64::MAX))
         .collect();
+    Ok([
+        minutes.into(),
+        key_ids.into(),
+        partners.into(),
+        reasons.into(),
+        counts.into(),
+    ])
+}
+
+/// Adds this database's pending usage counts to `apikey.usage`. The counts are taken out of
+/// shared memory first; if the transaction fails, the caller gives them back.
+pub fn write_usage(client: &mut SpiClient<'_>, rows: &[usage::UsageRow]) -> ApiResult<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let [minutes, key_ids, partners, reasons, counts] = usage_arrays(rows)?;
     client.update(
         "INSERT INTO apikey.usage AS u (minute, key_id, partner_id, reason, count) \
          SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::uuid[], $4::text[], $5::bigint[]) \
          ON CONFLICT (minute, key_id, reason) DO UPDATE \
          SET count = u.count + excluded.count, partner_id = coalesce(excluded.partner_id, u.partner_id)",
         None,
-        &[
-            minutes.into(),
-            key_ids.into(),
-            partners.into(),
-            reasons.into(),
-            counts.into(),
-        ],
+        &[minutes, key_ids, partners, reasons, counts],
     )?;
     Ok(())
 }

@@ -70,7 +70,7 @@ impl InetDatum {
 
     /// A copy that outlives the call, e.g. to name the client in later audit rows of the
     /// same transaction.
-    pub fn to_owned(&self) -> OwnedInet {
+    pub fn owned(self) -> OwnedInet {
         // SAFETY: as in `addr`.
         OwnedInet(unsafe { varlena_payload(self.0, <[u8]>::to_vec) })
     }

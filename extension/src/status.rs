@@ -11,6 +11,7 @@ fn as_i64(n: impl TryInto<i64>) -> i64 {
     n.try_into().unwrap_or(i64::MAX)
 }
 
+#[allow(clippy::type_complexity)] // pgrx needs the result columns spelled out here
 #[pg_extern(volatile, parallel_safe)]
 fn apikey_status() -> TableIterator<
     'static,

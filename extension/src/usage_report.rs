@@ -4,7 +4,7 @@
 
 use crate::error::{ApiError, ApiResult, OrRaise};
 use crate::shared::{self, usage};
-use crate::{access, identity};
+use crate::{access, flush, identity};
 use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
 
@@ -28,6 +28,18 @@ fn apikey_usage(
 }
 
 type Row = (TimestampWithTimeZone, Option<String>, String, i64);
+
+/// Whether the rows transaction `xid` wrote are in what this query reads (committed before
+/// its snapshot): then counts that transaction had in flight are not added again.
+fn visible(xid: u32) -> bool {
+    let xid = pg_sys::TransactionId::from(xid);
+    // SAFETY: the active snapshot is the query's own while the function runs; the checks
+    // only read the snapshot and the commit log.
+    unsafe {
+        !pg_sys::XidInMVCCSnapshot(xid, pg_sys::GetActiveSnapshot())
+            && pg_sys::TransactionIdDidCommit(xid)
+    }
+}
 
 /// `apikey_rate_state(key_id)`: where a key stands against its rate limit now, taking
 /// nothing (for the console). Operators may ask about any key; a partner (with a key verified
@@ -89,27 +101,8 @@ fn report(
             _ => return Ok(Vec::new()),
         }
     };
-    let pending = usage::pending(shared::database());
-    let minutes: Vec<TimestampWithTimeZone> = pending
-        .iter()
-        .map(|r| {
-            TimestampWithTimeZone::try_from(r.minute)
-                .map_err(|_| ApiError::internal("a pending count with an impossible minute"))
-        })
-        .collect::<ApiResult<_>>()?;
-    let key_ids: Vec<Option<String>> = pending.iter().map(|r| r.key_id.clone()).collect();
-    let partners: Vec<Option<pgrx::Uuid>> = pending
-        .iter()
-        .map(|r| r.partner.map(pgrx::Uuid::from_bytes))
-        .collect();
-    let reasons: Vec<String> = pending
-        .iter()
-        .map(|r| r.reason.as_str().to_string())
-        .collect();
-    let counts: Vec<i64> = pending
-        .iter()
-        .map(|r| i64::try_from(r.count).unwrap_or(i64::MAX))
-        .collect();
+    let [minutes, key_ids, partners, reasons, counts] =
+        flush::usage_arrays(&usage::pending(shared::database(), visible))?;
     Spi::connect(|client| {
         let valid = client
             .select(
@@ -147,11 +140,11 @@ fn report(
                 partner.into(),
                 since.into(),
                 bucket.into(),
-                minutes.into(),
-                key_ids.into(),
-                partners.into(),
-                reasons.into(),
-                counts.into(),
+                minutes,
+                key_ids,
+                partners,
+                reasons,
+                counts,
             ],
         )?;
         rows.into_iter()

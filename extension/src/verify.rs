@@ -156,7 +156,7 @@ fn verify<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
                 partner_id: row.partner_id,
                 key_id: key_id.to_string(),
                 scopes: row.scopes.clone(),
-                client_ip: request.client_ip.map(|ip| ip.to_owned()),
+                client_ip: request.client_ip.map(InetDatum::owned),
             });
             // The use was noted with the rate limit (`shared::keys::take`); last_used_at is
             // written from there by the background worker, never here: an UPDATE would lock
@@ -169,7 +169,7 @@ fn verify<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
     }
     identity::clear();
     // One audit row per key (or, without one, per client address), reason and minute.
-    let address = request.client_ip.map(|ip| ip.to_owned());
+    let address = request.client_ip.map(InetDatum::owned);
     let subject = match identified {
         Some(key_id) => Subject::Key(key_id),
         None => Subject::Address(address.as_ref().map(OwnedInet::as_bytes)),

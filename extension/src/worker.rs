@@ -106,6 +106,12 @@ fn start_flusher(db: u32) -> Option<DynamicBackgroundWorker> {
         .ok()
 }
 
+/// Whether transaction `xid` committed (a batch it wrote is in the table).
+fn committed(xid: u32) -> bool {
+    // SAFETY: a commit-log lookup, valid in any transaction.
+    unsafe { pg_sys::TransactionIdDidCommit(pg_sys::TransactionId::from(xid)) }
+}
+
 fn reload_config_if_asked() {
     if BackgroundWorker::sighup_received() {
         // SAFETY: the standard reaction to SIGHUP in a worker's main loop.
@@ -125,7 +131,8 @@ pub extern "C-unwind" fn apikey_flusher_main(arg: pg_sys::Datum) {
         let running = BackgroundWorker::wait_latch(Some(crate::guc::usage_flush_interval()));
         reload_config_if_asked();
         let retention = last_retention.is_none_or(|at| at.elapsed() >= RETENTION_EVERY);
-        let had_work = !keys::unwritten_uses(db).is_empty() || !usage::pending(db).is_empty();
+        let had_work =
+            !keys::unwritten_uses(db).is_empty() || !usage::pending(db, |_| true).is_empty();
         match flush_once(db, retention) {
             Some(Schema::Absent) => return,
             Some(_) if retention => last_retention = Some(Instant::now()),
@@ -150,24 +157,30 @@ fn flush_once(db: u32, retention: bool) -> Option<Schema> {
         pg_sys::StartTransactionCommand();
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
     }
-    let taken = std::panic::AssertUnwindSafe(std::cell::RefCell::new(Vec::new()));
-    let outcome = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
+    let outcome = PgTryBuilder::new(|| {
         let schema = flush::schema().unwrap_or_else(|e| e.raise());
-        match schema {
+        let rows = match schema {
             Schema::Absent => {
                 keys::forget_database(db);
                 usage::forget_database(db);
+                return Some(schema);
             }
-            Schema::WithoutUsage => usage::forget_database(db),
-            Schema::Current => *taken.borrow_mut() = usage::take(db),
-        }
-        if !matches!(schema, Schema::Absent) {
-            flush::write(db, &schema, &taken.borrow(), retention).unwrap_or_else(|e| e.raise());
-        }
+            Schema::WithoutUsage => {
+                usage::forget_database(db);
+                Vec::new()
+            }
+            // SAFETY: assigns this transaction its id, which tags the batch in flight.
+            Schema::Current => usage::send(
+                db,
+                unsafe { pg_sys::GetCurrentTransactionId() }.into_inner(),
+                committed,
+            ),
+        };
+        flush::write(db, &schema, &rows, retention).unwrap_or_else(|e| e.raise());
         Some(schema)
-    }))
+    })
     .catch_others(|error| {
-        usage::give_back(db, &taken.borrow());
+        usage::give_back(db);
         let message = match &error {
             pgrx::pg_sys::panic::CaughtError::PostgresError(report)
             | pgrx::pg_sys::panic::CaughtError::ErrorReport(report)
@@ -187,6 +200,9 @@ fn flush_once(db: u32, retention: bool) -> Option<Schema> {
         } else {
             pg_sys::AbortCurrentTransaction();
         }
+    }
+    if outcome.is_some() {
+        usage::landed(db);
     }
     flush::note_flush(outcome.is_some());
     outcome

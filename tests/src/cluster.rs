@@ -8,14 +8,11 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
-fn env_var(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: run the end-to-end tests through scripts/test.sh")
-    })
-}
+use crate::env_var;
 
-/// Runs a PostgreSQL program as the postgres OS user (PostgreSQL refuses to run as root).
-fn as_postgres(tool: &str, args: &[&str]) -> Output {
+/// Runs a PostgreSQL program as the postgres OS user (PostgreSQL refuses to run as root),
+/// from `/` because postgres cannot read the test's working directory.
+pub fn as_postgres(tool: &str, args: &[&str]) -> Output {
     Command::new("runuser")
         .args(["-u", "postgres", "--"])
         .arg(crate::pgbin(tool))
@@ -25,13 +22,21 @@ fn as_postgres(tool: &str, args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("run {tool} through runuser: {e}"))
 }
 
-fn check(what: &str, output: Output) {
-    assert!(
-        output.status.success(),
-        "{what} failed ({}):\n{}\n{}",
+/// Exit status, stdout and stderr of a program, for a failure message.
+pub fn describe(output: &Output) -> String {
+    format!(
+        "{}\nstdout:\n{}\nstderr:\n{}",
         output.status,
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn check(what: &str, output: Output) {
+    assert!(
+        output.status.success(),
+        "{what} failed: {}",
+        describe(&output)
     );
 }
 

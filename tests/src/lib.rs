@@ -14,31 +14,32 @@ use std::sync::atomic::{AtomicU32, Ordering};
 pub use postgres;
 pub use uuid::Uuid;
 
-fn env(name: &str) -> String {
+/// A setting `scripts/test.sh` exports to the end-to-end tests (APIKEY_TEST_*).
+pub fn env_var(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
         panic!("{name} is not set: run the end-to-end tests through scripts/test.sh")
     })
 }
 
 pub fn server_log_path() -> String {
-    env("APIKEY_TEST_LOG")
+    env_var("APIKEY_TEST_LOG")
 }
 
 pub fn pepper_file_path() -> String {
-    env("APIKEY_TEST_PEPPER_FILE")
+    env_var("APIKEY_TEST_PEPPER_FILE")
 }
 
 pub fn pgbin(tool: &str) -> String {
-    format!("{}/{tool}", env("APIKEY_TEST_PGBIN"))
+    format!("{}/{tool}", env_var("APIKEY_TEST_PGBIN"))
 }
 
 /// libpq-style arguments (-h -p -U) for the cluster's command-line tools.
 pub fn cli_args(role: &str, db: &str) -> Vec<String> {
     vec![
         "-h".into(),
-        env("APIKEY_TEST_PGHOST"),
+        env_var("APIKEY_TEST_PGHOST"),
         "-p".into(),
-        env("APIKEY_TEST_PGPORT"),
+        env_var("APIKEY_TEST_PGPORT"),
         "-U".into(),
         role.into(),
         "-d".into(),
@@ -49,8 +50,8 @@ pub fn cli_args(role: &str, db: &str) -> Vec<String> {
 /// Connects over the private unix socket (trust auth) as `role` to database `db`.
 pub fn connect_to(role: &str, db: &str) -> Client {
     connect_at(
-        &env("APIKEY_TEST_PGHOST"),
-        &env("APIKEY_TEST_PGPORT"),
+        &env_var("APIKEY_TEST_PGHOST"),
+        &env_var("APIKEY_TEST_PGPORT"),
         role,
         db,
     )
@@ -66,11 +67,11 @@ pub fn connect_at(host: &str, port: &str, role: &str, db: &str) -> Client {
 }
 
 pub fn connect(role: &str) -> Client {
-    connect_to(role, &env("APIKEY_TEST_PGDATABASE"))
+    connect_to(role, &env_var("APIKEY_TEST_PGDATABASE"))
 }
 
 pub fn superuser() -> Client {
-    connect(&env("APIKEY_TEST_PGUSER"))
+    connect(&env_var("APIKEY_TEST_PGUSER"))
 }
 
 /// A name no other test (or earlier run against the same cluster) has used.
@@ -244,6 +245,43 @@ pub fn error_message<T: std::fmt::Debug>(result: Result<T, postgres::Error>) -> 
             .as_db_error()
             .map(|d| d.message().to_string())
             .unwrap_or_else(|| e.to_string()),
+    }
+}
+
+/// CRC32 (IEEE), as the token checksum uses.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in bytes {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// `body` followed by its checksum: CRC32 as 6 base62 digits.
+pub fn with_checksum(body: &str) -> String {
+    const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut value = u64::from(crc32(body.as_bytes()));
+    let mut digits = [b'0'; 6];
+    for digit in digits.iter_mut().rev() {
+        *digit = BASE62[(value % 62) as usize];
+        value /= 62;
+    }
+    format!("{body}{}", String::from_utf8_lossy(&digits))
+}
+
+/// A well-formed token (valid checksum) for `key_id` with `secret`, as an attacker can make
+/// one offline: only the database can refuse it.
+pub fn forge(key_id: &str, secret: &str) -> Issued {
+    Issued {
+        key_id: key_id.to_string(),
+        token: with_checksum(&format!("{key_id}_{secret}")),
     }
 }
 

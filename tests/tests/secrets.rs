@@ -11,42 +11,6 @@ use std::process::Command;
 const WINDOW: usize = 12;
 const NO_DATA_FOUND: &str = "P0002";
 
-/// CRC32 (IEEE), as the token checksum uses.
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &byte in bytes {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
-/// `body` followed by its checksum: CRC32 as 6 base62 digits.
-fn with_checksum(body: &str) -> String {
-    const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-    let mut value = u64::from(crc32(body.as_bytes()));
-    let mut digits = [b'0'; 6];
-    for digit in digits.iter_mut().rev() {
-        *digit = BASE62[(value % 62) as usize];
-        value /= 62;
-    }
-    format!("{body}{}", String::from_utf8_lossy(&digits))
-}
-
-/// A well-formed token (valid checksum) for `key_id` with `secret`.
-fn forge(key_id: &str, secret: &str) -> Issued {
-    Issued {
-        key_id: key_id.to_string(),
-        token: with_checksum(&format!("{key_id}_{secret}")),
-    }
-}
-
 fn reversed(s: &str) -> String {
     s.chars().rev().collect()
 }

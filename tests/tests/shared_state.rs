@@ -384,37 +384,6 @@ fn a_flood_of_forged_tokens_writes_almost_nothing() {
     assert_eq!(counted, 300, "every failure is counted");
 }
 
-/// `secret` after `key_id`, with a valid checksum, so only the database can refuse it.
-fn forge(key_id: &str, secret: &str) -> Issued {
-    let body = format!("{key_id}_{secret}");
-    let mut value = u64::from(crc32(body.as_bytes()));
-    const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-    let mut digits = [b'0'; 6];
-    for digit in digits.iter_mut().rev() {
-        *digit = BASE62[(value % 62) as usize];
-        value /= 62;
-    }
-    Issued {
-        key_id: key_id.to_string(),
-        token: format!("{body}{}", String::from_utf8_lossy(&digits)),
-    }
-}
-
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &byte in bytes {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
 #[test]
 fn counts_survive_a_clean_restart_and_the_worker_recovers_from_a_crash() {
     let cluster = PrivateCluster::start(&[
@@ -645,4 +614,40 @@ fn usage_and_the_servers_figures_over_http() {
             metrics.body
         );
     }
+}
+
+#[test]
+fn a_count_is_never_missing_or_doubled_while_the_worker_writes_it() {
+    let (mut c, partner) = setup();
+    let key = issue(&mut c, partner, &["a:b"]);
+    for _ in 0..5 {
+        assert_eq!(reason(&mut c, &key.token), "ok");
+    }
+    let total = |c: &mut Client| -> i64 {
+        c.query_one(
+            "SELECT coalesce(sum(count), 0)::bigint FROM apikey_usage(key_id => $1)",
+            &[&key.key_id],
+        )
+        .expect("apikey_usage")
+        .get(0)
+    };
+    // Read over and over while the worker (every 200 ms here) takes the counts out of shared
+    // memory and writes them: every read must see exactly five.
+    let started = std::time::Instant::now();
+    let mut reads = 0;
+    while started.elapsed() < std::time::Duration::from_secs(2) {
+        assert_eq!(total(&mut c), 5, "after {reads} reads");
+        reads += 1;
+    }
+    eventually("the counts are in the table", || {
+        let written: i64 = c
+            .query_one(
+                "SELECT coalesce(sum(count), 0)::bigint FROM apikey.usage WHERE key_id = $1",
+                &[&key.key_id],
+            )
+            .expect("apikey.usage")
+            .get(0);
+        (written == 5).then_some(())
+    });
+    assert_eq!(total(&mut c), 5);
 }

@@ -7,11 +7,12 @@
 //! Each test makes its own standby with pg_basebackup and stops and deletes it when the
 //! test ends, whatever happened (`Standby`'s `Drop`).
 
+use apikey_tests::cluster::{as_postgres, describe};
 use apikey_tests::postgres::Client;
 use apikey_tests::*;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -23,33 +24,6 @@ const REVOKED_CLIENT_IP: &str = "198.51.100.24";
 
 /// How long a standby may take to replay what the primary just committed.
 const REPLAY_TIMEOUT: Duration = Duration::from_secs(30);
-
-fn env_var(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: run the end-to-end tests through scripts/test.sh")
-    })
-}
-
-/// Runs a PostgreSQL program as the postgres OS user (PostgreSQL refuses to run as root),
-/// from `/` because postgres cannot read the test's working directory.
-fn as_postgres(tool: &str, args: &[&str]) -> Output {
-    Command::new("runuser")
-        .args(["-u", "postgres", "--"])
-        .arg(pgbin(tool))
-        .args(args)
-        .current_dir("/")
-        .output()
-        .unwrap_or_else(|e| panic!("run {tool} through runuser: {e}"))
-}
-
-fn describe(output: &Output) -> String {
-    format!(
-        "{}\nstdout:\n{}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
 
 /// A port nothing listens on, near the primary's; tests running in parallel get different
 /// candidates. The standby does not listen on TCP at all (only on its own socket directory),

@@ -67,7 +67,7 @@ pub fn load() {
                     reason,
                     count,
                 };
-                usage::give_back(db, std::slice::from_ref(&row));
+                usage::restore(db, std::slice::from_ref(&row));
             }
             ["l", db, at, key_id] => {
                 if let (Ok(db), Ok(at)) = (db.parse::<u32>(), at.parse::<i64>()) {

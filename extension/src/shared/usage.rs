@@ -1,6 +1,11 @@
 //! Verification counts per database, key, minute and reason, waiting in shared memory for
 //! the background worker to add them to `apikey.usage`. When the table is full, further
 //! counts are dropped and counted as dropped (`apikey_status()`), never grown past.
+//!
+//! While the worker writes a batch, its counts are "in flight", tagged with the worker's
+//! transaction id, and stay in shared memory until that transaction has committed: a reader
+//! (`apikey_usage()`) adds them unless its snapshot already sees the written rows, so a
+//! count is never missing from, nor doubled in, what it reports.
 
 use super::table::TableEntry;
 use super::{database, fixed, handles, Stat};
@@ -24,7 +29,11 @@ pub struct UsageTag {
 
 #[derive(Clone, Copy, Default, Debug)]
 pub struct Count {
+    /// Counted and not yet sent to the table.
     pub count: u64,
+    /// Being written by the transaction `flight_xid`.
+    pub in_flight: u64,
+    pub flight_xid: u32,
     pub partner: Option<[u8; 16]>,
 }
 
@@ -105,7 +114,7 @@ pub fn count(key_id: Option<&str>, partner: Option<[u8; 16]>, reason: Reason, no
     }
 }
 
-fn row(entry: &UsageEntry) -> UsageRow {
+fn row(entry: &UsageEntry, count: u64) -> UsageRow {
     let c = *entry.count.lock();
     let t = entry.tag;
     UsageRow {
@@ -114,11 +123,97 @@ fn row(entry: &UsageEntry) -> UsageRow {
             .then(|| String::from_utf8_lossy(&t.id[..usize::from(t.len)]).into_owned()),
         partner: c.partner,
         reason: Reason::from_code(t.reason).unwrap_or(Reason::Malformed),
-        count: c.count,
+        count,
     }
 }
 
-/// Every count not yet written, in every database.
+/// The counts of database `db` not yet in the table as a reader sees it: counted ones, and
+/// those in flight unless `written` says the reader sees their transaction's rows.
+pub fn pending(db: u32, written: impl Fn(u32) -> bool) -> Vec<UsageRow> {
+    let Some(handles) = handles() else {
+        return Vec::new();
+    };
+    let table = handles.usage.shared();
+    table
+        .entries()
+        .into_iter()
+        .filter(|e| e.tag.db == db)
+        .filter_map(|e| {
+            let c = *e.count.lock();
+            let in_flight = if c.in_flight > 0 && written(c.flight_xid) {
+                0
+            } else {
+                c.in_flight
+            };
+            let count = c.count + in_flight;
+            (count > 0).then(|| row(e, count))
+        })
+        .collect()
+}
+
+/// Marks the counts of database `db` as in flight in transaction `xid` and returns them, for
+/// the worker to write. A batch left in flight by a transaction that did not commit (a
+/// worker that died) is sent again; one that did commit is dropped.
+pub fn send(db: u32, xid: u32, committed: impl Fn(u32) -> bool) -> Vec<UsageRow> {
+    let Some(handles) = handles() else {
+        return Vec::new();
+    };
+    let table = handles.usage.exclusive();
+    table
+        .entries()
+        .into_iter()
+        .filter(|e| e.tag.db == db)
+        .filter_map(|e| {
+            let earlier = {
+                let c = e.count.lock();
+                (c.in_flight > 0).then_some(c.flight_xid)
+            };
+            let landed = earlier.is_some_and(&committed);
+            let mut c = e.count.lock();
+            let carried = if landed { 0 } else { c.in_flight };
+            c.in_flight = carried + c.count;
+            c.count = 0;
+            c.flight_xid = xid;
+            let count = c.in_flight;
+            drop(c);
+            (count > 0).then(|| row(e, count))
+        })
+        .collect()
+}
+
+/// After the worker's transaction committed: its batch is in the table now.
+pub fn landed(db: u32) {
+    settle(db, |c| c.in_flight = 0);
+}
+
+/// After the worker's transaction failed: its batch is counted again, for the next try.
+pub fn give_back(db: u32) {
+    settle(db, |c| {
+        c.count += c.in_flight;
+        c.in_flight = 0;
+    });
+}
+
+fn settle(db: u32, change: impl Fn(&mut Count)) {
+    let Some(handles) = handles() else { return };
+    let mut table = handles.usage.exclusive();
+    let empty: Vec<UsageTag> = table
+        .entries()
+        .into_iter()
+        .filter(|e| e.tag.db == db)
+        .filter_map(|e| {
+            let mut c = e.count.lock();
+            change(&mut c);
+            (c.count == 0 && c.in_flight == 0).then_some(e.tag)
+        })
+        .collect();
+    for tag in &empty {
+        table.remove(tag);
+    }
+}
+
+/// Every count not yet written, in flight or not, in every database (at shutdown, when no
+/// worker runs).
 pub fn pending_everywhere() -> Vec<(u32, UsageRow)> {
     let Some(handles) = handles() else {
         return Vec::new();
@@ -127,45 +222,16 @@ pub fn pending_everywhere() -> Vec<(u32, UsageRow)> {
     table
         .entries()
         .into_iter()
-        .map(|e| (e.tag.db, row(e)))
+        .filter_map(|e| {
+            let c = *e.count.lock();
+            let count = c.count + c.in_flight;
+            (count > 0).then(|| (e.tag.db, row(e, count)))
+        })
         .collect()
 }
 
-/// The counts of database `db` not yet written, without removing them.
-pub fn pending(db: u32) -> Vec<UsageRow> {
-    let Some(handles) = handles() else {
-        return Vec::new();
-    };
-    let table = handles.usage.shared();
-    table
-        .entries()
-        .into_iter()
-        .filter(|e| e.tag.db == db)
-        .map(row)
-        .collect()
-}
-
-/// Removes and returns the counts of database `db`, for the worker to write; a failed write
-/// gives them back with [`give_back`].
-pub fn take(db: u32) -> Vec<UsageRow> {
-    let Some(handles) = handles() else {
-        return Vec::new();
-    };
-    let mut table = handles.usage.exclusive();
-    let entries: Vec<(UsageTag, UsageRow)> = table
-        .entries()
-        .into_iter()
-        .filter(|e| e.tag.db == db)
-        .map(|e| (e.tag, row(e)))
-        .collect();
-    for (tag, _) in &entries {
-        table.remove(tag);
-    }
-    entries.into_iter().map(|(_, row)| row).collect()
-}
-
-/// Puts counts back that could not be written.
-pub fn give_back(db: u32, rows: &[UsageRow]) {
+/// Adds counts brought back by a restart (see `persist`).
+pub fn restore(db: u32, rows: &[UsageRow]) {
     let Some(handles) = handles() else { return };
     let mut table = handles.usage.exclusive();
     for r in rows {
@@ -202,8 +268,20 @@ pub fn databases() -> Vec<u32> {
 
 /// Drops the counts of database `db` (dropped, or without a usage table).
 pub fn forget_database(db: u32) {
-    let dropped: u64 = take(db).iter().map(|r| r.count).sum();
-    if let Some(handles) = handles() {
-        handles.control.count(Stat::UsageDropped, dropped);
+    let Some(handles) = handles() else { return };
+    let mut table = handles.usage.exclusive();
+    let entries: Vec<(UsageTag, u64)> = table
+        .entries()
+        .into_iter()
+        .filter(|e| e.tag.db == db)
+        .map(|e| {
+            let c = e.count.lock();
+            (e.tag, c.count + c.in_flight)
+        })
+        .collect();
+    for (tag, _) in &entries {
+        table.remove(tag);
     }
+    let dropped = entries.iter().map(|(_, n)| n).sum();
+    handles.control.count(Stat::UsageDropped, dropped);
 }
