@@ -435,3 +435,70 @@ fn verify_never_raises_for_hostile_input() {
         }
     }
 }
+
+/// A token pasted into any other argument or field: refused, and neither the answer nor a
+/// log line carries its secret (0.1.0 echoed 39 of its 43 secret characters from `scopes`).
+#[test]
+fn a_token_pasted_into_another_field_is_never_echoed() {
+    let mut c = superuser();
+    let partner = create_partner(&mut c);
+    let victim = issue(&mut c, partner, &["orders:read"]);
+    let mut needles = Needles::default();
+    needles.add_token("the pasted token", &victim);
+    let log_from = server_log_len();
+    let t = victim.token.as_str();
+    let calls: [(&str, &[&(dyn postgres::types::ToSql + Sync)]); 9] = [
+        ("SELECT * FROM apikey_issue($1, ARRAY[$2])", &[&partner, &t]),
+        ("SELECT * FROM apikey_issue($1, '{a:b}', tags => ARRAY[$2])", &[&partner, &t]),
+        ("SELECT * FROM apikey_issue($1, '{a:b}', name => $2)", &[&partner, &t]),
+        ("SELECT * FROM apikey_issue($1, '{a:b}', metadata => jsonb_build_object('note', $2::text))", &[&partner, &t]),
+        ("SELECT * FROM apikey_issue($1, '{a:b}', prefix => $2)", &[&partner, &t]),
+        ("SELECT apikey_partner_create($2, $1::text)", &[&t, &t]),
+        ("SELECT apikey_revoke($1, $2)", &[&victim.key_id, &t]),
+        ("SELECT * FROM apikey_rotate($1, '0', ARRAY[$2])", &[&victim.key_id, &t]),
+        ("SELECT apikey_require_scope($1)", &[&t]),
+    ];
+    for (sql, params) in calls {
+        let err = c.query(sql, params).expect_err(sql);
+        let code = err.code().map(|s| s.code().to_string()).unwrap_or_default();
+        assert!(
+            matches!(code.as_str(), "22023" | "42501"),
+            "{sql}: {code} {}",
+            error_text(&err)
+        );
+        needles.assert_absent(sql, &error_text(&err));
+    }
+    assert_eq!(
+        reason(&mut c, &victim.token),
+        "ok",
+        "the victim key is untouched"
+    );
+
+    let shim = apikey_tests::shim::Shim::start();
+    let operator = operator_key(&mut c);
+    for body in [
+        serde_json::json!({ "partner_id": partner.to_string(), "scopes": [t] }),
+        serde_json::json!({ "partner_id": partner.to_string(), "scopes": ["a:b"], "name": t }),
+        serde_json::json!({ "partner_id": t, "scopes": ["a:b"] }),
+        serde_json::json!({ "partner_id": partner.to_string(), "scopes": ["a:b"], t: 1 }),
+    ] {
+        let response = shim.post_as(&operator.token, "/v1/keys", &body);
+        assert!(
+            matches!(response.status, 400 | 422),
+            "{}: {}",
+            response.status,
+            response.body
+        );
+        needles.assert_absent("a 4xx of POST /v1/keys", &response.body);
+    }
+    let scoped = apikey_tests::shim::send(
+        shim.request("GET", "/v1/verify")
+            .set("X-API-Key", &operator.token)
+            .set("X-Required-Scopes", t),
+        None,
+    );
+    assert_eq!(scoped.status, 400, "{}", scoped.body);
+    needles.assert_absent("a 400 of GET /v1/verify", &scoped.body);
+    needles.assert_absent("the shim's log", &shim.log());
+    needles.assert_absent("the server log", &server_log_since(log_from));
+}
