@@ -16,7 +16,7 @@ use pgrx::bgworkers::{
     SignalWakeFlags,
 };
 use pgrx::prelude::*;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 const LAUNCHER_TICK: Duration = Duration::from_secs(1);
@@ -46,6 +46,8 @@ pub extern "C-unwind" fn apikey_launcher_main(_arg: pg_sys::Datum) {
     // No database: the launcher reads only the shared catalog pg_database.
     BackgroundWorker::connect_worker_to_spi(None, None);
     let mut flushers: HashMap<u32, DynamicBackgroundWorker> = HashMap::new();
+    // Databases already reported as waiting for a worker slot: said once, not every second.
+    let mut reported: HashSet<u32> = HashSet::new();
     while BackgroundWorker::wait_latch(Some(LAUNCHER_TICK)) {
         reload_config_if_asked();
         flushers.retain(|_, worker| {
@@ -70,9 +72,17 @@ pub extern "C-unwind" fn apikey_launcher_main(_arg: pg_sys::Datum) {
             match start_flusher(db) {
                 Some(worker) => {
                     flushers.insert(db, worker);
+                    reported.remove(&db);
                 }
                 // Out of worker slots (max_worker_processes): try again next tick.
-                None => log!("apikey: no background worker slot free to flush database {db}"),
+                None => {
+                    if reported.insert(db) {
+                        warning!(
+                            "apikey: no background worker slot free to flush database {db}; \
+                             raise max_worker_processes"
+                        );
+                    }
+                }
             }
         }
     }
