@@ -23,7 +23,8 @@ if [ -n "${APIKEY_LIB_SOURCED:-}" ]; then
 fi
 APIKEY_LIB_SOURCED=1
 
-PGBIN=/usr/lib/postgresql/15/bin
+# The PostgreSQL to build for and run: Debian's 15 unless APIKEY_PGBIN names another bin/.
+PGBIN="${APIKEY_PGBIN:-/usr/lib/postgresql/15/bin}"
 APIKEY_REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # cargo is installed per user by rustup; non-login shells (CI, sudo) may not have it on PATH.
 export PATH="${HOME:-/root}/.cargo/bin:$PATH"

@@ -8,6 +8,7 @@
 //! ago is seen even inside a long statement or a REPEATABLE READ transaction. The
 //! AccessShareLock is kept until the transaction ends, like the executor does.
 
+use crate::compat;
 use crate::error::{ApiError, ApiResult};
 use pgrx::{pg_guard, pg_sys, FromDatum, IntoDatum};
 use std::cell::{Cell, RefCell};
@@ -26,10 +27,9 @@ impl Found {
         // for as long as this `Found` exists (see `by_primary_key`).
         unsafe {
             let desc = (*self.slot).tts_tupleDescriptor;
-            let natts = (*desc).natts;
-            let attrs = (*desc).attrs.as_slice(natts as usize);
-            let Some(index) = attrs
-                .iter()
+            let natts = usize::try_from((*desc).natts).unwrap_or(0);
+            let Some(index) = (0..natts)
+                .map(|i| compat::attribute(desc, i))
                 .position(|a| !a.attisdropped && name_is(&a.attname, column))
             else {
                 return Err(ApiError::internal(format!(
@@ -44,7 +44,7 @@ impl Found {
             Ok(T::from_polymorphic_datum(
                 datum,
                 is_null,
-                attrs[index].atttypid,
+                compat::attribute(desc, index).atttypid,
             ))
         }
     }
@@ -432,7 +432,7 @@ impl Snapshot {
         // before returning.
         unsafe {
             let idx = open(key.table(), Part::Index)?;
-            let scan = pg_sys::index_beginscan(rel, idx, self.0, 1, 0);
+            let scan = compat::index_beginscan(rel, idx, self.0);
             let mut scan_key = pg_sys::ScanKeyData::default();
             pg_sys::ScanKeyInit(
                 &mut scan_key,

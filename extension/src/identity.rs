@@ -24,8 +24,7 @@ thread_local! {
 }
 
 pub fn local_xid() -> pg_sys::LocalTransactionId {
-    // SAFETY: MyProc is set for every backend before any SQL function can run.
-    unsafe { (*pg_sys::MyProc).lxid }
+    crate::compat::local_xid()
 }
 
 pub fn set(identity: Identity) {

@@ -25,6 +25,7 @@ macro_rules! v1_call_info {
 mod access;
 mod audit;
 mod clock;
+mod compat;
 mod db;
 mod error;
 mod fetch;

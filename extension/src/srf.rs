@@ -15,7 +15,7 @@ pub unsafe fn return_one_row(
     values: &mut [pg_sys::Datum],
     nulls: &mut [bool],
 ) -> pg_sys::Datum {
-    // SAFETY: per the contract. SetSingleFuncCall raises a clean ERROR where no set is
+    // SAFETY: per the contract. InitMaterializedSRF raises a clean ERROR where no set is
     // accepted; it reads expectedDesc only when asked to, and only if the caller gave one.
     unsafe {
         let rsinfo = (*fcinfo).resultinfo.cast::<pg_sys::ReturnSetInfo>();
@@ -28,7 +28,7 @@ pub unsafe fn return_one_row(
         } else {
             0
         };
-        pg_sys::SetSingleFuncCall(fcinfo, flags);
+        crate::compat::init_materialized_srf(fcinfo, flags);
         if !usize::try_from((*(*rsinfo).setDesc).natts).is_ok_and(|n| n <= values.len()) {
             pgrx::error!("apikey: result row does not match the declared result columns");
         }
