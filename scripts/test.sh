@@ -46,6 +46,8 @@ apikey_paths
 # The server log dies with the state dir; a copy outlives it so CI failures can be read.
 saved_log="${TMPDIR:-/tmp}/$(basename "$APIKEY_STATE_DIR")-postgresql.log"
 rm -f "$saved_log"
+# What cargo test printed, to check that every test target ran.
+cargo_output="$(mktemp "${TMPDIR:-/tmp}/apikey-cargo-test.XXXXXX")"
 
 results=()
 failed=0
@@ -62,6 +64,7 @@ finish() {
   if [ -f "$APIKEY_LOG" ]; then
     cp -f "$APIKEY_LOG" "$saved_log"
   fi
+  rm -f "$cargo_output"
   # In a subshell: a die inside cluster_destroy must not skip the summary below.
   (cluster_destroy)
   echo
@@ -104,9 +107,10 @@ if [ "$#" -eq 0 ]; then
   rc=0
   log "unit tests: cargo test --release -p apikey --lib --features pg$APIKEY_PG_MAJOR"
   (cd "$APIKEY_REPO_ROOT" && cargo test --release -p apikey --lib --no-default-features \
-    --features "pg$APIKEY_PG_MAJOR") || rc=$?
-  log "unit tests: cargo test --release -p apikey-contract -p apikey-shim"
-  (cd "$APIKEY_REPO_ROOT" && cargo test --release -p apikey-contract -p apikey-shim) || rc=$?
+    --features "pg$APIKEY_PG_MAJOR" 2>&1 | tee -a "$cargo_output") || rc=$?
+  log "unit tests: cargo test --release -p apikey-contract -p apikey-core -p apikey-shim"
+  (cd "$APIKEY_REPO_ROOT" && cargo test --release -p apikey-contract -p apikey-core -p apikey-shim 2>&1 \
+    | tee -a "$cargo_output") || rc=$?
   if [ "$rc" -eq 0 ]; then record "unit tests" ok; else record "unit tests" FAIL; fi
 else
   record "unit tests (only end-to-end files asked for)" skip
@@ -154,8 +158,14 @@ if [ -f "$APIKEY_REPO_ROOT/tests/Cargo.toml" ]; then
   rc=0
   # --no-fail-fast: one failing file must not hide the others' results.
   log "end-to-end tests: cargo test --release --no-fail-fast -p apikey-tests $* -- --test-threads=2"
-  (cd "$APIKEY_REPO_ROOT" && cargo test --release --no-fail-fast -p apikey-tests "$@" -- --test-threads=2) || rc=$?
+  (cd "$APIKEY_REPO_ROOT" && cargo test --release --no-fail-fast -p apikey-tests "$@" \
+    -- --test-threads=2 2>&1 | tee -a "$cargo_output") || rc=$?
   if [ "$rc" -eq 0 ]; then record "end-to-end tests" ok; else record "end-to-end tests" FAIL; fi
+  if [ "$#" -eq 0 ]; then
+    rc=0
+    (cd "$APIKEY_REPO_ROOT" && python3 scripts/check-test-targets.py "$cargo_output") || rc=$?
+    if [ "$rc" -eq 0 ]; then record "every test target ran" ok; else record "every test target ran" FAIL; fi
+  fi
 else
   log "tests/Cargo.toml does not exist yet: skipping the end-to-end tests"
   record "end-to-end tests (tests/Cargo.toml missing)" skip

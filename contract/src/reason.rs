@@ -89,4 +89,21 @@ mod tests {
         assert_eq!(Reason::from_code(13), None);
         assert_eq!(Reason::parse("OK"), None);
     }
+
+    #[test]
+    fn only_failures_of_an_authentic_key_reveal_its_identity() {
+        let revealing: Vec<Reason> = Reason::ALL
+            .into_iter()
+            .filter(|r| r.reveals_identity())
+            .collect();
+        assert_eq!(
+            revealing,
+            [
+                Reason::Ok,
+                Reason::IpNotAllowed,
+                Reason::InsufficientScope,
+                Reason::RateLimited
+            ]
+        );
+    }
 }

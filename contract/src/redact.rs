@@ -178,4 +178,15 @@ mod tests {
             "{MAX_EXCERPT_CHARS} characters are kept whole"
         );
     }
+
+    #[test]
+    fn a_run_is_cut_only_when_longer_than_the_limit() {
+        let limit = "x".repeat(MAX_RUN);
+        assert_eq!(without_secrets(&limit), limit);
+        let longer = "y".repeat(MAX_RUN + 1);
+        assert_eq!(
+            without_secrets(&longer),
+            format!("{}{CUT}", &longer[..RUN_KEPT])
+        );
+    }
 }

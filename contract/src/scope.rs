@@ -155,4 +155,15 @@ mod tests {
             assert!(validate(bad).is_err(), "{bad:?}");
         }
     }
+
+    #[test]
+    fn a_scope_may_be_exactly_the_longest_allowed() {
+        let longest = format!("orders:{}", "r".repeat(MAX_SCOPE_LEN - "orders:".len()));
+        assert_eq!(longest.len(), MAX_SCOPE_LEN);
+        assert_eq!(validate(&longest), Ok(()));
+        assert_eq!(
+            validate(&format!("{longest}r")),
+            Err(format!("longer than {MAX_SCOPE_LEN} bytes"))
+        );
+    }
 }

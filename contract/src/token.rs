@@ -138,6 +138,12 @@ struct RandomBase62 {
     pool: Vec<u8>,
 }
 
+/// The base62 character a random byte stands for, or `None` for the 8 bytes (248..=255)
+/// that would make the low characters more likely.
+fn unbiased_base62(byte: u8) -> Option<char> {
+    (byte < 248).then(|| BASE62[usize::from(byte % 62)] as char)
+}
+
 impl RandomBase62 {
     fn chars(&mut self, count: usize) -> Result<String, getrandom::Error> {
         let mut out = String::with_capacity(count);
@@ -147,10 +153,8 @@ impl RandomBase62 {
                 getrandom::getrandom(&mut buf)?;
                 self.pool.extend_from_slice(&buf);
             }
-            if let Some(byte) = self.pool.pop() {
-                if byte < 248 {
-                    out.push(BASE62[(byte % 62) as usize] as char);
-                }
+            if let Some(c) = self.pool.pop().and_then(unbiased_base62) {
+                out.push(c);
             }
         }
         Ok(out)
@@ -294,5 +298,47 @@ mod tests {
         assert_eq!(checksum(b"").len(), CHECKSUM_LEN);
         assert_eq!(checksum(b"ak_live_x"), checksum(b"ak_live_x"));
         assert_ne!(checksum(b"ak_live_x"), checksum(b"ak_live_y"));
+    }
+
+    #[test]
+    fn random_bytes_past_the_last_whole_alphabet_are_dropped() {
+        assert_eq!(unbiased_base62(0), Some('0'));
+        assert_eq!(unbiased_base62(61), Some('z'));
+        assert_eq!(unbiased_base62(62), Some('0'));
+        assert_eq!(unbiased_base62(247), Some('z'));
+        for byte in 248..=255 {
+            assert_eq!(unbiased_base62(byte), None, "{byte}");
+        }
+    }
+
+    /// `body` (everything before the checksum) with its correct checksum appended.
+    fn signed(body: &str) -> String {
+        format!("{body}{}", checksum(body.as_bytes()))
+    }
+
+    #[test]
+    fn the_longest_prefix_makes_the_longest_token_that_parses() {
+        let t = generate(&"p".repeat(MAX_PREFIX_LEN), "test").expect("CSPRNG available");
+        assert_eq!(t.token.len(), MAX_TOKEN_LEN);
+        assert_eq!(parse(&t.token).map(|p| p.key_id), Some(t.key_id.as_str()));
+    }
+
+    #[test]
+    fn a_correct_checksum_does_not_make_a_bad_shape_valid() {
+        let t = fresh();
+        let body = &t.token[..t.token.len() - CHECKSUM_LEN];
+        assert!(parse(&signed(body)).is_some(), "the control case parses");
+        // A character outside [A-Za-z0-9_] in the secret.
+        let dashed = format!(
+            "{}-{}",
+            &body[..body.len() - 1 - 20],
+            &body[body.len() - 20..]
+        );
+        assert_eq!(dashed.len(), body.len());
+        assert_eq!(parse(&signed(&dashed)), None, "{dashed}");
+        // A key id of the wrong shape (an unknown environment) with a secret of the right length.
+        let id = &t.key_id[t.key_id.len() - ID_LEN..];
+        let prod = format!("ak_prod_{id}_{}", t.secret());
+        assert_eq!(parse(&signed(&prod)), None, "{prod}");
     }
 }

@@ -30,6 +30,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::fetch::{self, PrimaryKey};
 use crate::net::NetAddr;
 use crate::sqltypes::{CidrList, TextList};
+use apikey_contract::key_state::KeyState;
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::{pg_guard, pg_sys};
 use std::cell::RefCell;
@@ -63,8 +64,14 @@ impl StoredKey {
             .is_none_or(|list| client().is_some_and(|ip| list.admits(&ip)))
     }
 
-    pub fn expires_at_tz(&self) -> Option<pg_sys::TimestampTz> {
-        self.expires_at.map(pg_sys::TimestampTz::from)
+    pub fn state(&self) -> KeyState {
+        KeyState {
+            revoked_at: self.revoked_at,
+            enabled: self.enabled,
+            partner_active: self.partner_active,
+            expires_at: self.expires_at.map(pg_sys::TimestampTz::from),
+            not_before: self.not_before,
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! apikey: API keys that live inside PostgreSQL.
 //!
-//! Pure logic (no database): `hash`, `pepper`, `validate`, `net`, and from the shared
-//! `apikey_contract` crate `token`, `scope` and `redact`.
+//! Pure logic (no database) lives in two crates: `apikey_core` (`hash`, `pepper`, `validate`,
+//! `net`) and the shared `apikey_contract` (`token`, `scope`, `redact`, `key_state`).
 //! SQL-facing glue: `verify`, `lifecycle`, `partner`, `identity`, with `access` (who may do
 //! what), `audit`, `db` (SPI plans), `fetch` (index lookups), `known_keys` (the key rows a
 //! backend remembers), `sqltypes`, `srf`, `guc` and `error` shared between them.
@@ -31,13 +31,10 @@ mod error;
 mod fetch;
 mod flush;
 mod guc;
-mod hash;
 mod identity;
 mod known_keys;
 mod lifecycle;
-mod net;
 mod partner;
-mod pepper;
 mod proof;
 mod scope;
 mod shared;
@@ -45,12 +42,12 @@ mod sqltypes;
 mod srf;
 mod status;
 mod usage_report;
-mod validate;
 mod verify;
 mod version;
 mod worker;
 
 use apikey_contract::{reason, redact, token};
+use apikey_core::{hash, net, pepper, validate};
 
 ::pgrx::pg_module_magic!();
 

@@ -226,16 +226,8 @@ fn decide<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
         Checked::Mismatch => return fail(Reason::SecretMismatch, Some(key_id), Some(row)),
     };
 
-    let reason = if row.revoked_at.is_some_and(|t| t <= now) {
-        Reason::Revoked
-    } else if !row.enabled {
-        Reason::Disabled
-    } else if !row.partner_active {
-        Reason::PartnerInactive
-    } else if row.expires_at_tz().is_some_and(|t| t <= now) {
-        Reason::Expired
-    } else if row.not_before.is_some_and(|t| t > now) {
-        Reason::NotYetValid
+    let reason = if let Some(refusal) = row.state().refusal_at(now) {
+        refusal
     } else if !row.admits(|| request.client_ip.and_then(|ip| ip.addr())) {
         Reason::IpNotAllowed
     } else if !scope::has_all(&row.scopes, request.required.iter().map(Option::as_deref)) {

@@ -67,15 +67,15 @@ pub fn presented_key(
         found.extend(query_keys);
     }
     found.retain(|k| !k.is_empty());
+    // The same key sent twice (in X-API-Key and Authorization, say) is one key.
+    found.sort_unstable();
     found.dedup();
-    match found.len() {
-        0 => Ok(PresentedKey(None)),
-        1 => Ok(PresentedKey(found.pop())),
-        _ if found.iter().all(|k| k == &found[0]) => Ok(PresentedKey(found.pop())),
-        _ => Err(AppError::bad_request(
+    if found.len() > 1 {
+        return Err(AppError::bad_request(
             "the request carries two different API keys",
-        )),
+        ));
     }
+    Ok(PresentedKey(found.pop()))
 }
 
 /// The client address: the TCP peer, or, when the peer is a trusted proxy, the nearest
@@ -175,12 +175,27 @@ mod tests {
             Some("t4")
         );
         assert!(key(&[("x-api-key", "t1")], Some("api_key=t4"), true).is_err());
-    }
-
-    #[test]
-    fn presented_keys_are_redacted_in_debug_output() {
-        let k = presented_key(&headers(&[("x-api-key", "ak_live_secret")]), None, false).unwrap();
-        assert!(!format!("{k:?}").contains("secret"));
+        // The same key from every source is one key; a different one anywhere is refused.
+        assert_eq!(
+            key(
+                &[("x-api-key", "t1"), ("authorization", "ApiKey t1")],
+                Some("api_key=t1"),
+                true
+            )
+            .unwrap()
+            .token(),
+            Some("t1")
+        );
+        assert!(key(
+            &[
+                ("x-api-key", "t1"),
+                ("x-api-key", "t2"),
+                ("authorization", "Bearer t1")
+            ],
+            None,
+            false
+        )
+        .is_err());
     }
 
     #[test]
@@ -214,5 +229,15 @@ mod tests {
             client_ip(mapped, &HeaderMap::new(), &[]),
             "192.0.2.1".parse::<IpAddr>().unwrap()
         );
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_key() {
+        let token = "ak_live_0123456789abcdef_secret";
+        let key = presented_key(&headers(&[("x-api-key", token)]), None, false).unwrap();
+        assert_eq!(key.token(), Some(token));
+        assert_eq!(format!("{key:?}"), "PresentedKey(<redacted>)");
+        let none = presented_key(&headers(&[]), None, false).unwrap();
+        assert_eq!(format!("{none:?}"), "PresentedKey(None)");
     }
 }

@@ -219,15 +219,22 @@ impl IntoResponse for AppError {
     }
 }
 
-/// Maps a database error by SQLSTATE. The extension's messages name the offending argument
-/// and never contain a token, so they are passed to the client as they are.
+/// A database error: by SQLSTATE when the server answered, unavailable when it could not.
 impl From<tokio_postgres::Error> for AppError {
     fn from(e: tokio_postgres::Error) -> Self {
-        let Some(db) = e.as_db_error() else {
-            return AppError::Unavailable(e.to_string());
-        };
-        let message = db.message().to_string();
-        match db.code().code() {
+        match e.as_db_error() {
+            Some(db) => AppError::from_sqlstate(db.code().code(), db.message()),
+            None => AppError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+impl AppError {
+    /// The extension's messages name the offending argument and never contain a token, so
+    /// they are passed to the client as they are.
+    fn from_sqlstate(code: &str, message: &str) -> Self {
+        let message = message.to_string();
+        match code {
             "42501" => AppError::Forbidden {
                 reason: "forbidden".into(),
                 message,
@@ -328,5 +335,345 @@ mod tests {
         ] {
             assert_eq!(status(r), StatusCode::UNAUTHORIZED, "{r}");
         }
+    }
+
+    /// Status, JSON body and the headers a client acts on, as sent.
+    fn sent(e: AppError) -> (u16, serde_json::Value, Vec<(String, String)>) {
+        let response = e.into_response();
+        let status = response.status().as_u16();
+        let mut headers: Vec<(String, String)> = response
+            .headers()
+            .iter()
+            .filter(|(name, _)| *name != header::CONTENT_TYPE && *name != header::CONTENT_LENGTH)
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("?").to_string()))
+            .collect();
+        headers.sort();
+        let body = serde_json::from_str(&futures_body(response)).expect("a JSON body");
+        (status, body, headers)
+    }
+
+    fn header(name: &str, value: &str) -> (String, String) {
+        (name.to_string(), value.to_string())
+    }
+
+    #[test]
+    fn sqlstates_map_to_statuses_reasons_and_fields() {
+        let cases: [(&str, &str, u16, &str, Option<&str>); 14] = [
+            ("42501", "permission denied", 403, "forbidden", None),
+            (
+                "P0002",
+                "key ak_live_x does not exist",
+                404,
+                "not_found",
+                None,
+            ),
+            ("55000", "key already rotated", 409, "conflict", None),
+            ("23505", "partner already exists", 409, "conflict", None),
+            (
+                "22023",
+                "invalid scopes: scope \"x\" is invalid",
+                422,
+                "invalid_field",
+                Some("scopes"),
+            ),
+            (
+                "22004",
+                "rate_per_minute must not be NULL",
+                422,
+                "invalid_field",
+                Some("rate_per_minute"),
+            ),
+            (
+                "22P02",
+                "invalid input syntax for type uuid",
+                422,
+                "invalid_field",
+                None,
+            ),
+            ("F0000", "pepper file unreadable", 503, "unavailable", None),
+            ("57P01", "terminating connection", 503, "unavailable", None),
+            ("57P02", "crash shutdown", 503, "unavailable", None),
+            (
+                "57P03",
+                "the database system is starting up",
+                503,
+                "unavailable",
+                None,
+            ),
+            ("53300", "too many connections", 503, "unavailable", None),
+            ("08006", "connection failure", 503, "unavailable", None),
+            ("XX000", "something broke", 500, "internal", None),
+        ];
+        for (code, message, status, reason, field) in cases {
+            let (got_status, body, _) = sent(AppError::from_sqlstate(code, message));
+            assert_eq!(
+                (got_status, body["reason"].as_str(), body["field"].as_str()),
+                (status, Some(reason), field),
+                "{code}"
+            );
+            let shown_message = body["error"].as_str().expect("a message");
+            if status < 500 {
+                assert_eq!(
+                    shown_message, message,
+                    "{code}: a client error says what is wrong"
+                );
+            } else {
+                assert!(
+                    !shown_message.contains(message),
+                    "{code}: server detail stays in the log"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn each_variant_has_its_status_reason_and_headers() {
+        let rate = crate::rate::Rate {
+            quota: 300,
+            remaining: 0,
+            reset_seconds: 30,
+            refused: true,
+        };
+        let cases = [
+            (
+                AppError::from_reason("expired"),
+                401,
+                "expired",
+                "the API key has expired",
+                vec![header(
+                    "www-authenticate",
+                    "ApiKey realm=\"apikey\", error=\"expired\"",
+                )],
+            ),
+            (
+                AppError::from_reason("insufficient_scope"),
+                403,
+                "insufficient_scope",
+                "the key lacks a required scope",
+                vec![],
+            ),
+            (
+                AppError::from_reason("ip_not_allowed"),
+                403,
+                "ip_not_allowed",
+                "the key may not be used from this address",
+                vec![],
+            ),
+            (
+                AppError::from_reason("rate_limited"),
+                429,
+                "rate_limited",
+                "rate limit exceeded",
+                vec![
+                    header("ratelimit", "\"key\";r=0;t=1"),
+                    header("ratelimit-policy", "\"key\";q=0;w=60"),
+                    header("retry-after", "1"),
+                ],
+            ),
+            (
+                AppError::RateLimited(rate),
+                429,
+                "rate_limited",
+                "rate limit exceeded",
+                vec![
+                    header("ratelimit", "\"key\";r=0;t=30"),
+                    header("ratelimit-policy", "\"key\";q=300;w=60"),
+                    header("retry-after", "30"),
+                ],
+            ),
+            (
+                AppError::bad_request("no"),
+                400,
+                "bad_request",
+                "no",
+                vec![],
+            ),
+            (
+                AppError::invalid_field("name", "too long"),
+                422,
+                "invalid_field",
+                "too long",
+                vec![],
+            ),
+            (
+                AppError::NotFound("gone".into()),
+                404,
+                "not_found",
+                "gone",
+                vec![],
+            ),
+            (
+                AppError::MethodNotAllowed,
+                405,
+                "method_not_allowed",
+                "this route does not accept that method",
+                vec![],
+            ),
+            (
+                AppError::Conflict("twice".into()),
+                409,
+                "conflict",
+                "twice",
+                vec![],
+            ),
+            (
+                AppError::PayloadTooLarge,
+                413,
+                "payload_too_large",
+                "request body too large",
+                vec![],
+            ),
+            (
+                AppError::UnsupportedMediaType("send JSON".into()),
+                415,
+                "unsupported_media_type",
+                "send JSON",
+                vec![],
+            ),
+            (
+                AppError::Unavailable("connection refused".into()),
+                503,
+                "unavailable",
+                "the key database is unavailable; retry later",
+                vec![header("retry-after", "1")],
+            ),
+            (
+                AppError::TimedOut,
+                503,
+                "unavailable",
+                "the request took longer than the shim's time limit; retry later",
+                vec![header("retry-after", "1")],
+            ),
+            (
+                AppError::Internal("SQLSTATE XX000: detail".into()),
+                500,
+                "internal",
+                "internal error",
+                vec![],
+            ),
+        ];
+        for (error, status, reason, message, headers) in cases {
+            let what = format!("{error:?}");
+            let (got_status, body, got_headers) = sent(error);
+            assert_eq!(got_status, status, "{what}");
+            assert_eq!(body["reason"], reason, "{what}");
+            assert_eq!(body["error"], message, "{what}");
+            assert_eq!(got_headers, headers, "{what}");
+        }
+        let (_, body, _) = sent(AppError::invalid_field("name", "too long"));
+        assert_eq!(body["field"], "name");
+    }
+
+    #[test]
+    fn every_unauthorized_reason_has_its_own_message() {
+        let cases = [
+            (
+                "missing_key",
+                "no API key: send it in X-API-Key or Authorization: ApiKey <token>",
+            ),
+            ("malformed", "the API key is malformed"),
+            ("revoked", "the API key was revoked"),
+            ("disabled", "the API key is disabled"),
+            ("expired", "the API key has expired"),
+            ("not_yet_valid", "the API key is not valid yet"),
+            ("partner_inactive", "the API key's partner is inactive"),
+            ("unknown_key", "the API key is not valid"),
+            ("secret_mismatch", "the API key is not valid"),
+        ];
+        for (reason, message) in cases {
+            assert_eq!(unauthorized_message(reason), message);
+        }
+    }
+
+    #[test]
+    fn messages_are_cut_only_past_the_limit() {
+        let limit = "word ".repeat(MAX_MESSAGE_CHARS / 5);
+        assert_eq!(limit.chars().count(), MAX_MESSAGE_CHARS);
+        assert_eq!(shown(&limit), limit);
+        let longer = format!("{limit}w");
+        let cut = shown(&longer);
+        assert_eq!(cut.chars().count(), MAX_MESSAGE_CHARS);
+        assert_eq!(cut, format!("{}…", &limit[..MAX_MESSAGE_CHARS - 1]));
+    }
+
+    #[test]
+    fn field_names_may_hold_lowercase_letters_underscores_and_dots() {
+        for field in ["scopes", "rate_per_minute", "metadata.team", "a"] {
+            assert_eq!(
+                field_of(&format!("invalid {field}: bad")).as_deref(),
+                Some(field)
+            );
+        }
+        for not_a_field in ["Scopes", "two words", "x-y", "scopes1"] {
+            assert_eq!(
+                field_of(&format!("invalid {not_a_field}: bad")),
+                None,
+                "{not_a_field}"
+            );
+        }
+    }
+
+    /// What the shim logs while `f` runs.
+    fn logged(f: impl FnOnce()) -> String {
+        use std::sync::{Arc, Mutex};
+        struct Sink(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().expect("sink").extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let writer = Arc::clone(&buffer);
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || Sink(Arc::clone(&writer)))
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8_lossy(&buffer.lock().expect("sink")).into_owned();
+        text
+    }
+
+    #[test]
+    fn server_failures_are_logged_once_and_client_mistakes_not_at_all() {
+        let token = "ak_live_0123456789abcdef_ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopq012345";
+        let internal = logged(|| {
+            drop(AppError::Internal(format!("SQLSTATE XX000: broke near {token}")).into_response());
+        });
+        assert_eq!(internal.lines().count(), 1, "{internal}");
+        assert!(
+            internal.contains("ERROR") && internal.contains("internal error"),
+            "{internal}"
+        );
+        assert!(
+            internal.contains("SQLSTATE XX000: broke near ak_live_0123456789abcdef_…"),
+            "{internal}"
+        );
+        assert!(!internal.contains("ABCDEFGHIJ"), "{internal}");
+
+        let unavailable = logged(|| {
+            drop(AppError::Unavailable("connection refused".into()).into_response());
+        });
+        assert_eq!(unavailable.lines().count(), 1, "{unavailable}");
+        assert!(
+            unavailable.contains("WARN")
+                && unavailable.contains("database unavailable")
+                && unavailable.contains("connection refused"),
+            "{unavailable}"
+        );
+
+        let quiet = logged(|| {
+            for quiet in [
+                AppError::from_reason("revoked"),
+                AppError::bad_request("no"),
+                AppError::TimedOut,
+            ] {
+                drop(quiet.into_response());
+            }
+        });
+        assert_eq!(quiet, "");
     }
 }

@@ -81,15 +81,13 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, AppError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let message = e.inner().to_string();
-        let field = match path.as_str() {
-            "." | "" => field_in(&message),
+        let (field, message) = match path.as_str() {
+            "." | "" => (field_in(&message), message),
             // "scopes[2]" and "metadata.team" name the field "scopes" and "metadata".
-            p => p.split(['.', '[']).next().map(str::to_string),
-        };
-        let message = if path == "." || path.is_empty() {
-            message
-        } else {
-            format!("{path}: {message}")
+            p => (
+                p.split(['.', '[']).next().map(str::to_string),
+                format!("{p}: {message}"),
+            ),
         };
         AppError::Unprocessable { message, field }
     })
@@ -206,6 +204,19 @@ mod tests {
     }
 
     #[test]
+    fn nested_errors_say_where_and_top_level_ones_do_not() {
+        let message = |body: &str| match parse::<Issue>(body.as_bytes()) {
+            Err(AppError::Unprocessable { message, .. }) => message,
+            other => panic!("expected 422 for {body}, got {other:?}"),
+        };
+        assert_eq!(
+            message(r#"{"scopes": [1]}"#),
+            "scopes[0]: invalid type: integer `1`, expected a string"
+        );
+        assert_eq!(message(r#"{"name": "x"}"#), "missing field `scopes`");
+    }
+
+    #[test]
     fn syntax_errors_are_bad_requests() {
         assert!(matches!(
             parse::<Issue>(b"{"),
@@ -230,5 +241,38 @@ mod tests {
         assert!(!with("text/plain"));
         assert!(!with("application/x-www-form-urlencoded"));
         assert!(require_json_content_type(&HeaderMap::new()).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_413() {
+        use axum::body::{Body, Bytes};
+        let over = Request::new(Body::from(vec![b'x'; (2 << 20) + 1]));
+        let rejection = Bytes::from_request(over, &())
+            .await
+            .expect_err("over axum's 2 MB");
+        assert!(matches!(
+            AppError::from(rejection),
+            AppError::PayloadTooLarge
+        ));
+    }
+
+    #[test]
+    fn fields_are_read_from_serde_and_query_messages() {
+        let cases = [
+            ("unknown field `colour`, expected `name`", Some("colour")),
+            (
+                "unknown variant `purple`, expected one of `a`",
+                Some("purple"),
+            ),
+            ("limit: invalid digit found in string", Some("limit")),
+            ("rate_per_minute: number too large", Some("rate_per_minute")),
+            (": no name", None),
+            ("two words: no name", None),
+            ("a-b: no name", None),
+            ("no colon at all", None),
+        ];
+        for (text, field) in cases {
+            assert_eq!(field_in(text).as_deref(), field, "{text}");
+        }
     }
 }

@@ -237,14 +237,14 @@ pub fn sqlstate<T: std::fmt::Debug>(result: Result<T, postgres::Error>) -> Strin
     }
 }
 
-/// The message of a failed statement, or a panic if it did not fail.
-pub fn error_message<T: std::fmt::Debug>(result: Result<T, postgres::Error>) -> String {
+/// The SQLSTATE and message of a failed statement, or a panic if it did not fail.
+pub fn db_error<T: std::fmt::Debug>(result: Result<T, postgres::Error>) -> (String, String) {
     match result {
         Ok(v) => panic!("expected an error, got {v:?}"),
-        Err(e) => e
-            .as_db_error()
-            .map(|d| d.message().to_string())
-            .unwrap_or_else(|| e.to_string()),
+        Err(e) => match e.as_db_error() {
+            Some(d) => (d.code().code().to_string(), d.message().to_string()),
+            None => panic!("not an error of the server: {e}"),
+        },
     }
 }
 

@@ -326,7 +326,7 @@ fn the_invalidation_trigger_function_is_not_callable() {
 #[test]
 fn a_revocation_reaches_every_busy_session_at_once() {
     use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
+    use std::sync::{Arc, Barrier};
     let mut dbs = Databases::default();
     let (db, mut dba) = with_extension(&mut dbs, "apikey_cache_busy");
     let partner = create_partner(&mut dba);
@@ -337,11 +337,17 @@ fn a_revocation_reaches_every_busy_session_at_once() {
         &[&partner],
     );
     let revoked = Arc::new(AtomicBool::new(false));
+    // Every session has proven the key in its own cache and is in its loop before the
+    // revocation is sent.
+    let looping = Arc::new(Barrier::new(5));
     let sessions: Vec<_> = (0..4)
         .map(|_| {
             let (db, token, revoked) = (db.clone(), key.token.clone(), Arc::clone(&revoked));
+            let looping = Arc::clone(&looping);
             std::thread::spawn(move || {
                 let mut c = connect_to("postgres", &db);
+                assert_eq!(reason(&mut c, &token), "ok");
+                looping.wait();
                 let mut after = 0;
                 // Bounded, so a revocation that never comes fails the test instead of hanging it.
                 for _ in 0..200_000 {
@@ -361,7 +367,7 @@ fn a_revocation_reaches_every_busy_session_at_once() {
             })
         })
         .collect();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    looping.wait();
     dba.execute("SELECT apikey_revoke($1)", &[&key.key_id])
         .expect("revoke");
     revoked.store(true, Ordering::SeqCst);

@@ -71,7 +71,7 @@ fn set_pepper_file(value: &str) -> Result<(), String> {
 }
 
 /// A backend trusts the pepper file it loaded for up to a second before looking at it again
-/// (extension/src/pepper.rs, RECHECK_AFTER); a rewritten file is in force after that.
+/// (core/src/pepper.rs, RECHECK_AFTER); a rewritten file is in force after that.
 fn wait_for_recheck() {
     std::thread::sleep(Duration::from_millis(1100));
 }
@@ -515,5 +515,54 @@ fn changed_argon2_parameters_rehash_on_the_next_success() {
             "42501",
             "SET apikey.{guc} by a non-superuser"
         );
+    }
+}
+
+#[test]
+fn the_pepper_setting_is_a_superuser_secret() {
+    let mut admin = superuser();
+    let shown_to = |c: &mut Client| -> i64 {
+        c.query_one("SELECT count(*) FROM pg_settings WHERE name = $1", &[&GUC])
+            .expect("pg_settings")
+            .get(0)
+    };
+    let in_show_all = |c: &mut Client| -> bool {
+        c.simple_query("SHOW ALL")
+            .expect("SHOW ALL")
+            .iter()
+            .any(|m| matches!(m, postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some(GUC)))
+    };
+    // The checks below mean something only because a superuser does see the setting.
+    assert_eq!(shown_to(&mut admin), 1);
+    assert!(in_show_all(&mut admin));
+
+    for groups in [
+        &["apikey_admin"][..],
+        &["apikey_partner"],
+        &["apikey_verifier"],
+        &[],
+    ] {
+        let role = login_role(&mut admin, "pepper_reader", groups);
+        let mut c = connect(&role);
+        for statement in [
+            format!("SHOW {GUC}"),
+            format!("SELECT current_setting('{GUC}')"),
+            format!("SELECT current_setting('{GUC}', true)"),
+            format!("ALTER SYSTEM SET {GUC} = '/tmp/elsewhere'"),
+        ] {
+            assert_eq!(
+                sqlstate(c.batch_execute(&statement)),
+                "42501",
+                "{statement} as a member of {groups:?}"
+            );
+        }
+        // A SIGHUP setting cannot be changed in a session at all.
+        assert_eq!(
+            sqlstate(c.batch_execute(&format!("SET {GUC} = '/tmp/elsewhere'"))),
+            "55P02",
+            "SET as a member of {groups:?}"
+        );
+        assert_eq!(shown_to(&mut c), 0, "pg_settings for {groups:?}");
+        assert!(!in_show_all(&mut c), "SHOW ALL for {groups:?}");
     }
 }

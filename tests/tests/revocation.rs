@@ -398,7 +398,11 @@ fn concurrent_partners_with_one_name_get_one_partner_and_clear_errors() {
     );
     for outcome in outcomes.iter().filter_map(|o| o.as_ref().err()) {
         assert_eq!(outcome.0, "23505");
-        assert!(outcome.1.contains("already exists"), "{outcome:?}");
+        assert_eq!(
+            outcome.1,
+            format!("a partner named \"{name}\" already exists"),
+            "{outcome:?}"
+        );
         assert_eq!(outcome.2, None, "{outcome:?}");
     }
 }

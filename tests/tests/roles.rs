@@ -727,15 +727,21 @@ fn partner_cannot_touch_another_partners_key_and_cannot_tell_it_exists() {
     let b_key = f.b_manager.key_id.clone();
     let (message, unknown_message) = as_verified(&mut partner, &f.a_manager.token, |c| {
         assert_all_fail(c, &key_calls(&b_key), NO_DATA_FOUND, "partner A on B's key");
-        let message = error_message(attempt(c, "SELECT apikey_revoke($1)", &[&b_key]));
+        let message = db_error(attempt(c, "SELECT apikey_revoke($1)", &[&b_key]));
         // A key id of the same shape that does not exist at all.
         let last = if b_key.ends_with('x') { "y" } else { "x" };
         let unknown = format!("{}{last}", &b_key[..b_key.len() - 1]);
-        let unknown_message = error_message(attempt(c, "SELECT apikey_revoke($1)", &[&unknown]))
-            .replace(&unknown, &b_key);
+        let (code, unknown_message) = db_error(attempt(c, "SELECT apikey_revoke($1)", &[&unknown]));
+        let unknown_message = (code, unknown_message.replace(&unknown, &b_key));
         (message, unknown_message)
     });
-    assert!(message.contains("does not exist"), "{message}");
+    assert_eq!(
+        message,
+        (
+            "P0002".to_string(),
+            format!("key \"{b_key}\" does not exist")
+        )
+    );
     assert_eq!(
         message, unknown_message,
         "another partner's key looks like an unknown one"

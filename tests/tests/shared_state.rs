@@ -130,6 +130,18 @@ fn a_proof_is_shared_by_fresh_connections_and_refutes_wrong_secrets() {
         "fresh connections use the server's proof"
     );
     let failed = status(&mut c, "argon2_failed");
+    let mut warm = superuser();
+    for _ in 0..20 {
+        assert_eq!(reason(&mut warm, &key.token), "ok");
+    }
+    assert_eq!(
+        (
+            status(&mut c, "argon2_verified"),
+            status(&mut c, "argon2_failed")
+        ),
+        (verified + 1, failed),
+        "a warm connection pays no Argon2id"
+    );
     let wrong = forge(&key.key_id, &"W".repeat(43));
     for _ in 0..5 {
         assert_eq!(reason(&mut superuser(), &wrong.token), "secret_mismatch");

@@ -152,11 +152,33 @@ fn not_before_and_expiry_at_issue() {
         .expect("issue");
     let token: String = row.get(0);
     assert_anonymous(&verify(&mut c, Some(&token), &[], None), "not_yet_valid");
-    let row = c
-        .query_one("SELECT token, expires_at IS NOT NULL FROM apikey_issue($1, '{a:b}', expires_at => now() + interval '1 day') \
-                    CROSS JOIN LATERAL (SELECT expires_at FROM apikey_verify(token)) v", &[&partner])
-        .expect("issue + verify");
-    assert!(row.get::<_, bool>(1), "verify returns expires_at");
+    // The key's own expiry comes back to the microsecond; none comes back as NULL.
+    let expiry = "2099-03-04 05:06:07.891234+00";
+    let (returned, exact): (Option<String>, Option<bool>) = {
+        let row = c
+            .query_one(
+                "SELECT v.expires_at::text, v.expires_at = $2::text::timestamptz \
+                 FROM apikey_issue($1, '{a:b}', expires_at => $2::text::timestamptz) i \
+                 CROSS JOIN LATERAL apikey_verify(i.token) v",
+                &[&partner, &expiry],
+            )
+            .expect("issue + verify");
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(
+        exact,
+        Some(true),
+        "verify returned {returned:?}, not {expiry}"
+    );
+    let plain = issue(&mut c, partner, &["a:b"]);
+    let none: Option<bool> = c
+        .query_one(
+            "SELECT expires_at IS NULL FROM apikey_verify($1)",
+            &[&plain.token],
+        )
+        .expect("verify")
+        .get(0);
+    assert_eq!(none, Some(true), "a key without expiry");
 }
 
 #[test]
@@ -185,7 +207,7 @@ fn ip_allow_list_with_authentic_identity() {
     }
 }
 
-/// The allow-list check runs in Rust (extension/src/net.rs); PostgreSQL's own `<<=` is the
+/// The allow-list check runs in Rust (core/src/net.rs); PostgreSQL's own `<<=` is the
 /// reference. Every address is tried against a key per network list, and the verdict must
 /// be `ok` exactly when `ip <<= ANY (list)` is true.
 #[test]
@@ -466,11 +488,15 @@ fn concurrent_verifications_agree() {
     let (mut c, partner) = setup();
     let keys: Vec<Issued> = (0..4).map(|_| issue(&mut c, partner, &["a:b"])).collect();
     let tokens: Vec<String> = keys.iter().map(|k| k.token.clone()).collect();
+    // All four sessions connect first and start together, so their calls overlap.
+    let start = std::sync::Arc::new(std::sync::Barrier::new(4));
     let handles: Vec<_> = (0..4)
         .map(|t| {
             let tokens = tokens.clone();
+            let start = std::sync::Arc::clone(&start);
             std::thread::spawn(move || {
                 let mut c = superuser();
+                start.wait();
                 (0..40)
                     .map(|i| reason(&mut c, &tokens[(t + i) % tokens.len()]))
                     .filter(|r| r != "ok")

@@ -126,8 +126,9 @@ struct FileVersion {
     ino: u64,
     size: u64,
     mode: u32,
-    mtime_ns: i128,
-    ctime_ns: i128,
+    /// Seconds and nanoseconds.
+    mtime: (i64, i64),
+    ctime: (i64, i64),
 }
 
 /// How long a backend trusts the file it loaded without looking at it again. A `stat` per
@@ -189,8 +190,8 @@ pub fn load(path: Option<&str>, now: Instant) -> Result<Rc<PepperSet>, PepperErr
         ino: meta.ino(),
         size: meta.size(),
         mode,
-        mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
-        ctime_ns: meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128,
+        mtime: (meta.mtime(), meta.mtime_nsec()),
+        ctime: (meta.ctime(), meta.ctime_nsec()),
     };
     let peppers = match previous {
         Some(l) if l.version == version => l.peppers,
@@ -302,9 +303,13 @@ mod tests {
             A.as_bytes()
         );
         // ...after it, the change is seen.
-        assert_eq!(
-            load(Some(path_str), later()).unwrap().newest().bytes(),
-            B.as_bytes()
+        let reloaded = load(Some(path_str), later()).unwrap();
+        assert_eq!(reloaded.newest().bytes(), B.as_bytes());
+        // An unchanged file is looked at after the interval but not read again.
+        let unchanged = load(Some(path_str), later()).unwrap();
+        assert!(
+            Rc::ptr_eq(&reloaded, &unchanged),
+            "the same peppers, not a re-read"
         );
         // Opening the file up is noticed after the interval, and nothing cached is used.
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -315,5 +320,54 @@ mod tests {
             "an error is not cached as success"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_pepper_of_exactly_the_minimum_length_is_accepted() {
+        let shortest = "p".repeat(MIN_PEPPER_BYTES);
+        let set = parse("/p", shortest.as_bytes()).unwrap();
+        assert_eq!(set.newest().bytes(), shortest.as_bytes());
+        assert_eq!(
+            parse("/p", &shortest.as_bytes()[1..]).err(),
+            Some(PepperError::TooShort {
+                path: "/p".into(),
+                line: 1
+            })
+        );
+    }
+
+    #[test]
+    fn every_error_comes_with_the_hint_that_fixes_it() {
+        let cases = [
+            (PepperError::NotConfigured, "set apikey.pepper_file"),
+            (
+                PepperError::NoPepper { path: "/p".into() },
+                "set apikey.pepper_file",
+            ),
+            (
+                PepperError::Unreadable {
+                    path: "/p".into(),
+                    why: "not found".into(),
+                },
+                "readable by the operating-system user",
+            ),
+            (
+                PepperError::TooPermissive {
+                    path: "/p".into(),
+                    mode: 0o644,
+                },
+                "chmod 600",
+            ),
+            (
+                PepperError::TooShort {
+                    path: "/p".into(),
+                    line: 1,
+                },
+                "at least 32 random bytes",
+            ),
+        ];
+        for (error, fix) in cases {
+            assert!(error.hint().contains(fix), "{error:?}: {}", error.hint());
+        }
     }
 }

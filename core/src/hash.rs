@@ -152,4 +152,14 @@ mod tests {
         );
         assert!(err.unwrap_err().contains("Argon2id"));
     }
+
+    #[test]
+    fn a_fingerprint_is_the_sha256_of_the_stored_string() {
+        let hex = |d: Digest| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        assert_eq!(
+            hex(fingerprint("abc")),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_ne!(fingerprint("$argon2id$a"), fingerprint("$argon2id$b"));
+    }
 }

@@ -173,7 +173,9 @@ mod tests {
         ] {
             assert!(email(bad).is_err(), "{bad:?}");
         }
-        let token = crate::token::generate("ak", "live").unwrap().token;
+        let token = apikey_contract::token::generate("ak", "live")
+            .unwrap()
+            .token;
         assert!(name(&format!("copy of {token}")).is_err());
         assert!(reason(&token).is_err());
         assert!(email(&format!("{token}@example.com")).is_err());
@@ -191,5 +193,45 @@ mod tests {
         assert!(rate_per_minute(1).is_ok());
         assert!(rate_per_minute(0).is_err());
         assert!(rate_per_minute(-5).is_err());
+    }
+
+    #[test]
+    fn every_limit_admits_exactly_its_maximum() {
+        let many =
+            |n: usize, f: fn(usize) -> String| (0..n).map(|i| Some(f(i))).collect::<Vec<_>>();
+        let scope_n = |i: usize| format!("r{i}:read");
+        let tag_n = |i: usize| format!("t{i}");
+
+        assert_eq!(
+            scopes(&many(scope::MAX_SCOPES, scope_n)).map(|v| v.len()),
+            Ok(scope::MAX_SCOPES)
+        );
+        assert_eq!(
+            scopes(&many(scope::MAX_SCOPES + 1, scope_n)),
+            Err(format!("at most {} scopes", scope::MAX_SCOPES))
+        );
+        assert_eq!(tags(&many(MAX_TAGS, tag_n)).map(|v| v.len()), Ok(MAX_TAGS));
+        assert_eq!(
+            tags(&many(MAX_TAGS + 1, tag_n)),
+            Err(format!("at most {MAX_TAGS} tags"))
+        );
+        assert_eq!(tags(&many(0, tag_n)), Ok(vec![]));
+
+        let longest_reason = "r".repeat(MAX_REASON_LEN);
+        assert_eq!(reason(&longest_reason), Ok(()));
+        assert_eq!(
+            reason(&format!("{longest_reason}r")),
+            Err(format!("longer than {MAX_REASON_LEN} characters"))
+        );
+
+        // {"k":"vvv..."}: 8 bytes around the value.
+        let at = |bytes: usize| serde_json::json!({ "k": "v".repeat(bytes - 8) });
+        assert_eq!(MAX_METADATA_BYTES, 16384);
+        assert_eq!(at(MAX_METADATA_BYTES).to_string().len(), MAX_METADATA_BYTES);
+        assert_eq!(metadata(&at(MAX_METADATA_BYTES)), Ok(()));
+        assert_eq!(
+            metadata(&at(MAX_METADATA_BYTES + 1)),
+            Err(format!("larger than {MAX_METADATA_BYTES} bytes"))
+        );
     }
 }
