@@ -88,7 +88,7 @@ psql_as postgres -q -c "CREATE ROLE $shim_role LOGIN" \
 env -i PATH="$PATH" \
   DATABASE_URL="host=$APIKEY_SOCKET_DIR port=$APIKEY_PGPORT user=$shim_role dbname=apikey" \
   APIKEY_SHIM_LISTEN="127.0.0.1:$shim_port" APIKEY_SHIM_POOL_SIZE="$pool_size" RUST_LOG=warn \
-  "$APIKEY_REPO_ROOT/target/release/apikey-shim" >"$work/shim.log" 2>&1 </dev/null &
+  "$APIKEY_TARGET_DIR/release/apikey-shim" >"$work/shim.log" 2>&1 </dev/null &
 shim_pid=$!
 for _ in $(seq 1 100); do
   kill -0 "$shim_pid" 2>/dev/null || { cat "$work/shim.log" >&2; die "apikey-shim exited at start"; }

@@ -139,7 +139,7 @@ if command -v systemd-analyze >/dev/null; then
 fi
 if command -v lintian >/dev/null; then
   log "lintian"
-  for deb in "$root"/target/debian/*.deb; do
+  for deb in "$APIKEY_TARGET_DIR"/debian/*.deb; do
     lintian --fail-on error --suppress-tags dir-or-file-in-opt "$deb" | sed 's/^/    /'
   done
 fi

@@ -25,6 +25,13 @@ fi
 APIKEY_LIB_SOURCED=1
 
 APIKEY_REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# Where cargo puts what it builds: CARGO_TARGET_DIR when set (relative to the repository, as
+# the scripts run cargo from there), target/ otherwise.
+case "${CARGO_TARGET_DIR:-}" in
+  "") APIKEY_TARGET_DIR="$APIKEY_REPO_ROOT/target" ;;
+  /*) APIKEY_TARGET_DIR="$CARGO_TARGET_DIR" ;;
+  *) APIKEY_TARGET_DIR="$APIKEY_REPO_ROOT/$CARGO_TARGET_DIR" ;;
+esac
 # cargo is installed per user by rustup; non-login shells (CI, sudo) may not have it on PATH.
 export PATH="${HOME:-/root}/.cargo/bin:$PATH"
 
@@ -353,7 +360,7 @@ shim_stop() {
   pkill -KILL -f "^$bin( |$)" 2>/dev/null || true
 }
 
-# shim_start HOST:PORT: (re)starts target/release/apikey-shim for this cluster, connected over
+# shim_start HOST:PORT: (re)starts the release build of apikey-shim for this cluster, connected over
 # the private socket as role apikey_shim (a member of the three apikey roles), and waits
 # until its /healthz answers.
 shim_start() {
@@ -368,7 +375,7 @@ shim_start() {
 DO \$\$ BEGIN CREATE ROLE $APIKEY_SHIM_ROLE LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END \$\$;
 GRANT apikey_verifier, apikey_admin, apikey_partner TO $APIKEY_SHIM_ROLE;
 SQL
-  install -o postgres -g postgres -m 0755 "$APIKEY_REPO_ROOT/target/release/apikey-shim" "$bin"
+  install -o postgres -g postgres -m 0755 "$APIKEY_TARGET_DIR/release/apikey-shim" "$bin"
   log "starting apikey-shim on $listen (log: $APIKEY_STATE_DIR/shim.log)"
   # Every descriptor goes to the log: nothing may keep the caller's terminal or pipe open.
   (cd / && exec setsid runuser -u postgres -- env \

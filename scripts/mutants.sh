@@ -29,7 +29,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 version=27.1.0
 jobs="${APIKEY_MUTANTS_JOBS:-2}"
-out="${APIKEY_MUTANTS_OUT:-$APIKEY_REPO_ROOT/target/mutants}"
+out="${APIKEY_MUTANTS_OUT:-$APIKEY_TARGET_DIR/mutants}"
 survivors="$APIKEY_REPO_ROOT/docs/mutation-survivors.md"
 goal=90
 

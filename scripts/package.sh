@@ -17,7 +17,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 root="$APIKEY_REPO_ROOT"
-out="$root/target/debian"
+out="$APIKEY_TARGET_DIR/debian"
 stage="$out/stage"
 version="$(sed -n 's/^version = "\(.*\)"$/\1/p' "$root/extension/Cargo.toml" | head -n 1)"
 shim_version="$(sed -n 's/^version = "\(.*\)"$/\1/p' "$root/shim/Cargo.toml" | head -n 1)"
@@ -34,7 +34,7 @@ if [ "${APIKEY_SKIP_BUILD:-0}" != 1 ]; then
   log "cargo build --release -p apikey-shim"
   (cd "$root" && cargo build --release -p apikey-shim)
 fi
-pgrx_tree="$root/target/release/apikey-pg$pg_major"
+pgrx_tree="$APIKEY_TARGET_DIR/release/apikey-pg$pg_major"
 [ -f "$pgrx_tree$("$PGBIN/pg_config" --pkglibdir)/apikey.so" ] \
   || die "$pgrx_tree holds no apikey.so: run without APIKEY_SKIP_BUILD=1"
 
@@ -104,7 +104,7 @@ dpkg-deb --root-owner-group -Zxz --build "$ext" "$out/postgresql-${pg_major}-api
 log "apikey-shim $version"
 shim="$stage/apikey-shim"
 install -d -m 0755 "$shim/usr/bin" "$shim/lib/systemd/system" "$shim/etc/apikey-shim"
-install -m 0755 "$root/target/release/apikey-shim" "$shim/usr/bin/apikey-shim"
+install -m 0755 "$APIKEY_TARGET_DIR/release/apikey-shim" "$shim/usr/bin/apikey-shim"
 strip --strip-unneeded "$shim/usr/bin/apikey-shim"
 install -m 0644 "$root/packaging/apikey-shim/apikey-shim.service" "$shim/lib/systemd/system/"
 install -m 0644 "$root/packaging/apikey-shim/apikey-shim.env" "$shim/etc/apikey-shim/"

@@ -99,7 +99,7 @@ rc=0
 log "building apikey-shim: cargo build --release -p apikey-shim"
 (cd "$APIKEY_REPO_ROOT" && cargo build --release -p apikey-shim) || rc=$?
 if [ "$rc" -eq 0 ]; then record "shim build" ok; else record "shim build" FAIL; fi
-export APIKEY_TEST_SHIM_BIN="$APIKEY_REPO_ROOT/target/release/apikey-shim"
+export APIKEY_TEST_SHIM_BIN="$APIKEY_TARGET_DIR/release/apikey-shim"
 
 # The extension's library only (its other target is pgrx's schema generator); every target of
 # the pure crates and the shim (its tests/ directory included).
