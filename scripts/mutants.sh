@@ -9,7 +9,7 @@
 # Groups (the pure code of each crate; SQL, shared-memory and HTTP glue is tested end to end
 # against a real cluster by scripts/test.sh, which cargo-mutants does not run):
 #   contract  apikey-contract: token, scope, reason, redact, key_state
-#   core      apikey-core: hash, pepper, validate, net
+#   core      apikey-core: hash, pepper, validate, net, webhook
 #   shim      apikey-shim: key extraction and client IP (auth), JSON extraction (extract),
 #             error mapping (error), rate-limit header fields (rate), required scopes from
 #             parameters, headers and methods (routes/verify, without the handler itself)

@@ -46,11 +46,14 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.apikey_current_scopes,
     @extschema@.apikey_version
 TO apikey_admin, apikey_verifier, apikey_partner;
+-- apikey_webhook_verify reads no data, but the contract keeps apikey_verifier to
+-- verification alone; a DBA grants it to that role where an application needs it.
 GRANT EXECUTE ON FUNCTION
     @extschema@.apikey_has_scope,
     @extschema@.apikey_require_scope,
     @extschema@.apikey_usage,
-    @extschema@.apikey_rate_state
+    @extschema@.apikey_rate_state,
+    @extschema@.apikey_webhook_verify
 TO apikey_admin, apikey_partner;
 
 -- Management. The functions check the caller again (a partner only touches its own keys,

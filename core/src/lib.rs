@@ -7,5 +7,6 @@ pub mod hash;
 pub mod net;
 pub mod pepper;
 pub mod validate;
+pub mod webhook;
 
 use apikey_contract::{redact, scope};

@@ -44,6 +44,7 @@ mod status;
 mod usage_report;
 mod verify;
 mod version;
+mod webhook;
 mod worker;
 
 use apikey_contract::{reason, redact, token};

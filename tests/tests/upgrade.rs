@@ -1,5 +1,5 @@
-//! Upgrades in place: a database created at release 0.1.0 (the frozen install script
-//! `sql/apikey--0.1.0.sql`, run with today's library) keeps verifying its keys, and after
+//! Upgrades in place: a database created at any earlier release (the frozen install scripts
+//! `sql/apikey--<release>.sql`, run with today's library) keeps verifying its keys, and after
 //! `ALTER EXTENSION apikey UPDATE` answers exactly as before and has exactly the schema a
 //! fresh install has, compared over the catalogs (`tests/sql/catalog_fingerprint.sql`). A
 //! change to the SQL without a matching upgrade script fails here.
@@ -7,7 +7,8 @@
 use apikey_tests::postgres::{Client, SimpleQueryMessage};
 use apikey_tests::*;
 
-const FIRST_RELEASE: &str = "0.1.0";
+/// Every earlier release, each frozen as `sql/apikey--<release>.sql`.
+const RELEASES: [&str; 2] = ["0.1.0", "0.2.0"];
 const FINGERPRINT: &str = include_str!("../sql/catalog_fingerprint.sql");
 
 fn superuser_of(db: &str) -> Client {
@@ -64,7 +65,7 @@ fn answer(c: &mut Client, case: &Case) -> String {
     .get(0)
 }
 
-/// Keys in every state a 0.1.0 database can hold, with audit rows of each kind.
+/// Keys in every state a database of an earlier release can hold, with audit rows of each kind.
 fn populate(c: &mut Client) -> Vec<Case> {
     let partner = create_partner(c);
     let quiet = create_partner(c);
@@ -193,15 +194,42 @@ fn populate(c: &mut Client) -> Vec<Case> {
 }
 
 #[test]
-fn a_database_at_the_first_release_upgrades_to_what_a_fresh_install_gives() {
+fn a_database_at_0_1_0_upgrades_to_what_a_fresh_install_gives() {
+    upgrades_to_what_a_fresh_install_gives("0.1.0");
+}
+
+#[test]
+fn a_database_at_0_2_0_upgrades_to_what_a_fresh_install_gives() {
+    upgrades_to_what_a_fresh_install_gives("0.2.0");
+}
+
+#[test]
+fn every_frozen_release_is_tested() {
+    let sql = concat!(env!("CARGO_MANIFEST_DIR"), "/../sql");
+    let mut frozen: Vec<String> = std::fs::read_dir(sql)
+        .expect("sql/")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter_map(|name| {
+            let release = name.strip_prefix("apikey--")?.strip_suffix(".sql")?;
+            (!release.contains("--")).then(|| release.to_string())
+        })
+        .collect();
+    frozen.sort();
+    assert_eq!(
+        frozen, RELEASES,
+        "each frozen release in sql/ needs its upgrade test"
+    );
+}
+
+fn upgrades_to_what_a_fresh_install_gives(release: &str) {
     let mut dbs = Databases::default();
-    let old = dbs.create("upgrade_from_first");
+    let old = dbs.create(&format!("upgrade_from_{}", release.replace('.', "_")));
     let fresh = dbs.create("upgrade_fresh");
     let mut c = superuser_of(&old);
     c.batch_execute(&format!(
-        "SET client_min_messages = warning; CREATE EXTENSION apikey VERSION '{FIRST_RELEASE}'"
+        "SET client_min_messages = warning; CREATE EXTENSION apikey VERSION '{release}'"
     ))
-    .expect("CREATE EXTENSION at the first release");
+    .expect("CREATE EXTENSION at an earlier release");
     let cases = populate(&mut c);
 
     // The new library serves the old schema until the database is updated.
@@ -226,7 +254,7 @@ fn a_database_at_the_first_release_upgrades_to_what_a_fresh_install_gives() {
             "partner_inactive",
             "malformed"
         ],
-        "answers at {FIRST_RELEASE} with the new library: {before:#?}"
+        "answers at {release} with the new library: {before:#?}"
     );
     let audit_rows: i64 = c
         .query_one("SELECT count(*) FROM apikey.audit_log", &[])
@@ -320,5 +348,8 @@ fn apikey_version_names_both_versions() {
         library.split('.').count() == 3 && library.split('.').all(|p| p.parse::<u32>().is_ok()),
         "semver: {library}"
     );
-    assert_ne!(library, FIRST_RELEASE);
+    assert!(
+        !RELEASES.contains(&library.as_str()),
+        "{library} is a new release"
+    );
 }
