@@ -91,6 +91,20 @@ CREATE TABLE apikey.usage (
 CREATE INDEX usage_key_id_idx ON apikey.usage (key_id, minute);
 CREATE INDEX usage_partner_id_idx ON apikey.usage (partner_id, minute);
 
+-- The outbox: events for partners (key.issued, key.revoked, ...), written in the same
+-- transaction as their cause, so a change that rolls back announces nothing. Deleted by the
+-- background worker after apikey.event_retention. Never holds a token or a secret.
+CREATE TABLE apikey.events (
+    event_id   uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    partner_id uuid NOT NULL REFERENCES apikey.partners (partner_id),
+    type       text NOT NULL,
+    key_id     text,
+    -- The webhook body: {"type", "timestamp", "data"}.
+    payload    jsonb NOT NULL
+);
+CREATE INDEX events_created_at_idx ON apikey.events (created_at);
+CREATE INDEX events_partner_id_idx ON apikey.events (partner_id, created_at);
 -- pg_dump keeps the contents of these tables (they would otherwise be treated as part of
 -- the extension's definition and left out), so a restore keeps every key working.
 SELECT pg_catalog.pg_extension_config_dump('apikey.partners', '');
@@ -98,3 +112,4 @@ SELECT pg_catalog.pg_extension_config_dump('apikey.keys', '');
 SELECT pg_catalog.pg_extension_config_dump('apikey.audit_log', '');
 SELECT pg_catalog.pg_extension_config_dump('apikey.audit_log_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('apikey.usage', '');
+SELECT pg_catalog.pg_extension_config_dump('apikey.events', '');

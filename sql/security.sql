@@ -96,7 +96,7 @@ GRANT SELECT (
     expires_at, revoked_at, revoke_reason, rotated_to, rate_per_minute, allowed_cidrs,
     created_at, created_by, last_used_at
 ) ON apikey.keys TO apikey_admin, apikey_partner;
-GRANT SELECT ON apikey.key_info, apikey.audit_log, apikey.partners, apikey.usage
+GRANT SELECT ON apikey.key_info, apikey.audit_log, apikey.partners, apikey.usage, apikey.events
     TO apikey_admin, apikey_partner;
 
 ALTER TABLE apikey.partners ENABLE ROW LEVEL SECURITY;
@@ -107,6 +107,8 @@ ALTER TABLE apikey.audit_log ENABLE ROW LEVEL SECURITY;
 ALTER TABLE apikey.audit_log FORCE ROW LEVEL SECURITY;
 ALTER TABLE apikey.usage ENABLE ROW LEVEL SECURITY;
 ALTER TABLE apikey.usage FORCE ROW LEVEL SECURITY;
+ALTER TABLE apikey.events ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apikey.events FORCE ROW LEVEL SECURITY;
 
 CREATE POLICY admin_reads_all ON apikey.partners FOR SELECT TO apikey_admin USING (true);
 CREATE POLICY partner_reads_own ON apikey.partners FOR SELECT TO apikey_partner
@@ -119,4 +121,7 @@ CREATE POLICY partner_reads_own ON apikey.audit_log FOR SELECT TO apikey_partner
     USING (partner_id = @extschema@.apikey_current_partner());
 CREATE POLICY admin_reads_all ON apikey.usage FOR SELECT TO apikey_admin USING (true);
 CREATE POLICY partner_reads_own ON apikey.usage FOR SELECT TO apikey_partner
+    USING (partner_id = @extschema@.apikey_current_partner());
+CREATE POLICY admin_reads_all ON apikey.events FOR SELECT TO apikey_admin USING (true);
+CREATE POLICY partner_reads_own ON apikey.events FOR SELECT TO apikey_partner
     USING (partner_id = @extschema@.apikey_current_partner());

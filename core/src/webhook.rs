@@ -44,9 +44,7 @@ pub fn secret_key(secret: &str) -> Result<Vec<u8>, SecretError> {
     if encoded.is_empty() {
         return Err(SecretError::Empty);
     }
-    LENIENT
-        .decode(encoded)
-        .map_err(|_| SecretError::NotBase64)
+    LENIENT.decode(encoded).map_err(|_| SecretError::NotBase64)
 }
 
 fn mac(key: &[u8], msg_id: &str, timestamp: i64, payload: &[u8]) -> Hmac<Sha256> {

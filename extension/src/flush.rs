@@ -124,39 +124,49 @@ pub fn write_usage(client: &mut SpiClient<'_>, rows: &[usage::UsageRow]) -> ApiR
 /// Rows deleted per statement, so that retention never holds a long transaction.
 const RETENTION_BATCH: i64 = 10_000;
 
-/// Deletes usage and audit rows older than their retention settings.
+/// Deletes usage, event and audit rows older than their retention settings.
 pub fn apply_retention(client: &mut SpiClient<'_>) -> ApiResult<()> {
-    loop {
-        let deleted = client.update(
-            "DELETE FROM apikey.usage WHERE ctid = ANY (ARRAY(SELECT ctid FROM apikey.usage \
-               WHERE minute < clock_timestamp() - make_interval(secs => $1) LIMIT $2))",
-            None,
-            &[
-                (guc::usage_retention_seconds() as f64).into(),
-                RETENTION_BATCH.into(),
-            ],
+    delete_older(
+        client,
+        "DELETE FROM apikey.usage WHERE ctid = ANY (ARRAY(SELECT ctid FROM apikey.usage \
+           WHERE minute < clock_timestamp() - make_interval(secs => $1) LIMIT $2))",
+        guc::usage_retention_seconds(),
+    )?;
+    if version::schema_has(version::EVENTS)? {
+        delete_older(
+            client,
+            "DELETE FROM apikey.events WHERE event_id = ANY (ARRAY(SELECT event_id \
+               FROM apikey.events \
+               WHERE created_at < clock_timestamp() - make_interval(secs => $1) LIMIT $2))",
+            guc::event_retention_seconds(),
         )?;
-        if (deleted.len() as i64) < RETENTION_BATCH {
-            break;
-        }
     }
     let keep = guc::audit_retention_seconds();
     if keep == 0 {
         return Ok(());
     }
     let _allowed = RetentionDeletes::allow();
+    delete_older(
+        client,
+        "DELETE FROM apikey.audit_log WHERE id = ANY (ARRAY(SELECT id FROM apikey.audit_log \
+           WHERE at < clock_timestamp() - make_interval(secs => $1) LIMIT $2))",
+        keep,
+    )
+}
+
+/// Runs `delete` (parameters: the age in seconds, the batch size) until a batch comes back
+/// short.
+fn delete_older(client: &mut SpiClient<'_>, delete: &str, seconds: i64) -> ApiResult<()> {
     loop {
         let deleted = client.update(
-            "DELETE FROM apikey.audit_log WHERE id = ANY (ARRAY(SELECT id FROM apikey.audit_log \
-               WHERE at < clock_timestamp() - make_interval(secs => $1) LIMIT $2))",
+            delete,
             None,
-            &[(keep as f64).into(), RETENTION_BATCH.into()],
+            &[(seconds as f64).into(), RETENTION_BATCH.into()],
         )?;
         if (deleted.len() as i64) < RETENTION_BATCH {
-            break;
+            return Ok(());
         }
     }
-    Ok(())
 }
 
 thread_local! {

@@ -18,6 +18,7 @@ static MAX_USAGE_ENTRIES: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 static USAGE_FLUSH_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 static USAGE_RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(400 * 86_400);
 static AUDIT_RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(400 * 86_400);
+static EVENT_RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(30 * 86_400);
 static ARGON2_MAX_CONCURRENCY: GucSetting<i32> = GucSetting::<i32>::new(0);
 
 pub fn init() {
@@ -124,6 +125,16 @@ pub fn init() {
         GucFlags::UNIT_S,
     );
     GucRegistry::define_int_guc(
+        c"apikey.event_retention",
+        c"Age after which the background worker deletes apikey.events rows.",
+        c"Keep it longer than webhook deliveries are retried.",
+        &EVENT_RETENTION_S,
+        3_600,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
         c"apikey.argon2_max_concurrency",
         c"Most Argon2id verifications running at once in the server; 0 means one per CPU.",
         c"Keys under attack (failed Argon2id verifications this minute) get at most half of them.",
@@ -159,6 +170,10 @@ pub fn usage_retention_seconds() -> i64 {
 /// Seconds; 0 keeps audit rows for ever.
 pub fn audit_retention_seconds() -> i64 {
     i64::from(AUDIT_RETENTION_S.get())
+}
+
+pub fn event_retention_seconds() -> i64 {
+    i64::from(EVENT_RETENTION_S.get())
 }
 
 pub fn argon2_max_concurrency() -> u32 {

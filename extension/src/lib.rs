@@ -28,6 +28,7 @@ mod clock;
 mod compat;
 mod db;
 mod error;
+mod events;
 mod fetch;
 mod flush;
 mod guc;

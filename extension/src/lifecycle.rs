@@ -5,12 +5,14 @@
 use crate::access;
 use crate::audit::{self, Event};
 use crate::error::{ApiError, ApiResult, OrRaise};
+use crate::events;
 use crate::sqltypes::CidrArray;
 use crate::{guc, hash, token, validate};
 use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::JsonB;
+use serde_json::json;
 
 type IssuedKey = (String, String);
 
@@ -77,10 +79,7 @@ fn issue(client: &mut SpiClient<'_>, r: IssueRequest) -> ApiResult<IssuedKey> {
     token::validate_environment(&environment).map_err(|e| ApiError::invalid("environment", e))?;
     let tags =
         validate::tags(&r.tags.unwrap_or_default()).map_err(|e| ApiError::invalid("tags", e))?;
-    let metadata = r
-        .metadata
-        .map(|j| j.0)
-        .unwrap_or_else(|| serde_json::json!({}));
+    let metadata = r.metadata.map(|j| j.0).unwrap_or_else(|| json!({}));
     validate::metadata(&metadata).map_err(|e| ApiError::invalid("metadata", e))?;
     let prefix = match r.prefix {
         Some(p) => {
@@ -145,9 +144,9 @@ fn issue(client: &mut SpiClient<'_>, r: IssueRequest) -> ApiResult<IssuedKey> {
         let mut event = Event::new("issue");
         event.key_id = Some(&new.key_id);
         event.partner_id = Some(partner_id);
-        event.detail =
-            serde_json::json!({ "scopes": scopes, "environment": environment, "tags": tags });
+        event.detail = json!({ "scopes": scopes, "environment": environment, "tags": tags });
         audit::record_action(client, event)?;
+        events::record_key_event(client, events::KEY_ISSUED, &new.key_id, json!({}))?;
         return Ok((new.key_id.clone(), new.token.clone()));
     }
     Err(ApiError::internal("could not allocate a unique key id"))
@@ -338,12 +337,18 @@ fn rotate(
     let mut event = Event::new("rotate");
     event.key_id = Some(&key_id);
     event.partner_id = Some(key.partner_id);
-    event.detail = serde_json::json!({
+    event.detail = json!({
         "rotated_to": new.key_id,
         "grace": grace.map(|g| g.to_string()),
         "scopes_changed": scopes.is_some(),
     });
     audit::record_action(client, event)?;
+    events::record_key_event(
+        client,
+        events::KEY_ROTATED,
+        &key_id,
+        json!({ "rotated_to": new.key_id }),
+    )?;
     Ok((new.key_id.clone(), new.token.clone()))
 }
 
@@ -377,6 +382,12 @@ fn revoke(
     event.partner_id = Some(key.partner_id);
     event.reason = reason;
     audit::record_action(client, event)?;
+    events::record_key_event(
+        client,
+        events::KEY_REVOKED,
+        &key_id,
+        json!({ "reason": reason.unwrap_or("revoked") }),
+    )?;
     Ok(true)
 }
 
@@ -407,5 +418,11 @@ fn set_enabled(
     event.key_id = Some(&key_id);
     event.partner_id = Some(key.partner_id);
     audit::record_action(client, event)?;
+    let announced = if enabled {
+        events::KEY_ENABLED
+    } else {
+        events::KEY_DISABLED
+    };
+    events::record_key_event(client, announced, &key_id, json!({}))?;
     Ok(())
 }

@@ -13,6 +13,8 @@ pub const LIBRARY: &str = env!("CARGO_PKG_VERSION");
 pub const ACTOR_KEY_ID: Release = Release(0, 2, 0);
 /// The release that added `apikey.usage`, retention and the rate-limit result columns.
 pub const USAGE: Release = Release(0, 2, 0);
+/// The release that added the outbox, `apikey.events`.
+pub const EVENTS: Release = Release(0, 3, 0);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Release(pub u32, pub u32, pub u32);

@@ -43,6 +43,7 @@ struct Snapshot {
     keys: Vec<String>,
     audit_log: Vec<String>,
     audit_sequence: i64,
+    events: Vec<String>,
 }
 
 fn snapshot(c: &mut Client) -> Snapshot {
@@ -51,6 +52,7 @@ fn snapshot(c: &mut Client) -> Snapshot {
         keys: table_rows(c, "keys", "key_id"),
         audit_log: table_rows(c, "audit_log", "id"),
         audit_sequence: count(c, "SELECT last_value FROM apikey.audit_log_id_seq"),
+        events: table_rows(c, "events", "event_id"),
     }
 }
 
@@ -121,7 +123,7 @@ fn assert_security_intact(c: &mut Client) {
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
-    let expected = ["audit_log", "keys", "partners", "usage"];
+    let expected = ["audit_log", "events", "keys", "partners", "usage"];
     assert_eq!(
         tables,
         expected.map(|t| (t.to_string(), true, true)).to_vec(),
@@ -153,6 +155,10 @@ fn dump_and_restore_keep_every_key_working() {
     assert!(
         before.audit_log.len() >= 10,
         "lifecycle and failures were audited"
+    );
+    assert!(
+        before.events.len() >= 8,
+        "undelivered events are part of the data"
     );
     let policies_sql = "SELECT count(*) FROM pg_policies WHERE schemaname = 'apikey'";
     let policies = count(&mut src, policies_sql);

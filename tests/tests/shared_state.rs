@@ -480,6 +480,7 @@ fn retention_deletes_only_old_rows() {
         "apikey.usage_flush_interval = '100ms'",
         "apikey.usage_retention = '1h'",
         "apikey.audit_retention = '1h'",
+        "apikey.event_retention = '1h'",
     ]);
     let mut c = cluster.connect("apikey");
     let partner = create_partner(&mut c);
@@ -489,7 +490,10 @@ fn retention_deletes_only_old_rows() {
                                          (now() - interval '10 minutes', '{k}', '{partner}', 'ok', 5);
          INSERT INTO apikey.audit_log (at, action, key_id, actor) VALUES
              (now() - interval '2 hours', 'old', '{k}', 'test'),
-             (now() - interval '10 minutes', 'recent', '{k}', 'test');",
+             (now() - interval '10 minutes', 'recent', '{k}', 'test');
+         INSERT INTO apikey.events (created_at, partner_id, type, key_id, payload) VALUES
+             (now() - interval '2 hours', '{partner}', 'test.old', '{k}', '{{}}'),
+             (now() - interval '10 minutes', '{partner}', 'test.recent', '{k}', '{{}}');",
         k = key.key_id
     ))
     .expect("old and recent rows");
@@ -499,7 +503,8 @@ fn retention_deletes_only_old_rows() {
         let old: i64 = c
             .query_one(
                 "SELECT (SELECT count(*) FROM apikey.usage WHERE count = 7) \
-                      + (SELECT count(*) FROM apikey.audit_log WHERE action = 'old')",
+                      + (SELECT count(*) FROM apikey.audit_log WHERE action = 'old') \
+                      + (SELECT count(*) FROM apikey.events WHERE type = 'test.old')",
                 &[],
             )
             .expect("count")
@@ -509,12 +514,13 @@ fn retention_deletes_only_old_rows() {
     let kept: i64 = c
         .query_one(
             "SELECT (SELECT count(*) FROM apikey.usage WHERE count = 5) \
-                  + (SELECT count(*) FROM apikey.audit_log WHERE action IN ('recent', 'issue'))",
+                  + (SELECT count(*) FROM apikey.audit_log WHERE action IN ('recent', 'issue')) \
+                  + (SELECT count(*) FROM apikey.events WHERE type IN ('test.recent', 'key.issued'))",
             &[],
         )
         .expect("count")
         .get(0);
-    assert_eq!(kept, 3, "recent rows stay");
+    assert_eq!(kept, 5, "recent rows stay");
     // Nobody else may delete audit rows.
     let code = sqlstate(c.batch_execute("DELETE FROM apikey.audit_log WHERE action = 'recent'"));
     assert_eq!(code, "42501");

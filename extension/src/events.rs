@@ -1,0 +1,49 @@
+//! The outbox, `apikey.events`: what partners are told about their keys, written by the
+//! lifecycle functions in the caller's transaction, next to the change it announces, so a
+//! change that rolls back announces nothing. A payload carries the key's public fields
+//! (`key_id`, `partner_id`, `name`, `scopes`, `environment`, `expires_at`, `revoked_at`: for
+//! `key.rotated` the end of the grace period) and what the event adds, never a token or a
+//! secret.
+
+use crate::error::ApiResult;
+use crate::version;
+use pgrx::spi::SpiClient;
+use pgrx::JsonB;
+
+pub const KEY_ISSUED: &str = "key.issued";
+pub const KEY_ROTATED: &str = "key.rotated";
+pub const KEY_REVOKED: &str = "key.revoked";
+pub const KEY_DISABLED: &str = "key.disabled";
+pub const KEY_ENABLED: &str = "key.enabled";
+
+/// The body is the Standard Webhooks shape: `{"type", "timestamp", "data"}`, the timestamp
+/// the row's own `created_at` in UTC.
+const INSERT: &str = "\
+    WITH k AS (SELECT key_id, partner_id, name, scopes, environment, expires_at, revoked_at \
+               FROM apikey.keys WHERE key_id = $2), \
+         now AS (SELECT clock_timestamp() AS at) \
+    INSERT INTO apikey.events (created_at, partner_id, type, key_id, payload) \
+    SELECT now.at, k.partner_id, $1, k.key_id, jsonb_build_object( \
+        'type', $1::text, \
+        'timestamp', to_char(now.at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
+        'data', to_jsonb(k) || $3::jsonb) \
+    FROM k, now";
+
+/// Records `event_type` about `key_id`, with `extra` added to the key's fields. A database
+/// still at a release without the outbox gets nothing.
+pub fn record_key_event(
+    client: &mut SpiClient<'_>,
+    event_type: &str,
+    key_id: &str,
+    extra: serde_json::Value,
+) -> ApiResult<()> {
+    if !version::schema_has(version::EVENTS)? {
+        return Ok(());
+    }
+    client.update(
+        INSERT,
+        None,
+        &[event_type.into(), key_id.into(), JsonB(extra).into()],
+    )?;
+    Ok(())
+}

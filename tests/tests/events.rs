@@ -1,0 +1,207 @@
+//! The outbox, `apikey.events`: every lifecycle change of a key writes exactly one event in
+//! its own transaction (none when it rolls back), with the Standard Webhooks body and the
+//! key's public fields, never a token; partners read only their own, nobody writes.
+
+use apikey_tests::postgres::Client;
+use apikey_tests::*;
+use serde_json::{json, Value};
+
+/// The events about `key_id`, oldest first: (type, payload, payload timestamp = created_at).
+fn events_of(c: &mut Client, key_id: &str) -> Vec<(String, Value, bool)> {
+    c.query(
+        "SELECT type, payload, payload->>'timestamp' = \
+                to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') \
+         FROM apikey.events WHERE key_id = $1 ORDER BY created_at",
+        &[&key_id],
+    )
+    .expect("events")
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2)))
+    .collect()
+}
+
+fn types(events: &[(String, Value, bool)]) -> Vec<&str> {
+    events.iter().map(|e| e.0.as_str()).collect()
+}
+
+#[test]
+fn each_lifecycle_change_writes_one_event_with_the_keys_fields() {
+    let mut c = superuser();
+    let partner = create_partner(&mut c);
+    let key = issue_with(
+        &mut c,
+        "$1, '{orders:read}', name => 'checkout', expires_at => '2099-01-02 03:04:05+00'",
+        &[&partner],
+    );
+    let issued = events_of(&mut c, &key.key_id);
+    assert_eq!(types(&issued), ["key.issued"]);
+    let (_, payload, timestamp_is_created_at) = &issued[0];
+    assert!(timestamp_is_created_at, "{payload}");
+    assert_eq!(payload["type"], "key.issued");
+    assert_eq!(
+        payload["data"],
+        json!({
+            "key_id": key.key_id,
+            "partner_id": partner.to_string(),
+            "name": "checkout",
+            "scopes": ["orders:read"],
+            "environment": "live",
+            "expires_at": payload["data"]["expires_at"],
+            "revoked_at": null,
+        })
+    );
+    let expires_at: bool = c
+        .query_one(
+            "SELECT ($1::jsonb->>'expires_at')::timestamptz = '2099-01-02 03:04:05+00'",
+            &[&payload["data"]],
+        )
+        .expect("expires_at")
+        .get(0);
+    assert!(expires_at, "{payload}");
+
+    c.execute("SELECT apikey_set_enabled($1, false)", &[&key.key_id])
+        .expect("disable");
+    c.execute("SELECT apikey_set_enabled($1, true)", &[&key.key_id])
+        .expect("enable");
+    let successor: String = c
+        .query_one(
+            "SELECT key_id FROM apikey_rotate($1, '1 hour')",
+            &[&key.key_id],
+        )
+        .expect("rotate")
+        .get(0);
+    c.execute("SELECT apikey_revoke($1, 'leaked')", &[&key.key_id])
+        .expect("revoke");
+    // Revoking again changes nothing and announces nothing.
+    c.execute("SELECT apikey_revoke($1, 'twice')", &[&key.key_id])
+        .expect("revoke again");
+    let all = events_of(&mut c, &key.key_id);
+    assert_eq!(
+        types(&all),
+        [
+            "key.issued",
+            "key.disabled",
+            "key.enabled",
+            "key.rotated",
+            "key.revoked"
+        ]
+    );
+    assert!(
+        all.iter().all(|e| e.2),
+        "every timestamp is its row's created_at"
+    );
+    let rotated = &all[3].1["data"];
+    assert_eq!(rotated["rotated_to"], successor.as_str());
+    let grace_end_is_revoked_at: bool = c
+        .query_one(
+            "SELECT ($1::jsonb->>'revoked_at')::timestamptz - now() BETWEEN interval '59 minutes' AND interval '61 minutes'",
+            &[rotated],
+        )
+        .expect("grace end")
+        .get(0);
+    assert!(grace_end_is_revoked_at, "{rotated}");
+    assert_eq!(all[4].1["data"]["reason"], "leaked");
+    // key.rotated names the successor, which is not announced again.
+    assert_eq!(types(&events_of(&mut c, &successor)), Vec::<&str>::new());
+
+    // Nothing in any payload is a token or a secret.
+    let text: String = c
+        .query_one(
+            "SELECT string_agg(payload::text, ' ') FROM apikey.events WHERE key_id = ANY ($1)",
+            &[&vec![key.key_id.clone(), successor.clone()]],
+        )
+        .expect("payloads")
+        .get(0);
+    assert!(!text.contains(key.secret()), "{text}");
+    assert!(!text.contains(&key.token), "{text}");
+}
+
+#[test]
+fn a_change_that_rolls_back_announces_nothing() {
+    let mut c = superuser();
+    let partner = create_partner(&mut c);
+    let key = issue(&mut c, partner, &["a:b"]);
+    let mut tx = c.transaction().expect("begin");
+    tx.execute("SELECT apikey_revoke($1)", &[&key.key_id])
+        .expect("revoke");
+    let seen: i64 = tx
+        .query_one(
+            "SELECT count(*) FROM apikey.events WHERE key_id = $1 AND type = 'key.revoked'",
+            &[&key.key_id],
+        )
+        .expect("count")
+        .get(0);
+    assert_eq!(seen, 1, "the event is in the revoking transaction");
+    tx.rollback().expect("rollback");
+    assert_eq!(types(&events_of(&mut c, &key.key_id)), ["key.issued"]);
+    assert_eq!(reason(&mut c, &key.token), "ok");
+
+    // A failed change writes no event either.
+    let mut tx = c.transaction().expect("begin");
+    let failed = tx.execute("SELECT apikey_set_enabled($1, NULL)", &[&key.key_id]);
+    assert_eq!(sqlstate(failed), "22004");
+    tx.rollback().expect("rollback");
+    assert_eq!(types(&events_of(&mut c, &key.key_id)), ["key.issued"]);
+}
+
+#[test]
+fn partners_read_only_their_own_events_and_nobody_writes_them() {
+    let mut su = superuser();
+    let a = create_partner(&mut su);
+    let b = create_partner(&mut su);
+    let a_key = issue(&mut su, a, &["orders:read"]);
+    let b_key = issue(&mut su, b, &["orders:read"]);
+
+    let partner_login = login_role(&mut su, "events_partner", &["apikey_partner"]);
+    let mut p = connect(&partner_login);
+    let mut tx = p.transaction().expect("begin");
+    let verdict = tx
+        .query_one("SELECT valid FROM apikey_verify($1)", &[&a_key.token])
+        .expect("verify")
+        .get::<_, bool>(0);
+    assert!(verdict);
+    let visible: Vec<String> = tx
+        .query(
+            "SELECT DISTINCT partner_id::text FROM apikey.events WHERE key_id = ANY ($1)",
+            &[&vec![a_key.key_id.clone(), b_key.key_id.clone()]],
+        )
+        .expect("events as a partner")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(visible, [a.to_string()]);
+    let insert = tx.execute(
+        "INSERT INTO apikey.events (partner_id, type, payload) VALUES ($1, 'key.forged', '{}')",
+        &[&a],
+    );
+    assert_eq!(sqlstate(insert), "42501");
+    drop(tx);
+
+    let admin_login = login_role(&mut su, "events_admin", &["apikey_admin"]);
+    let mut admin = connect(&admin_login);
+    let seen: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM apikey.events WHERE key_id = ANY ($1)",
+            &[&vec![a_key.key_id.clone(), b_key.key_id.clone()]],
+        )
+        .expect("events as an admin")
+        .get(0);
+    assert_eq!(seen, 2);
+    for statement in [
+        "DELETE FROM apikey.events",
+        "UPDATE apikey.events SET type = 'x'",
+    ] {
+        assert_eq!(
+            sqlstate(admin.batch_execute(statement)),
+            "42501",
+            "{statement}"
+        );
+    }
+
+    let verifier_login = login_role(&mut su, "events_verifier", &["apikey_verifier"]);
+    let mut verifier = connect(&verifier_login);
+    assert_eq!(
+        sqlstate(verifier.query("SELECT * FROM apikey.events", &[])),
+        "42501"
+    );
+}
