@@ -144,6 +144,11 @@ else
   record "SQL smoke test" FAIL
 fi
 
+rc=0
+log "SQL golden tests: scripts/installcheck"
+bash "$APIKEY_REPO_ROOT/scripts/installcheck" || rc=$?
+if [ "$rc" -eq 0 ]; then record "SQL golden tests" ok; else record "SQL golden tests" FAIL; fi
+
 export APIKEY_TEST_PGHOST="$APIKEY_SOCKET_DIR"
 export APIKEY_TEST_PGPORT="$APIKEY_PGPORT"
 export APIKEY_TEST_STATE_DIR="$APIKEY_STATE_DIR"
