@@ -6,6 +6,7 @@
 //! response carries a strict Content-Security-Policy (no inline script or style, requests to
 //! this origin only) and refuses framing, caching and referrers: the page handles tokens.
 
+use crate::error::AppError;
 use crate::state::AppState;
 use axum::http::{header, HeaderName, HeaderValue};
 use axum::middleware;
@@ -24,7 +25,9 @@ pub fn router() -> Router<AppState> {
         .route("/console/", get(page))
         .route("/console/app.js", get(script))
         .route("/console/app.css", get(stylesheet))
-        // On every console response, the 405 of a wrong method included.
+        // Answered here, under the layer below, so that the 405 of a wrong method carries the
+        // security headers too (the application's own 405 fallback answers outside it).
+        .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .layer(middleware::map_response(with_security_headers))
 }
 
