@@ -149,17 +149,70 @@ fn oids(table: Table) -> ApiResult<(pg_sys::Oid, pg_sys::Oid)> {
 /// # Safety
 /// Must run inside a transaction, after invalidation messages were accepted (so `oid` was
 /// not dropped before this transaction).
-unsafe fn open_if_named(oid: pg_sys::Oid, name: &CStr) -> Option<pg_sys::Relation> {
+unsafe fn open_if_named(oid: pg_sys::Oid, name: &CStr) -> Option<Opened> {
     // SAFETY: per the contract the relation exists (a DROP racing with this call raises,
     // as it would for any query); the name check guards against a reused OID.
     unsafe {
         let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
         let rel = pg_sys::relation_open(oid, lock);
         if CStr::from_ptr((*(*rel).rd_rel).relname.data.as_ptr()) == name {
-            Some(rel)
+            Some(Opened(rel))
         } else {
             pg_sys::relation_close(rel, lock);
             None
+        }
+    }
+}
+
+// Guards for what a lookup holds. Each releases it when it goes out of scope on an ordinary
+// return, an early `?` included. While a PostgreSQL ERROR unwinds through them, they leave it
+// to the transaction abort, which releases everything with the resource owner (calling into
+// PostgreSQL in the middle of an ERROR is not allowed). Declared in the order of acquisition,
+// they are released in the reverse order, as PostgreSQL requires (slot before relation,
+// scan before index).
+
+/// An open relation, closed keeping its lock (released at transaction end, as the executor
+/// does).
+struct Opened(pg_sys::Relation);
+
+impl Drop for Opened {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            // SAFETY: opened by `open_if_named` and not closed elsewhere.
+            unsafe { pg_sys::relation_close(self.0, pg_sys::NoLock as pg_sys::LOCKMODE) };
+        }
+    }
+}
+
+/// A tuple slot made for one relation (it may hold a buffer pin).
+struct Slot(*mut pg_sys::TupleTableSlot);
+
+impl Slot {
+    /// # Safety
+    /// `rel` must be open for as long as the slot lives.
+    unsafe fn for_relation(rel: &Opened) -> Slot {
+        // SAFETY: per the contract.
+        Slot(unsafe { pg_sys::table_slot_create(rel.0, std::ptr::null_mut()) })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            // SAFETY: made by `Slot::for_relation` and dropped nowhere else; releases its pin.
+            unsafe { pg_sys::ExecDropSingleTupleTableSlot(self.0) };
+        }
+    }
+}
+
+/// An index scan in progress.
+struct IndexScan(pg_sys::IndexScanDesc);
+
+impl Drop for IndexScan {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            // SAFETY: begun by `compat::index_beginscan` and ended nowhere else.
+            unsafe { pg_sys::index_endscan(self.0) };
         }
     }
 }
@@ -174,7 +227,7 @@ enum Part {
 ///
 /// # Safety
 /// Must run inside a transaction.
-unsafe fn open(table: Table, part: Part) -> ApiResult<pg_sys::Relation> {
+unsafe fn open(table: Table, part: Part) -> ApiResult<Opened> {
     let (table_name, index_name) = table.names();
     let name = match part {
         Part::Table => table_name,
@@ -307,13 +360,10 @@ pub fn accept_invalidations() {
 /// transaction's earlier commands), shared by every [`Snapshot::by_primary_key`] it makes,
 /// so the rows it reads are consistent with each other.
 pub fn with_latest_snapshot<R>(read_all: impl FnOnce(&Snapshot) -> ApiResult<R>) -> ApiResult<R> {
-    // SAFETY: registered here and unregistered below; if `read_all` raises, the transaction
-    // abort releases it with the resource owner.
+    // SAFETY: registered here, unregistered when `snapshot` is dropped (or, if `read_all`
+    // raises, by the transaction abort with the resource owner).
     let snapshot = Snapshot(unsafe { pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot()) });
-    let result = read_all(&snapshot);
-    // SAFETY: pairs with the RegisterSnapshot above.
-    unsafe { pg_sys::UnregisterSnapshot(snapshot.0) };
-    result
+    read_all(&snapshot)
 }
 
 /// A size of `rel` (main fork, in blocks) good enough to tell whether `block` still exists.
@@ -342,7 +392,17 @@ unsafe fn known_size(rel: pg_sys::Relation, block: u32) -> u32 {
     }
 }
 
+/// A registered snapshot, unregistered when dropped (see the guards above).
 pub struct Snapshot(pg_sys::Snapshot);
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            // SAFETY: registered by `with_latest_snapshot`, unregistered nowhere else.
+            unsafe { pg_sys::UnregisterSnapshot(self.0) };
+        }
+    }
+}
 
 impl Snapshot {
     /// Looks up the single row with primary key `key`, and hands it to `read`.
@@ -352,28 +412,25 @@ impl Snapshot {
         read: impl FnOnce(&Found) -> ApiResult<R>,
     ) -> ApiResult<Option<R>> {
         // SAFETY: standard relation-scan protocol: open with a lock, fetch with a registered
-        // snapshot into a slot, drop the slot before closing. Locks are kept (NoLock on
-        // close) and released at transaction end; an ERROR in between is cleaned up by the
-        // transaction abort (resource owner), as for any scan. The slot holds its own buffer
-        // pin, so the row stays readable after the fetch or index scan has ended.
+        // snapshot into a slot; the guards drop the slot before closing the relation. The
+        // slot holds its own buffer pin, so the row stays readable after the fetch or index
+        // scan has ended.
         unsafe {
             let rel = open(key.table(), Part::Table)?;
-            let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
-            let mut found = match known_tid(key) {
-                Some(tid) => self.fetch_tid(rel, tid, slot) && key.is_row_of(&Found { slot })?,
+            let slot = Slot::for_relation(&rel);
+            let found = Found { slot: slot.0 };
+            let mut hit = match known_tid(key) {
+                Some(tid) => self.fetch_tid(rel.0, tid, slot.0) && key.is_row_of(&found)?,
                 None => false,
             };
-            if !found {
-                found = self.probe_index(rel, key, slot)?;
+            if !hit {
+                hit = self.probe_index(rel.0, key, slot.0)?;
             }
-            let result = if found {
-                read(&Found { slot }).map(Some)
+            if hit {
+                read(&found).map(Some)
             } else {
                 Ok(None)
-            };
-            pg_sys::ExecDropSingleTupleTableSlot(slot);
-            pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
-            result
+            }
         }
     }
 
@@ -428,11 +485,11 @@ impl Snapshot {
         let datum = key
             .datum()
             .ok_or_else(|| ApiError::internal("primary-key value is NULL"))?;
-        // SAFETY: per the contract; the scan is ended and the index closed (lock kept)
-        // before returning.
+        // SAFETY: per the contract; the guards end the scan and close the index (lock kept).
         unsafe {
             let idx = open(key.table(), Part::Index)?;
-            let scan = compat::index_beginscan(rel, idx, self.0);
+            let scanning = IndexScan(compat::index_beginscan(rel, idx.0, self.0));
+            let scan = scanning.0;
             let mut scan_key = pg_sys::ScanKeyData::default();
             pg_sys::ScanKeyInit(
                 &mut scan_key,
@@ -460,8 +517,6 @@ impl Snapshot {
             }
             let found = root.is_some();
             set_known_tid(key, root);
-            pg_sys::index_endscan(scan);
-            pg_sys::index_close(idx, pg_sys::NoLock as pg_sys::LOCKMODE);
             Ok(found)
         }
     }
