@@ -26,9 +26,14 @@ impl Params {
     }
 }
 
+/// HMAC-SHA256 keyed with `key`, ready for input.
+pub fn hmac_sha256(key: &[u8]) -> Hmac<Sha256> {
+    // HMAC hashes a key longer than a block and pads a shorter one: every length is valid.
+    <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts keys of any length")
+}
+
 pub fn digest(pepper: &[u8], secret: &[u8]) -> Digest {
-    let mut mac =
-        <Hmac<Sha256> as Mac>::new_from_slice(pepper).expect("HMAC accepts keys of any length");
+    let mut mac = hmac_sha256(pepper);
     mac.update(secret);
     mac.finalize().into_bytes().into()
 }

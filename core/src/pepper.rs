@@ -4,8 +4,7 @@
 //!
 //! Errors never contain file contents: only the GUC name, the path and line numbers.
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use hmac::Mac;
 use std::cell::RefCell;
 use std::os::unix::fs::MetadataExt;
 use std::rc::Rc;
@@ -21,8 +20,7 @@ pub struct Pepper {
 
 impl Pepper {
     pub fn new(bytes: Vec<u8>) -> Self {
-        let mut mac =
-            <Hmac<Sha256> as Mac>::new_from_slice(&bytes).expect("HMAC accepts keys of any length");
+        let mut mac = crate::hash::hmac_sha256(&bytes);
         mac.update(b"apikey pepper fingerprint v1");
         let digest = mac.finalize().into_bytes();
         let fingerprint = digest[..8].iter().map(|b| format!("{b:02x}")).collect();

@@ -48,8 +48,7 @@ pub fn secret_key(secret: &str) -> Result<Vec<u8>, SecretError> {
 }
 
 fn mac(key: &[u8], msg_id: &str, timestamp: i64, payload: &[u8]) -> Hmac<Sha256> {
-    let mut mac =
-        <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts keys of any length");
+    let mut mac = crate::hash::hmac_sha256(key);
     mac.update(msg_id.as_bytes());
     mac.update(b".");
     mac.update(timestamp.to_string().as_bytes());
