@@ -2,6 +2,7 @@
 //! token format, the reason codes, the scope rules and limits, and how input is cut before an error message
 //! repeats it.
 
+pub mod address;
 pub mod key_state;
 pub mod reason;
 pub mod redact;

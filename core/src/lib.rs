@@ -5,7 +5,9 @@
 
 pub mod hash;
 pub mod net;
+pub mod outbox;
 pub mod pepper;
+pub mod seal;
 pub mod validate;
 pub mod webhook;
 

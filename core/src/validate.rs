@@ -1,8 +1,10 @@
 //! Argument checks for the management functions: pure, so they are unit-tested without a
 //! database. Each error says what is wrong; the caller adds which argument it was.
 
+use crate::outbox;
 use crate::redact::{self, excerpt};
 use crate::scope;
+use apikey_contract::address;
 
 pub const MAX_NAME_LEN: usize = 200;
 pub const MAX_TAGS: usize = 32;
@@ -115,9 +117,173 @@ pub fn rate_per_minute(rate: i32) -> Result<(), String> {
     }
 }
 
+pub const MAX_URL_LEN: usize = 2048;
+pub const MAX_EVENT_FILTERS: usize = 16;
+
+/// A webhook endpoint's URL, normalized (`url`'s WHATWG parsing: lower-case scheme and host,
+/// punycode, percent-encoding). http(s) only; no user name or password (the request is
+/// signed, and credentials in a URL end up in listings); no fragment. With `allow_private`
+/// false, a literal private, loopback or otherwise non-public address or `localhost` is
+/// refused here; names are checked by the shim each time it resolves them.
+pub fn webhook_url(raw: &str, allow_private: bool) -> Result<String, String> {
+    if raw.len() > MAX_URL_LEN {
+        return Err(format!("longer than {MAX_URL_LEN} bytes"));
+    }
+    let url = url::Url::parse(raw)
+        .map_err(|e| format!("\"{}\" is not an absolute URL ({e})", excerpt(raw)))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "scheme \"{}\" is not http or https",
+            excerpt(url.scheme())
+        ));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not contain a user name or password".into());
+    }
+    if url.fragment().is_some() {
+        return Err("must not contain a fragment (#...)".into());
+    }
+    let private = match url.host() {
+        None => return Err("has no host".into()),
+        Some(url::Host::Ipv4(ip)) => !address::is_public(ip.into()),
+        Some(url::Host::Ipv6(ip)) => !address::is_public(ip.into()),
+        Some(url::Host::Domain(name)) => name == "localhost" || name.ends_with(".localhost"),
+    };
+    if private && !allow_private {
+        return Err(format!(
+            "host {} is a private, loopback or reserved address; a server that must call one sets apikey.webhook_allow_private_urls = on",
+            url.host_str().unwrap_or_default()
+        ));
+    }
+    no_token(url.as_str())?;
+    Ok(url.into())
+}
+
+/// The events an endpoint subscribes to: `*`, `key.*`, or exact event types; duplicates
+/// removed, order kept.
+pub fn webhook_events(events: &[Option<String>]) -> Result<Vec<String>, String> {
+    if events.is_empty() {
+        return Err("is empty; pass '{*}' for every event".into());
+    }
+    if events.len() > MAX_EVENT_FILTERS {
+        return Err(format!("at most {MAX_EVENT_FILTERS} entries"));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(events.len());
+    for e in events {
+        let e = e.as_deref().ok_or("an event type is NULL")?;
+        if !(e == "*" || e == "key.*" || outbox::EVENT_TYPES.contains(&e)) {
+            return Err(format!(
+                "\"{}\" is not an event type (one of *, key.*, {})",
+                excerpt(e),
+                outbox::EVENT_TYPES.join(", ")
+            ));
+        }
+        if !out.iter().any(|o| o == e) {
+            out.push(e.to_string());
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn webhook_urls_are_http_with_a_host_and_no_credentials() {
+        assert_eq!(
+            webhook_url("HTTPS://Example.COM:8443/hooks?a=1", false).unwrap(),
+            "https://example.com:8443/hooks?a=1"
+        );
+        assert_eq!(
+            webhook_url("http://8.8.8.8/x", false).unwrap(),
+            "http://8.8.8.8/x"
+        );
+        for (url, why) in [
+            ("", "is not an absolute URL"),
+            ("/hooks", "is not an absolute URL"),
+            ("ftp://example.com/", "scheme \"ftp\" is not http or https"),
+            ("file:///etc/passwd", "scheme \"file\""),
+            ("javascript:alert(1)", "scheme \"javascript\""),
+            ("https://user:pw@example.com/", "user name or password"),
+            ("https://user@example.com/", "user name or password"),
+            ("https://example.com/#top", "fragment"),
+            ("http://127.0.0.1:9/", "host 127.0.0.1 is a private"),
+            ("http://[::1]/", "host [::1] is a private"),
+            ("http://10.1.2.3/", "private"),
+            ("http://169.254.169.254/latest/meta-data", "private"),
+            ("http://0x7f000001/", "host 127.0.0.1"),
+            ("http://localhost:8080/", "host localhost"),
+            ("http://api.localhost/", "private"),
+        ] {
+            let err = webhook_url(url, false).unwrap_err();
+            assert!(err.contains(why), "{url}: {err}");
+        }
+        assert_eq!(
+            webhook_url("http://127.0.0.1:9/a", true).unwrap(),
+            "http://127.0.0.1:9/a"
+        );
+        assert_eq!(
+            webhook_url("http://localhost/", true).unwrap(),
+            "http://localhost/"
+        );
+        let long = format!("https://example.com/{}", "a".repeat(MAX_URL_LEN));
+        assert_eq!(
+            webhook_url(&long, true).unwrap_err(),
+            "longer than 2048 bytes"
+        );
+        let at_limit = format!("https://example.com/{}", "a".repeat(MAX_URL_LEN - 20));
+        assert_eq!(webhook_url(&at_limit, false).unwrap(), at_limit);
+    }
+
+    #[test]
+    fn a_webhook_url_never_holds_a_token() {
+        let token = apikey_contract::token::generate("ak", "live").unwrap();
+        let url = format!("https://example.com/hook?key={}", token.token);
+        let err = webhook_url(&url, false).unwrap_err();
+        assert!(
+            err.contains("API token") && !err.contains(token.secret()),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn webhook_event_filters_name_known_events() {
+        assert_eq!(
+            webhook_events(&owned(&["key.revoked", "*", "key.revoked", "key.*"])).unwrap(),
+            vec!["key.revoked", "*", "key.*"]
+        );
+        for event in outbox::EVENT_TYPES {
+            assert_eq!(webhook_events(&owned(&[event])).unwrap(), vec![*event]);
+        }
+        assert!(webhook_events(&[]).unwrap_err().contains("is empty"));
+        assert_eq!(
+            webhook_events(&[None]).unwrap_err(),
+            "an event type is NULL"
+        );
+        for bad in [
+            "key.Revoked",
+            "webhook.test",
+            "",
+            "key",
+            "*.*",
+            "key.issued ",
+        ] {
+            assert!(
+                webhook_events(&owned(&[bad]))
+                    .unwrap_err()
+                    .contains("is not an event type"),
+                "{bad}"
+            );
+        }
+        let many: Vec<&str> = std::iter::repeat_n("*", MAX_EVENT_FILTERS + 1).collect();
+        assert_eq!(
+            webhook_events(&owned(&many)).unwrap_err(),
+            "at most 16 entries"
+        );
+        let at_limit: Vec<&str> = std::iter::repeat_n("*", MAX_EVENT_FILTERS).collect();
+        assert_eq!(webhook_events(&owned(&at_limit)).unwrap(), vec!["*"]);
+    }
 
     fn owned(items: &[&str]) -> Vec<Option<String>> {
         items.iter().map(|s| Some(s.to_string())).collect()

@@ -57,6 +57,17 @@ fn mac(key: &[u8], msg_id: &str, timestamp: i64, payload: &[u8]) -> Hmac<Sha256>
     mac
 }
 
+/// Bytes of a new signing key: within the 24 to 64 the specification asks for.
+pub const SECRET_KEY_BYTES: usize = 32;
+
+/// A new signing key and its serialized form, `whsec_<base64>`.
+pub fn generate_secret() -> Result<(Vec<u8>, String), getrandom::Error> {
+    let mut key = vec![0u8; SECRET_KEY_BYTES];
+    getrandom::getrandom(&mut key)?;
+    let serialized = format!("{SECRET_PREFIX}{}", STANDARD_ENGINE.encode(&key));
+    Ok((key, serialized))
+}
+
 /// The `webhook-signature` entry for one message: `v1,<base64>`.
 pub fn sign(key: &[u8], msg_id: &str, timestamp: i64, payload: &[u8]) -> String {
     let tag = mac(key, msg_id, timestamp, payload).finalize().into_bytes();
