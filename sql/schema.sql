@@ -105,6 +105,83 @@ CREATE TABLE apikey.events (
 );
 CREATE INDEX events_created_at_idx ON apikey.events (created_at);
 CREATE INDEX events_partner_id_idx ON apikey.events (partner_id, created_at);
+
+-- Partners' webhook endpoints. The signing secret is sealed (ChaCha20-Poly1305 under a key
+-- derived from the pepper named by secret_pepper, extension/src/webhook_endpoints.rs): no
+-- role but the owner reads those columns, and what they hold signs nothing without the
+-- pepper file. During a rotation's grace the previous secret signs too.
+CREATE TABLE apikey.webhook_endpoints (
+    endpoint_id            uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    partner_id             uuid NOT NULL REFERENCES apikey.partners (partner_id),
+    url                    text NOT NULL,
+    events                 text[] NOT NULL,
+    enabled                boolean NOT NULL DEFAULT true,
+    secret_sealed          bytea NOT NULL,
+    secret_pepper          text NOT NULL,
+    previous_secret_sealed bytea,
+    previous_secret_pepper text,
+    previous_secret_until  timestamptz,
+    created_at             timestamptz NOT NULL DEFAULT clock_timestamp(),
+    updated_at             timestamptz NOT NULL DEFAULT clock_timestamp(),
+    secret_rotated_at      timestamptz,
+    -- Since when every attempt failed; cleared by a success. Too long, and the endpoint is
+    -- disabled (disabled_at, disabled_reason) until re-enabled.
+    failing_since          timestamptz,
+    disabled_at            timestamptz,
+    disabled_reason        text
+);
+CREATE INDEX webhook_endpoints_partner_id_idx ON apikey.webhook_endpoints (partner_id);
+
+-- One row per event and endpoint subscribed to it, written with the event. The shims lease
+-- due rows (apikey_webhook_claim) and report each attempt (apikey_webhook_report).
+CREATE TABLE apikey.webhook_deliveries (
+    delivery_id     bigserial PRIMARY KEY,
+    event_id        uuid NOT NULL REFERENCES apikey.events (event_id) ON DELETE CASCADE,
+    endpoint_id     uuid NOT NULL REFERENCES apikey.webhook_endpoints (endpoint_id) ON DELETE CASCADE,
+    partner_id      uuid NOT NULL,
+    event_type      text NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT clock_timestamp(),
+    state           text NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'delivered', 'failed')),
+    attempts        int NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    leased_until    timestamptz,
+    delivered_at    timestamptz,
+    last_status     int,
+    last_error      text
+);
+CREATE INDEX webhook_deliveries_due_idx ON apikey.webhook_deliveries (next_attempt_at)
+    WHERE state = 'pending';
+CREATE INDEX webhook_deliveries_endpoint_id_idx ON apikey.webhook_deliveries (endpoint_id, delivery_id);
+CREATE INDEX webhook_deliveries_event_id_idx ON apikey.webhook_deliveries (event_id);
+
+-- Every attempt: HTTP status (NULL without an answer), latency and what went wrong.
+CREATE TABLE apikey.webhook_attempts (
+    attempt_id  bigserial PRIMARY KEY,
+    delivery_id bigint NOT NULL REFERENCES apikey.webhook_deliveries (delivery_id) ON DELETE CASCADE,
+    endpoint_id uuid NOT NULL,
+    partner_id  uuid NOT NULL,
+    event_id    uuid NOT NULL,
+    attempt     int NOT NULL,
+    at          timestamptz NOT NULL DEFAULT clock_timestamp(),
+    status_code int,
+    latency_ms  int,
+    error       text
+);
+CREATE INDEX webhook_attempts_delivery_id_idx ON apikey.webhook_attempts (delivery_id, attempt);
+
+-- Reminders already sent (apikey_send_reminders): one row per key and kind ('expiring_7d',
+-- 'expiring_1d', 'rotation_due'), so each is sent once even after its event is deleted.
+-- No foreign key, as for events and the audit log: what a DBA may do to apikey.keys
+-- (TRUNCATE among it) stays as it was.
+CREATE TABLE apikey.key_reminders (
+    key_id  text NOT NULL,
+    kind    text NOT NULL,
+    sent_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (key_id, kind)
+);
+-- The keys a minute's reminder pass looks at: live ones with an expiry.
+CREATE INDEX keys_expires_at_idx ON apikey.keys (expires_at)
+    WHERE revoked_at IS NULL AND expires_at IS NOT NULL;
 -- pg_dump keeps the contents of these tables (they would otherwise be treated as part of
 -- the extension's definition and left out), so a restore keeps every key working.
 SELECT pg_catalog.pg_extension_config_dump('apikey.partners', '');
@@ -113,3 +190,9 @@ SELECT pg_catalog.pg_extension_config_dump('apikey.audit_log', '');
 SELECT pg_catalog.pg_extension_config_dump('apikey.audit_log_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('apikey.usage', '');
 SELECT pg_catalog.pg_extension_config_dump('apikey.events', '');
+SELECT pg_catalog.pg_extension_config_dump('apikey.webhook_endpoints', '');
+SELECT pg_catalog.pg_extension_config_dump('apikey.webhook_deliveries', '');
+SELECT pg_catalog.pg_extension_config_dump('apikey.webhook_attempts', '');
+SELECT pg_catalog.pg_extension_config_dump('apikey.webhook_deliveries_delivery_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('apikey.webhook_attempts_attempt_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('apikey.key_reminders', '');

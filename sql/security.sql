@@ -125,3 +125,60 @@ CREATE POLICY partner_reads_own ON apikey.usage FOR SELECT TO apikey_partner
 CREATE POLICY admin_reads_all ON apikey.events FOR SELECT TO apikey_admin USING (true);
 CREATE POLICY partner_reads_own ON apikey.events FOR SELECT TO apikey_partner
     USING (partner_id = @extschema@.apikey_current_partner());
+
+-- Webhooks. Management by operators for any partner, by a partner's keys:manage key for its
+-- own; claiming and reporting deliveries is the deliverer's (the shim's operator role).
+GRANT EXECUTE ON FUNCTION
+    @extschema@.apikey_webhook_create,
+    @extschema@.apikey_webhook_rotate_secret,
+    @extschema@.apikey_webhook_delete,
+    @extschema@.apikey_webhook_set_enabled,
+    @extschema@.apikey_webhook_send_test
+TO apikey_admin, apikey_partner;
+GRANT EXECUTE ON FUNCTION
+    @extschema@.apikey_webhook_claim,
+    @extschema@.apikey_webhook_report
+TO apikey_admin;
+
+-- Every column but the sealed secrets and their peppers.
+GRANT SELECT (
+    endpoint_id, partner_id, url, events, enabled, previous_secret_until, created_at,
+    updated_at, secret_rotated_at, failing_since, disabled_at, disabled_reason
+) ON apikey.webhook_endpoints TO apikey_admin, apikey_partner;
+CREATE VIEW apikey.webhook_endpoint_info WITH (security_invoker = true) AS
+SELECT
+    endpoint_id, partner_id, url, events, enabled, created_at, updated_at, secret_rotated_at,
+    CASE WHEN previous_secret_until > clock_timestamp() THEN previous_secret_until END
+        AS previous_secret_until,
+    failing_since, disabled_at, disabled_reason
+FROM apikey.webhook_endpoints;
+COMMENT ON VIEW apikey.webhook_endpoint_info IS
+    'Webhook endpoints without their sealed secrets; previous_secret_until while the previous secret still signs';
+GRANT SELECT ON apikey.webhook_endpoint_info, apikey.webhook_deliveries, apikey.webhook_attempts
+    TO apikey_admin, apikey_partner;
+
+ALTER TABLE apikey.webhook_endpoints ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apikey.webhook_endpoints FORCE ROW LEVEL SECURITY;
+ALTER TABLE apikey.webhook_deliveries ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apikey.webhook_deliveries FORCE ROW LEVEL SECURITY;
+ALTER TABLE apikey.webhook_attempts ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apikey.webhook_attempts FORCE ROW LEVEL SECURITY;
+CREATE POLICY admin_reads_all ON apikey.webhook_endpoints FOR SELECT TO apikey_admin USING (true);
+CREATE POLICY partner_reads_own ON apikey.webhook_endpoints FOR SELECT TO apikey_partner
+    USING (partner_id = @extschema@.apikey_current_partner());
+CREATE POLICY admin_reads_all ON apikey.webhook_deliveries FOR SELECT TO apikey_admin USING (true);
+CREATE POLICY partner_reads_own ON apikey.webhook_deliveries FOR SELECT TO apikey_partner
+    USING (partner_id = @extschema@.apikey_current_partner());
+CREATE POLICY admin_reads_all ON apikey.webhook_attempts FOR SELECT TO apikey_admin USING (true);
+CREATE POLICY partner_reads_own ON apikey.webhook_attempts FOR SELECT TO apikey_partner
+    USING (partner_id = @extschema@.apikey_current_partner());
+
+-- Reminders: run by the delivering shims every minute.
+GRANT EXECUTE ON FUNCTION @extschema@.apikey_send_reminders TO apikey_admin;
+GRANT SELECT ON apikey.key_reminders TO apikey_admin;
+ALTER TABLE apikey.key_reminders ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apikey.key_reminders FORCE ROW LEVEL SECURITY;
+CREATE POLICY admin_reads_all ON apikey.key_reminders FOR SELECT TO apikey_admin USING (true);
+
+-- Leak reports: the shim's POST /v1/secret-scanning, authenticated by GitHub's signature.
+GRANT EXECUTE ON FUNCTION @extschema@.apikey_leak_report TO apikey_admin;

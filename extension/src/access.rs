@@ -51,38 +51,58 @@ pub fn require_admin(action: &str) -> ApiResult<()> {
     }
 }
 
-/// Whether the caller may rotate, revoke, enable or disable the key `key_id` of partner
-/// `key_partner` that holds `key_scopes`. A partner asking about another partner's key is
-/// told it does not exist, so key ids of other partners cannot be probed. A key holding an
-/// operator scope (`admin:*`, `*`) is an operator's alone, even one issued to the partner's
-/// own account: a partner that could rotate it would obtain an operator's token.
-pub fn require_key_manager(
-    key_id: &str,
-    key_partner: pgrx::Uuid,
-    key_scopes: &[String],
-) -> ApiResult<()> {
+/// Who passed [`require_manager_of`].
+pub enum Manager {
+    Operator,
+    Partner,
+}
+
+/// Whether the caller may manage `what` (keys, webhooks) belonging to partner `owner`: an
+/// operator, or a partner whose key with scope `keys:manage`, verified in this transaction,
+/// belongs to `owner`. A partner asking about another partner's object gets `hidden()`: it
+/// is told the object does not exist, so ids of other partners cannot be probed.
+pub fn require_manager_of(
+    owner: pgrx::Uuid,
+    what: &str,
+    hidden: impl FnOnce() -> ApiError,
+) -> ApiResult<Manager> {
     if is_admin() {
-        return Ok(());
+        return Ok(Manager::Operator);
     }
     if !has_role(c"apikey_partner") {
-        return Err(ApiError::denied(
-            "managing keys requires the apikey_admin or apikey_partner role",
-        ));
+        return Err(ApiError::denied(format!(
+            "managing {what} requires the apikey_admin or apikey_partner role"
+        )));
     }
     let Some(identity) = identity::current() else {
         return Err(ApiError::denied(format!(
-            "managing keys as a partner requires a key with scope {MANAGE_SCOPE} verified in this transaction"
+            "managing {what} as a partner requires a key with scope {MANAGE_SCOPE} verified in this transaction"
         ))
         .with_hint("Call apikey_verify(token, '{keys:manage}') first, in the same transaction."));
     };
-    if identity.partner_id != key_partner {
-        return Err(key_not_found(key_id));
+    if identity.partner_id != owner {
+        return Err(hidden());
     }
     if !scope::has_scope(identity.scopes.iter().map(String::as_str), MANAGE_SCOPE) {
         return Err(ApiError::denied(format!(
             "key {} lacks scope {MANAGE_SCOPE}",
             identity.key_id
         )));
+    }
+    Ok(Manager::Partner)
+}
+
+/// Whether the caller may rotate, revoke, enable or disable the key `key_id` of partner
+/// `key_partner` that holds `key_scopes`. A key holding an operator scope (`admin:*`, `*`)
+/// is an operator's alone, even one issued to the partner's own account: a partner that
+/// could rotate it would obtain an operator's token.
+pub fn require_key_manager(
+    key_id: &str,
+    key_partner: pgrx::Uuid,
+    key_scopes: &[String],
+) -> ApiResult<()> {
+    if let Manager::Operator = require_manager_of(key_partner, "keys", || key_not_found(key_id))? {
+        return Ok(());
     }
     if key_scopes.iter().any(|s| scope::is_operator(s)) {
         return Err(ApiError::denied(format!(

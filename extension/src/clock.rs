@@ -11,3 +11,11 @@ pub fn now() -> pg_sys::TimestampTz {
     // SAFETY: reads the system clock; no backend state involved.
     unsafe { pg_sys::GetCurrentTimestamp() }
 }
+
+/// Seconds between the Unix epoch and PostgreSQL's (2000-01-01).
+const POSTGRES_EPOCH_IN_UNIX_SECONDS: i64 = 946_684_800;
+
+/// [`now`] in whole seconds since the Unix epoch, as webhook timestamps count.
+pub fn unix_seconds() -> i64 {
+    now() / 1_000_000 + POSTGRES_EPOCH_IN_UNIX_SECONDS
+}

@@ -10,24 +10,40 @@ use crate::version;
 use pgrx::spi::SpiClient;
 use pgrx::JsonB;
 
-pub const KEY_ISSUED: &str = "key.issued";
-pub const KEY_ROTATED: &str = "key.rotated";
-pub const KEY_REVOKED: &str = "key.revoked";
-pub const KEY_DISABLED: &str = "key.disabled";
-pub const KEY_ENABLED: &str = "key.enabled";
+pub use crate::outbox::{KEY_DISABLED, KEY_ENABLED, KEY_ISSUED, KEY_REVOKED, KEY_ROTATED};
 
 /// The body is the Standard Webhooks shape: `{"type", "timestamp", "data"}`, the timestamp
 /// the row's own `created_at` in UTC.
-const INSERT: &str = "\
-    WITH k AS (SELECT key_id, partner_id, name, scopes, environment, expires_at, revoked_at \
-               FROM apikey.keys WHERE key_id = $2), \
-         now AS (SELECT clock_timestamp() AS at) \
-    INSERT INTO apikey.events (created_at, partner_id, type, key_id, payload) \
-    SELECT now.at, k.partner_id, $1, k.key_id, jsonb_build_object( \
-        'type', $1::text, \
-        'timestamp', to_char(now.at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
-        'data', to_jsonb(k) || $3::jsonb) \
-    FROM k, now";
+macro_rules! insert_key_event {
+    () => {
+        "WITH k AS (SELECT key_id, partner_id, name, scopes, environment, expires_at, revoked_at \
+                   FROM apikey.keys WHERE key_id = $2), \
+             now AS (SELECT clock_timestamp() AS at) \
+         INSERT INTO apikey.events (created_at, partner_id, type, key_id, payload) \
+         SELECT now.at, k.partner_id, $1, k.key_id, jsonb_build_object( \
+             'type', $1::text, \
+             'timestamp', to_char(now.at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
+             'data', to_jsonb(k) || $3::jsonb) \
+         FROM k, now"
+    };
+}
+
+const INSERT: &str = insert_key_event!();
+
+/// [`INSERT`], and a delivery to each enabled endpoint of the partner subscribed to the type
+/// (`*`, `key.*` or the type itself), in the same statement and transaction.
+const INSERT_AND_FAN_OUT: &str = concat!(
+    "WITH event AS (",
+    insert_key_event!(),
+    " RETURNING event_id, partner_id, type, created_at) \
+     INSERT INTO apikey.webhook_deliveries \
+         (event_id, endpoint_id, partner_id, event_type, created_at, next_attempt_at) \
+     SELECT event.event_id, w.endpoint_id, event.partner_id, event.type, event.created_at, \
+            event.created_at \
+     FROM event JOIN apikey.webhook_endpoints w ON w.partner_id = event.partner_id \
+     WHERE w.enabled \
+       AND w.events && ARRAY['*', event.type, split_part(event.type, '.', 1) || '.*']"
+);
 
 /// Records `event_type` about `key_id`, with `extra` added to the key's fields. A database
 /// still at a release without the outbox gets nothing.
@@ -40,8 +56,13 @@ pub fn record_key_event(
     if !version::schema_has(version::EVENTS)? {
         return Ok(());
     }
+    let statement = if version::schema_has(version::WEBHOOKS)? {
+        INSERT_AND_FAN_OUT
+    } else {
+        INSERT
+    };
     client.update(
-        INSERT,
+        statement,
         None,
         &[event_type.into(), key_id.into(), JsonB(extra).into()],
     )?;

@@ -20,6 +20,8 @@ static USAGE_RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(400 * 86_400)
 static AUDIT_RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(400 * 86_400);
 static EVENT_RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(30 * 86_400);
 static ARGON2_MAX_CONCURRENCY: GucSetting<i32> = GucSetting::<i32>::new(0);
+static WEBHOOK_ALLOW_PRIVATE_URLS: GucSetting<bool> = GucSetting::<bool>::new(false);
+static ROTATION_PERIOD_S: GucSetting<i32> = GucSetting::<i32>::new(0);
 
 pub fn init() {
     GucRegistry::define_string_guc(
@@ -144,6 +146,26 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::default(),
     );
+    // Superuser only: a partner that could turn it on would point webhooks at the server's
+    // own network.
+    GucRegistry::define_bool_guc(
+        c"apikey.webhook_allow_private_urls",
+        c"Accept webhook URLs whose host is a private, loopback or reserved address, or localhost.",
+        c"Off in production; on for a local receiver in development and tests. The shim has its own setting for addresses names resolve to.",
+        &WEBHOOK_ALLOW_PRIVATE_URLS,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"apikey.rotation_period",
+        c"Age after which a key's partner is sent key.rotation_due, once; 0 turns it off.",
+        c"Checked by apikey_send_reminders(), which delivering shims call every minute.",
+        &ROTATION_PERIOD_S,
+        0,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::UNIT_S,
+    );
 }
 
 fn positive(setting: &GucSetting<i32>) -> usize {
@@ -184,6 +206,15 @@ pub fn argon2_max_concurrency() -> u32 {
         }
         Ok(n) => n,
     }
+}
+
+/// Seconds; 0 is off.
+pub fn rotation_period_seconds() -> i64 {
+    i64::from(ROTATION_PERIOD_S.get())
+}
+
+pub fn webhook_allow_private_urls() -> bool {
+    WEBHOOK_ALLOW_PRIVATE_URLS.get()
 }
 
 pub fn default_prefix() -> String {

@@ -34,9 +34,11 @@ mod flush;
 mod guc;
 mod identity;
 mod known_keys;
+mod leaks;
 mod lifecycle;
 mod partner;
 mod proof;
+mod reminders;
 mod scope;
 mod shared;
 mod sqltypes;
@@ -45,11 +47,13 @@ mod status;
 mod usage_report;
 mod verify;
 mod version;
-mod webhook;
+mod webhook_delivery;
+mod webhook_endpoints;
+mod webhook_verify;
 mod worker;
 
 use apikey_contract::{reason, redact, token};
-use apikey_core::{hash, net, pepper, validate};
+use apikey_core::{hash, net, outbox, pepper, seal, validate};
 
 ::pgrx::pg_module_magic!();
 

@@ -358,7 +358,8 @@ fn apikey_revoke(key_id: Option<&str>, reason: default!(Option<&str>, "NULL")) -
     Spi::connect_mut(|client| revoke(client, key_id, reason)).or_raise()
 }
 
-fn revoke(
+/// Revokes `key_id` as the caller; false when it already was.
+pub fn revoke(
     client: &mut SpiClient<'_>,
     key_id: Option<&str>,
     reason: Option<&str>,

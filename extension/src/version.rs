@@ -15,6 +15,8 @@ pub const ACTOR_KEY_ID: Release = Release(0, 2, 0);
 pub const USAGE: Release = Release(0, 2, 0);
 /// The release that added the outbox, `apikey.events`.
 pub const EVENTS: Release = Release(0, 3, 0);
+/// The release that added webhook endpoints and their deliveries.
+pub const WEBHOOKS: Release = Release(0, 4, 0);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Release(pub u32, pub u32, pub u32);

@@ -6,9 +6,6 @@ use crate::error::{ApiError, ApiResult, OrRaise};
 use apikey_core::webhook::{self, Message};
 use pgrx::prelude::*;
 
-/// Seconds between the Unix epoch and PostgreSQL's (2000-01-01).
-const POSTGRES_EPOCH_IN_UNIX_SECONDS: i64 = 946_684_800;
-
 /// A wrong or missing signature, id, timestamp or body is `false`: that is what a forged or
 /// mangled request looks like. A missing or unreadable secret, or a tolerance that is NULL
 /// or negative, is the caller's configuration and raises 22004 / 22023 naming the argument
@@ -45,7 +42,7 @@ fn check(
     else {
         return Ok(false);
     };
-    let now = clock::now() / 1_000_000 + POSTGRES_EPOCH_IN_UNIX_SECONDS;
+    let now = clock::unix_seconds();
     let message = Message {
         msg_id,
         timestamp,

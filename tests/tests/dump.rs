@@ -123,7 +123,17 @@ fn assert_security_intact(c: &mut Client) {
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
-    let expected = ["audit_log", "events", "keys", "partners", "usage"];
+    let expected = [
+        "audit_log",
+        "events",
+        "key_reminders",
+        "keys",
+        "partners",
+        "usage",
+        "webhook_attempts",
+        "webhook_deliveries",
+        "webhook_endpoints",
+    ];
     assert_eq!(
         tables,
         expected.map(|t| (t.to_string(), true, true)).to_vec(),

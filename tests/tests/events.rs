@@ -205,3 +205,162 @@ fn partners_read_only_their_own_events_and_nobody_writes_them() {
         "42501"
     );
 }
+
+fn send_reminders(c: &mut Client) -> i64 {
+    c.query_one("SELECT apikey_send_reminders()", &[])
+        .expect("apikey_send_reminders")
+        .get(0)
+}
+
+fn reminders_of(c: &mut Client, key_id: &str) -> Vec<(String, Value)> {
+    events_of(c, key_id)
+        .into_iter()
+        .filter(|(t, _, _)| t == "key.expiring" || t == "key.rotation_due")
+        .map(|(t, payload, _)| (t, payload["data"].clone()))
+        .collect()
+}
+
+fn issue_expiring_in(c: &mut Client, partner: Uuid, interval: &str) -> Issued {
+    issue_with(
+        c,
+        "$1, '{a:b}', expires_at => clock_timestamp() + $2::text::interval",
+        &[&partner, &interval],
+    )
+}
+
+#[test]
+fn expiry_reminders_are_sent_once_each_however_often_they_are_asked_for() {
+    let mut c = superuser();
+    let partner = create_partner(&mut c);
+    let in_three_days = issue_expiring_in(&mut c, partner, "3 days");
+    let in_two_hours = issue_expiring_in(&mut c, partner, "2 hours");
+    let in_thirty_days = issue_expiring_in(&mut c, partner, "30 days");
+    let revoked = issue_expiring_in(&mut c, partner, "3 days");
+    c.execute("SELECT apikey_revoke($1)", &[&revoked.key_id])
+        .expect("revoke");
+    let unlimited = issue(&mut c, partner, &["a:b"]);
+
+    assert!(send_reminders(&mut c) >= 2);
+    for _ in 0..5 {
+        send_reminders(&mut c);
+    }
+    let seven = |c: &mut Client, key: &Issued| reminders_of(c, &key.key_id);
+    let expiring = |days: i64| ("key.expiring".to_string(), days);
+    let summary = |r: Vec<(String, Value)>| -> Vec<(String, i64)> {
+        r.into_iter()
+            .map(|(t, data)| (t, data["days_before"].as_i64().unwrap_or(-1)))
+            .collect()
+    };
+    assert_eq!(summary(seven(&mut c, &in_three_days)), [expiring(7)]);
+    assert_eq!(
+        summary(seven(&mut c, &in_two_hours)),
+        [expiring(1)],
+        "inside the last day: only the 1-day reminder"
+    );
+    assert!(seven(&mut c, &in_thirty_days).is_empty());
+    assert!(
+        seven(&mut c, &revoked).is_empty(),
+        "a revoked key needs no reminder"
+    );
+    assert!(seven(&mut c, &unlimited).is_empty());
+
+    // The key enters its last day: the 1-day reminder, once.
+    c.execute(
+        "UPDATE apikey.keys SET expires_at = clock_timestamp() + interval '20 hours' WHERE key_id = $1",
+        &[&in_three_days.key_id],
+    )
+    .expect("move the expiry");
+    for _ in 0..5 {
+        send_reminders(&mut c);
+    }
+    assert_eq!(
+        summary(seven(&mut c, &in_three_days)),
+        [expiring(7), expiring(1)]
+    );
+    let data = &reminders_of(&mut c, &in_three_days.key_id)[1].1;
+    assert_eq!(data["key_id"], in_three_days.key_id.as_str());
+    assert!(data["expires_at"].is_string(), "{data}");
+}
+
+#[test]
+fn concurrent_callers_send_a_reminder_once() {
+    let mut c = superuser();
+    let partner = create_partner(&mut c);
+    let key = issue_expiring_in(&mut c, partner, "5 days");
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(6));
+    let callers: Vec<_> = (0..6)
+        .map(|_| {
+            let barrier = std::sync::Arc::clone(&barrier);
+            std::thread::spawn(move || {
+                let mut c = superuser();
+                barrier.wait();
+                for _ in 0..3 {
+                    send_reminders(&mut c);
+                }
+            })
+        })
+        .collect();
+    for caller in callers {
+        caller.join().expect("a caller panicked");
+    }
+    assert_eq!(reminders_of(&mut c, &key.key_id).len(), 1);
+}
+
+#[test]
+fn a_key_older_than_the_rotation_period_is_due_for_rotation_once() {
+    let mut c = superuser();
+    let partner = create_partner(&mut c);
+    let old = issue(&mut c, partner, &["a:b"]);
+    let young = issue(&mut c, partner, &["a:b"]);
+    c.execute(
+        "UPDATE apikey.keys SET created_at = clock_timestamp() - interval '100 days' WHERE key_id = $1",
+        &[&old.key_id],
+    )
+    .expect("age the key");
+    for _ in 0..3 {
+        send_reminders(&mut c);
+    }
+    assert!(
+        reminders_of(&mut c, &old.key_id).is_empty(),
+        "off by default"
+    );
+
+    c.batch_execute("SET apikey.rotation_period = '90d'")
+        .expect("set the rotation period");
+    for _ in 0..3 {
+        send_reminders(&mut c);
+    }
+    let due = reminders_of(&mut c, &old.key_id);
+    assert_eq!(due.len(), 1, "{due:?}");
+    assert_eq!(due[0].0, "key.rotation_due");
+    assert_eq!(due[0].1["rotation_period_seconds"], 90 * 86_400);
+    assert!(reminders_of(&mut c, &young.key_id).is_empty());
+
+    // Rotated: the successor is young, the old key is in its grace (revoked_at set).
+    let rotated = c
+        .query_one(
+            "SELECT key_id FROM apikey_rotate($1, '1 hour')",
+            &[&old.key_id],
+        )
+        .expect("rotate")
+        .get::<_, String>(0);
+    send_reminders(&mut c);
+    assert!(reminders_of(&mut c, &rotated).is_empty());
+    assert_eq!(reminders_of(&mut c, &old.key_id).len(), 1);
+    c.batch_execute("RESET apikey.rotation_period")
+        .expect("reset");
+
+    for role in ["apikey_verifier", "apikey_partner"] {
+        let login = login_role(&mut c, "reminders", &[role]);
+        let mut other = connect(&login);
+        assert_eq!(
+            sqlstate(other.query_one("SELECT apikey_send_reminders()", &[])),
+            "42501",
+            "{role}"
+        );
+    }
+    let admin = login_role(&mut c, "reminders_admin", &["apikey_admin"]);
+    assert!(connect(&admin)
+        .query_one("SELECT apikey_send_reminders()", &[])
+        .is_ok());
+}

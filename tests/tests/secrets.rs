@@ -4,6 +4,7 @@
 
 use apikey_tests::postgres::Client;
 use apikey_tests::*;
+use base64::Engine;
 use std::collections::HashMap;
 use std::process::Command;
 
@@ -236,6 +237,37 @@ fn tokens_secrets_and_the_pepper_never_reach_tables_logs_or_errors() {
         &[&to_disable.key_id],
     )
     .expect("disable");
+    // Webhook secrets: shown once, then sealed. Scanned for as their base64 and as the hex
+    // of their key bytes (how a bytea column prints).
+    let (endpoint_id, first_secret): (Uuid, String) = {
+        let row = c
+            .query_one(
+                "SELECT endpoint_id, secret FROM apikey_webhook_create($1, 'https://example.com/hook', '{key.expiring}')",
+                &[&partner],
+            )
+            .expect("apikey_webhook_create");
+        (row.get(0), row.get(1))
+    };
+    let second_secret: String = c
+        .query_one(
+            "SELECT apikey_webhook_rotate_secret($1, '1 hour')",
+            &[&endpoint_id],
+        )
+        .expect("apikey_webhook_rotate_secret")
+        .get(0);
+    for (label, secret) in [
+        ("webhook secret", &first_secret),
+        ("rotated webhook secret", &second_secret),
+    ] {
+        let encoded = secret.strip_prefix("whsec_").expect("whsec_ prefix");
+        needles.add(label, encoded);
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .expect("base64");
+        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        needles.add(&format!("{label} (hex)"), &hex);
+    }
+
     // Self-checks, so that a passing scan means something.
     assert_eq!(
         forge(&reader.key_id, reader.secret()).token,
