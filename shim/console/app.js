@@ -14,6 +14,10 @@ const MAX_GRACE_SECONDS = 366 * 24 * 3600; // the API's own limit
 const PARTNER_PAGE_SIZE = 500;
 const PARTNER_PAGES_MAX = 20;
 const AUDIT_PAGE_SIZE = 100;
+const ENDPOINT_PAGE_SIZE = 16; // a partner's most endpoints: each one loads its deliveries too
+const DELIVERY_PAGE_SIZE = 10;
+const TEST_POLL_MS = 1000; // after "Send test event", how often its delivery is looked at...
+const TEST_POLLS = 20; // ...and for how long, until it is no longer pending
 
 const $ = (selector, root = document) => root.querySelector(selector);
 
@@ -29,6 +33,10 @@ const freshView = () => ({
   nextCursor: null,
   dialogKey: null, // the key the rotate, revoke or audit dialog acts on
   auditCursor: null,
+  reminders: { expiring: [], rotation_due: [] },
+  endpoints: [], // the webhook endpoints shown
+  endpointsCursor: null, // next_cursor of the last page of endpoints
+  dialogEndpoint: null, // the endpoint the rotate-secret or delete dialog acts on
 });
 let view = null;
 
@@ -89,6 +97,7 @@ function errorFrom(response, data) {
 }
 
 const keyPath = (keyId, action = '') => `/v1/keys/${encodeURIComponent(keyId)}${action ? `/${action}` : ''}`;
+const endpointPath = (id, action = '') => `/v1/webhooks/${encodeURIComponent(id)}${action ? `/${action}` : ''}`;
 
 // ---------------------------------------------------------------- small DOM helpers
 
@@ -116,6 +125,8 @@ function notify(text) {
 }
 
 const splitList = (text) => text.split(',').map((s) => s.trim()).filter(Boolean);
+
+const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms); });
 
 // ---------------------------------------------------------------- time
 
@@ -278,16 +289,17 @@ function closeDialogs() {
 const dialogError = (dialog) => $('.dialog-error', dialog);
 
 // The one-time token panel: created on demand, and removed from the page when closed, so the
-// token does not linger in the DOM.
-function showToken({ title, keyId, token, note }) {
+// token does not linger in the DOM. Webhook signing secrets use it too (what: 'secret', with
+// the endpoint as the subject): they are shown once in the same way, and never kept.
+function showToken({ title, keyId, token, note, subject = 'Key id', what = 'token' }) {
   const value = el('code', { id: 'token-value', class: 'token', text: token });
   const copyStatus = el('p', { class: 'hint', role: 'status' });
-  const copy = el('button', { id: 'token-copy', type: 'button', class: 'primary', text: 'Copy token' });
+  const copy = el('button', { id: 'token-copy', type: 'button', class: 'primary', text: `Copy ${what}` });
   const close = el('button', { id: 'token-close', type: 'button', text: 'I have stored it, close' });
-  const panel = el('dialog', { id: 'token-panel', 'aria-labelledby': 'token-title', class: 'token-panel' },
+  const panel = el('dialog', { id: 'token-panel', 'aria-labelledby': 'token-title', class: 'token-panel', data: { what } },
     el('h2', { id: 'token-title', text: title }),
-    el('p', {}, 'Key id: ', el('code', { text: keyId })),
-    el('p', { class: 'warning', text: 'This token is shown only once. Copy it now and store it somewhere safe: '
+    el('p', {}, `${subject}: `, el('code', { class: 'long-text', text: keyId })),
+    el('p', { class: 'warning', text: `This ${what} is shown only once. Copy it now and store it somewhere safe: `
       + 'it cannot be shown again, and closing this panel removes it from the page.' }),
     value,
     note ? el('p', { text: note }) : null,
@@ -311,7 +323,7 @@ async function copyToken(node, status) {
   } catch {
     const selection = window.getSelection();
     selection.selectAllChildren(node);
-    status.textContent = 'The browser does not allow copying here: the token is selected, press Ctrl+C (Cmd+C) to copy it.';
+    status.textContent = 'The browser does not allow copying here: it is selected, press Ctrl+C (Cmd+C) to copy it.';
   }
 }
 
@@ -350,7 +362,7 @@ async function signIn(token) {
   view = freshView();
   showSignedIn();
   // Either list may fail on its own (each says so in its view); #error shows the first.
-  const loaded = await Promise.allSettled([loadPartners(), loadKeys()]);
+  const loaded = await Promise.allSettled([loadPartners(), loadKeys(), loadReminders()]);
   renderWhoami();
   const failed = loaded.find((result) => result.status === 'rejected');
   if (failed) showError(null, asApiError(failed.reason));
@@ -366,15 +378,22 @@ function signOut() {
   view = null;
   closeDialogs();
   $('#token-panel')?.remove();
-  for (const selector of ['#keys-table tbody', '#partners-table tbody', '#audit-list', '#issue-scope-list']) {
+  for (const selector of ['#keys-table tbody', '#partners-table tbody', '#audit-list', '#issue-scope-list',
+    '#expiring-table tbody', '#rotation-table tbody', '#webhooks-list']) {
     $(selector).replaceChildren();
   }
-  $('#filter-partner').replaceChildren(el('option', { value: '', text: 'All partners' }));
+  for (const selector of ['#filter-partner', '#reminders-partner', '#webhooks-partner']) {
+    $(selector).replaceChildren(el('option', { value: '', text: 'All partners' }));
+  }
   $('#issue-partner').replaceChildren();
-  $('#filters').reset();
-  $('#partner-form').reset();
-  for (const selector of ['#whoami', '#keys-status', '#keys-page', '#partners-status', '#signin-error']) setText($(selector), '');
-  for (const selector of ['#keys-empty', '#partners-empty']) setText($(selector), '');
+  $('#webhook-partner').replaceChildren();
+  for (const selector of ['#filters', '#partner-form', '#webhook-form']) $(selector).reset();
+  for (const selector of ['#whoami', '#keys-status', '#keys-page', '#partners-status', '#signin-error',
+    '#reminders-status', '#reminders-count', '#webhooks-status', '#webhook-form-error']) setText($(selector), '');
+  for (const selector of ['#keys-empty', '#partners-empty', '#expiring-empty', '#rotation-empty', '#webhooks-empty']) {
+    setText($(selector), '');
+  }
+  $('#webhooks-more').hidden = true;
   clearError(null);
   showSignedOut();
   notify('Signed out: the key was forgotten and the page cleared.');
@@ -386,11 +405,13 @@ function showSignedIn() {
   $('#nav').hidden = false;
   $('#session').hidden = false;
   $('#nav-partners').hidden = session.role !== 'operator';
+  // A partner's key sees one partner: nothing to choose between.
+  for (const selector of ['#reminders-partner-field', '#webhooks-partner-field']) $(selector).hidden = session.role !== 'operator';
   showView('keys');
 }
 
 function showSignedOut() {
-  for (const selector of ['#nav', '#session', '#keys-view', '#partners-view']) $(selector).hidden = true;
+  for (const selector of ['#nav', '#session', ...VIEWS.map((v) => `#${v}-view`)]) $(selector).hidden = true;
   $('#signin-view').hidden = false;
   $('#signin-key').focus();
 }
@@ -403,17 +424,26 @@ function renderWhoami() {
 
 // ---------------------------------------------------------------- views
 
+// Each view is a <section id="NAME-view"> with a heading #NAME-heading and a nav button #nav-NAME.
+const VIEWS = ['keys', 'reminders', 'webhooks', 'partners'];
+
 function showView(name) {
-  const partners = name === 'partners' && session.role === 'operator';
-  $('#keys-view').hidden = partners;
-  $('#partners-view').hidden = !partners;
-  for (const [id, current] of [['#nav-keys', !partners], ['#nav-partners', partners]]) {
-    if (current) $(id).setAttribute('aria-current', 'page');
-    else $(id).removeAttribute('aria-current');
+  const shown = name === 'partners' && session.role !== 'operator' ? 'keys' : name;
+  for (const v of VIEWS) {
+    $(`#${v}-view`).hidden = v !== shown;
+    if (v === shown) $(`#nav-${v}`).setAttribute('aria-current', 'page');
+    else $(`#nav-${v}`).removeAttribute('aria-current');
   }
 }
 
-const currentViewHeading = () => ($('#partners-view').hidden ? '#keys-heading' : '#partners-heading');
+const currentViewHeading = () => `#${VIEWS.find((v) => !$(`#${v}-view`).hidden) || 'keys'}-heading`;
+
+// The nav buttons of views that show server state load it afresh on every visit.
+async function openView(name, load) {
+  showView(name);
+  $(`#${name}-heading`).focus();
+  if (load) await act({}, load);
+}
 
 // ---------------------------------------------------------------- keys list
 
@@ -615,13 +645,29 @@ async function fetchAllPartners() {
 }
 
 function renderPartners(empty) {
-  const options = view.partners.map((p) => el('option', { value: p.partner_id, text: partnerLabel(p) }));
-  const selected = $('#filter-partner').value;
-  $('#filter-partner').replaceChildren(el('option', { value: '', text: 'All partners' }), ...options);
-  $('#filter-partner').value = view.partners.some((p) => p.partner_id === selected) ? selected : '';
+  for (const selector of ['#filter-partner', '#reminders-partner', '#webhooks-partner']) {
+    const select = $(selector);
+    const selected = select.value;
+    select.replaceChildren(el('option', { value: '', text: 'All partners' }), ...partnerOptions());
+    select.value = view.partners.some((p) => p.partner_id === selected) ? selected : '';
+  }
+  choosePartnerIn($('#webhook-partner'), $('#webhook-partner').value);
   fillTable($('#partners-table'), view.partners.map(partnerRow));
   setText($('#partners-empty'), empty);
 }
+
+const partnerOptions = () => view.partners.map((p) => el('option', { value: p.partner_id, text: partnerLabel(p) }));
+
+// A select for what a new object belongs to. No silent default among several partners: a
+// key or an endpoint given to the wrong one is a leak.
+function choosePartnerIn(select, preferred) {
+  const options = partnerOptions();
+  const choose = el('option', { value: '', text: 'Choose a partner…' });
+  select.replaceChildren(...(options.length === 1 ? options : [choose, ...options]));
+  if (preferred && view.partners.some((p) => p.partner_id === preferred)) select.value = preferred;
+}
+
+const partnerName = (partnerId) => view.partners.find((p) => p.partner_id === partnerId)?.name || partnerId;
 
 const partnerLabel = (p) => (p.active ? p.name : `${p.name} (inactive)`);
 
@@ -690,12 +736,8 @@ async function createPartner(event) {
 
 function openIssue() {
   $('#issue-form').reset();
-  // No silent default among several partners: a key issued to the wrong one is a leak.
-  const partners = view.partners.map((p) => el('option', { value: p.partner_id, text: partnerLabel(p) }));
-  const choose = el('option', { value: '', text: 'Choose a partner…' });
-  $('#issue-partner').replaceChildren(...(partners.length === 1 ? partners : [choose, ...partners]));
   const preferred = view.filters.partner || (session.role === 'partner' ? session.partnerId : '');
-  if (preferred) $('#issue-partner').value = preferred;
+  choosePartnerIn($('#issue-partner'), preferred);
   renderScopeChoices();
   $('#issue-partner-note').hidden = session.role !== 'partner';
   openDialog($('#issue-dialog'), '#issue-partner');
@@ -806,6 +848,8 @@ async function submitRotate(event) {
     : `The old key ${old.key_id} keeps working for ${duration(grace)} (or until it expires, if sooner).`;
   showToken({ title: 'Key rotated', keyId: rotated.key_id, token: rotated.token, note });
   await act({}, loadKeys);
+  // The rotated key leaves the reminders (it has a successor), which may be where it was.
+  await act({}, loadReminders);
 }
 
 function openRevoke() {
@@ -971,6 +1015,336 @@ async function openUsage({ keyId = null, partnerId = null, title, rate }) {
   });
 }
 
+// ---------------------------------------------------------------- reminders
+
+// GET /v1/reminders: live keys expiring within 7 days, and keys the database found due for
+// rotation (a key.rotation_due event). The nav button counts them, for every partner the key
+// may see.
+async function loadReminders() {
+  const status = $('#reminders-status');
+  setText(status, 'Loading reminders…');
+  const partnerId = $('#reminders-partner').value;
+  try {
+    view.reminders = await api('GET', '/v1/reminders', { query: { partner_id: partnerId } });
+    renderReminders(view.reminders, '');
+    setText(status, view.reminders.truncated
+      ? 'A list holds its first 200 keys only: narrow it to a partner, or use the filters of the Keys view.' : '');
+    if (!partnerId) renderRemindersCount(view.reminders);
+  } catch (err) {
+    view.reminders = { expiring: [], rotation_due: [] };
+    renderReminders(view.reminders, `Reminders could not be loaded: ${err.text || err}`);
+    setText(status, '');
+    throw err;
+  }
+}
+
+function renderRemindersCount(reminders) {
+  const count = reminders.expiring.length + reminders.rotation_due.length;
+  setText($('#reminders-count'), count ? `${count}${reminders.truncated ? '+' : ''}` : '');
+}
+
+function renderReminders(reminders, failure) {
+  const now = Date.now();
+  fillTable($('#expiring-table'), reminders.expiring.map((key) => expiringRow(key, now)));
+  fillTable($('#rotation-table'), reminders.rotation_due.map(rotationDueRow));
+  const partnerId = $('#reminders-partner').value;
+  const whose = partnerId ? ` of ${partnerName(partnerId)}` : '';
+  setText($('#expiring-empty'), failure || (reminders.expiring.length ? '' : `No live key${whose} expires within 7 days.`));
+  setText($('#rotation-empty'), failure || (reminders.rotation_due.length ? ''
+    : `No key${whose} is due for rotation (or no rotation period is set: apikey.rotation_period).`));
+}
+
+function reminderActions(key) {
+  return el('div', { class: 'row-actions' },
+    el('button', { type: 'button', data: { action: 'rotate' }, 'aria-label': `Rotate ${key.key_id}`, text: 'Rotate' }),
+    el('p', { class: 'row-error form-error', role: 'alert', hidden: true }));
+}
+
+const keyIdCell = (key) => cell(el('code', { class: 'key-id', text: key.key_id }));
+const keyNameCell = (key) => cell(key.name
+  ? el('span', { class: 'long-text', text: key.name }) : el('span', { class: 'muted', text: 'unnamed' }));
+
+function expiringRow(key, now) {
+  return el('tr', { data: { keyId: key.key_id, reminder: 'expiring' } },
+    keyIdCell(key),
+    keyNameCell(key),
+    cell(el('span', { class: 'long-text', text: key.partner_name })),
+    // One child per cell: the stacked cards of narrow screens put each child in a grid cell.
+    cell(el('div', {}, el('span', { class: 'status status-expiring', text: statusText(key, displayStatus(key, now)) }),
+      el('span', { class: 'note' }, timeNode(key.expires_at)))),
+    cell(timeNode(key.last_used_at, { relative: true })),
+    cell(reminderActions(key)));
+}
+
+function rotationDueRow(key) {
+  return el('tr', { data: { keyId: key.key_id, reminder: 'rotation_due' } },
+    keyIdCell(key),
+    keyNameCell(key),
+    cell(el('span', { class: 'long-text', text: key.partner_name })),
+    cell(el('div', {}, timeNode(key.created_at, { day: true }), el('span', { class: 'note', text: relativeTime(key.created_at) }))),
+    cell(timeNode(key.due_since, { relative: true })),
+    cell(timeNode(key.last_used_at, { relative: true })),
+    cell(reminderActions(key)));
+}
+
+// Rotate reuses the keys view's dialog; submitRotate reloads both lists.
+function onReminderAction(event) {
+  const button = event.target.closest('button[data-action="rotate"]');
+  const row = button && button.closest('tr[data-key-id]');
+  const list = row && (row.dataset.reminder === 'expiring' ? view.reminders.expiring : view.reminders.rotation_due);
+  const key = list && list.find((k) => k.key_id === row.dataset.keyId);
+  if (!key) return;
+  view.dialogKey = key;
+  openRotate();
+}
+
+// ---------------------------------------------------------------- webhooks
+
+// Endpoints, newest first, each with its last deliveries. `more` appends the next page.
+async function loadWebhooks({ more = false } = {}) {
+  const status = $('#webhooks-status');
+  setText(status, 'Loading endpoints…');
+  $('#webhooks-empty').hidden = true;
+  const cursor = more ? view.endpointsCursor : null;
+  let page;
+  try {
+    page = await api('GET', '/v1/webhooks', {
+      query: { partner_id: $('#webhooks-partner').value, limit: ENDPOINT_PAGE_SIZE, cursor },
+    });
+  } catch (err) {
+    if (!more) {
+      view.endpoints = [];
+      $('#webhooks-list').replaceChildren();
+      setText($('#webhooks-empty'), `Endpoints could not be loaded: ${err.text || err}`);
+    }
+    setText(status, '');
+    throw err;
+  }
+  view.endpoints = more ? [...view.endpoints, ...page.items] : page.items;
+  view.endpointsCursor = page.next_cursor;
+  const cards = page.items.map(endpointCard);
+  if (more) $('#webhooks-list').append(...cards);
+  else $('#webhooks-list').replaceChildren(...cards);
+  $('#webhooks-more').hidden = !page.next_cursor;
+  setText($('#webhooks-empty'), view.endpoints.length ? '' : noEndpointsText());
+  setText(status, '');
+  // Each card reports its own failure; one endpoint's deliveries do not hold up the others.
+  await Promise.allSettled(cards.map((card) => refreshDeliveries(card)));
+}
+
+function noEndpointsText() {
+  const partnerId = $('#webhooks-partner').value;
+  return `No webhook endpoints${partnerId ? ` for ${partnerName(partnerId)}` : ''} yet: create one above.`;
+}
+
+function endpointState(endpoint) {
+  if (!endpoint.enabled) return { status: 'disabled', text: 'disabled' };
+  if (endpoint.failing_since) return { status: 'expiring', text: 'enabled, failing' };
+  return { status: 'live', text: 'enabled' };
+}
+
+// One definition list entry, left out when there is nothing to say.
+const fact = (term, ...value) => (value.some((v) => v !== null && v !== undefined && v !== false)
+  ? [el('dt', { text: term }), el('dd', {}, ...value)] : []);
+
+function endpointCard(endpoint) {
+  const id = endpoint.endpoint_id;
+  const state = endpointState(endpoint);
+  const button = (action, label, cls) => el('button', {
+    type: 'button', class: cls, data: { action }, 'aria-label': `${label}: ${endpoint.url}`, text: label,
+  });
+  const headingId = `endpoint-${id}-url`;
+  const deliveriesId = `endpoint-${id}-deliveries`;
+  return el('article', { class: 'card endpoint', 'aria-labelledby': headingId, data: { endpointId: id, state: state.status } },
+    el('div', { class: 'endpoint-head' },
+      el('h3', { id: headingId }, el('code', { class: 'long-text', text: endpoint.url })),
+      el('span', { class: `status status-${state.status}`, text: state.text })),
+    el('dl', { class: 'facts' },
+      fact('Partner', el('span', { class: 'long-text', text: partnerName(endpoint.partner_id) })),
+      fact('Events', chips(endpoint.events, 'scope-chips')),
+      fact('Created', timeNode(endpoint.created_at)),
+      fact('Secret rotated', endpoint.secret_rotated_at && timeNode(endpoint.secret_rotated_at)),
+      fact('Old secret signs until', endpoint.previous_secret_until && timeNode(endpoint.previous_secret_until)),
+      fact('Failing since', endpoint.failing_since && timeNode(endpoint.failing_since)),
+      fact('Disabled', endpoint.disabled_reason && el('span', { class: 'disabled-reason', text: endpoint.disabled_reason }),
+        endpoint.disabled_at && ' ', endpoint.disabled_at && timeNode(endpoint.disabled_at))),
+    el('div', { class: 'endpoint-actions' },
+      button('test', 'Send test event', 'primary'),
+      button('refresh', 'Refresh deliveries'),
+      button('rotate-secret', 'Rotate secret'),
+      endpoint.enabled ? button('disable', 'Disable') : button('enable', 'Enable'),
+      button('delete', 'Delete', 'danger'),
+      el('p', { class: 'row-error form-error', role: 'alert', hidden: true })),
+    el('h4', { id: deliveriesId, text: 'Last deliveries' }),
+    el('p', { class: 'hint deliveries-status', role: 'status' }),
+    el('div', { class: 'table-wrap' },
+      el('table', { class: 'data deliveries', 'aria-labelledby': deliveriesId },
+        el('thead', {}, el('tr', {},
+          ...['Event', 'State', 'Created', 'Attempts'].map((h) => el('th', { scope: 'col', text: h })))),
+        el('tbody'))),
+    el('p', { class: 'empty deliveries-empty', hidden: true }));
+}
+
+const cardOf = (endpointId) => [...$('#webhooks-list').children].find((c) => c.dataset.endpointId === endpointId);
+
+// Reloads a card's deliveries (newest first); returns them.
+async function refreshDeliveries(card) {
+  const status = $('.deliveries-status', card);
+  setText(status, 'Loading deliveries…');
+  try {
+    const page = await api('GET', endpointPath(card.dataset.endpointId, 'deliveries'), { query: { limit: DELIVERY_PAGE_SIZE } });
+    fillTable($('table.deliveries', card), page.items.map(deliveryRow));
+    setText($('.deliveries-empty', card), page.items.length ? ''
+      : 'Nothing sent yet. Events of the types above are delivered here; "Send test event" sends one now.');
+    setText(status, `Updated ${formatTime(new Date().toISOString())}.`);
+    return page.items;
+  } catch (err) {
+    setText(status, `Deliveries could not be loaded: ${err.text || err}`);
+    throw err;
+  }
+}
+
+const DELIVERY_STATUS = { delivered: 'live', pending: 'expiring', failed: 'revoked' };
+
+function deliveryStateText(d) {
+  if (d.state === 'pending' && d.attempts.length > 0) return `retrying ${relativeTime(d.next_attempt_at)}`;
+  return d.state;
+}
+
+function deliveryRow(d) {
+  return el('tr', { data: { deliveryId: String(d.delivery_id), eventId: d.event_id, eventType: d.event_type, state: d.state } },
+    cell(el('code', { text: d.event_type })),
+    cell(el('span', { class: `status status-${DELIVERY_STATUS[d.state] || 'disabled'}`, text: deliveryStateText(d) })),
+    cell(timeNode(d.created_at, { relative: true })),
+    cell(attemptList(d.attempts)));
+}
+
+// "#1 200 · 35 ms · 2 min ago", plus the error of a failed attempt.
+function attemptList(attempts) {
+  if (!attempts.length) return el('span', { class: 'muted', text: 'no attempt yet' });
+  return el('ol', { class: 'attempts' }, attempts.map((a) => el('li', {
+    class: a.error ? 'attempt attempt-failed' : 'attempt',
+    data: { attempt: String(a.attempt), statusCode: a.status_code === null ? '' : String(a.status_code) },
+  },
+  el('span', { class: 'attempt-status', text: `#${a.attempt} ${a.status_code === null ? 'no answer' : a.status_code}` }),
+  a.latency_ms === null ? null : ` · ${a.latency_ms} ms`,
+  ' · ', timeNode(a.at, { relative: true }),
+  a.error ? el('span', { class: 'attempt-error', text: a.error }) : null)));
+}
+
+function onEndpointAction(event) {
+  const button = event.target.closest('button[data-action]');
+  const card = button && button.closest('article[data-endpoint-id]');
+  const endpoint = card && view.endpoints.find((e) => e.endpoint_id === card.dataset.endpointId);
+  if (!endpoint) return undefined;
+  const slot = $('.row-error', card);
+  view.dialogEndpoint = endpoint;
+  switch (button.dataset.action) {
+    case 'test': return sendTestEvent(endpoint, card, button, slot);
+    case 'refresh': return act({ button, slot }, () => refreshDeliveries(card));
+    case 'rotate-secret': return openEndpointDialog('#webhook-rotate-dialog', '#webhook-rotate-grace');
+    case 'delete': return openEndpointDialog('#webhook-delete-dialog', '#webhook-delete-cancel');
+    case 'enable':
+    case 'disable': return setEndpointEnabled(endpoint, button.dataset.action, button, slot);
+    default: return undefined;
+  }
+}
+
+// Queues a webhook.test event, then follows its delivery as a user would with "Refresh":
+// until it is no longer pending, for TEST_POLLS seconds at most, while the card is on screen.
+async function sendTestEvent(endpoint, card, button, slot) {
+  let queued = null;
+  const ok = await act({ button, slot }, async () => {
+    queued = await api('POST', endpointPath(endpoint.endpoint_id, 'test'));
+    await refreshDeliveries(card);
+  });
+  if (!ok) return;
+  notify(`Test event queued for ${endpoint.url}; its delivery shows below.`);
+  const shownIn = view;
+  for (let i = 0; i < TEST_POLLS; i += 1) {
+    await sleep(TEST_POLL_MS);
+    if (view !== shownIn || !card.isConnected) return;
+    let deliveries;
+    try {
+      deliveries = await refreshDeliveries(card);
+    } catch {
+      return; // the card says why
+    }
+    const delivery = deliveries.find((d) => d.event_id === queued.event_id);
+    if (delivery && delivery.state !== 'pending') return;
+  }
+}
+
+async function setEndpointEnabled(endpoint, action, button, slot) {
+  const ok = await act({ button, slot }, async () => {
+    await api('POST', endpointPath(endpoint.endpoint_id, action));
+    await loadWebhooks();
+  });
+  if (ok) notify(`Endpoint ${endpoint.url} ${action}d.`);
+}
+
+function openEndpointDialog(selector, focusSelector) {
+  const dialog = $(selector);
+  $('form', dialog).reset();
+  $('.dialog-endpoint', dialog).textContent = view.dialogEndpoint.url;
+  openDialog(dialog, focusSelector);
+}
+
+async function submitRotateSecret(event) {
+  event.preventDefault();
+  const dialog = $('#webhook-rotate-dialog');
+  const endpoint = view.dialogEndpoint;
+  let rotated = null;
+  await act({ button: $('#webhook-rotate-submit'), slot: dialogError(dialog) }, async () => {
+    const grace = Number($('#webhook-rotate-grace').value);
+    rotated = await api('POST', endpointPath(endpoint.endpoint_id, 'rotate-secret'), { body: { grace_seconds: grace } });
+  });
+  if (!rotated) return;
+  dialog.close();
+  const note = rotated.previous_secret_until
+    ? `The old secret keeps signing too until ${formatTime(rotated.previous_secret_until)}: each webhook carries both signatures until then.`
+    : 'The old secret stopped signing now.';
+  showToken({ title: 'Signing secret rotated', keyId: endpoint.url, subject: 'Endpoint', what: 'secret', token: rotated.secret, note });
+  await act({}, loadWebhooks);
+}
+
+async function submitDeleteEndpoint(event) {
+  event.preventDefault();
+  const dialog = $('#webhook-delete-dialog');
+  const endpoint = view.dialogEndpoint;
+  const ok = await act({ button: $('#webhook-delete-confirm'), slot: dialogError(dialog) }, async () => {
+    await api('DELETE', endpointPath(endpoint.endpoint_id));
+  });
+  if (!ok) return;
+  dialog.close();
+  await act({}, loadWebhooks);
+  notify(`Endpoint ${endpoint.url} deleted.`);
+}
+
+const WEBHOOK_FIELDS = { partner_id: 'webhook-partner', url: 'webhook-url', events: 'webhook-events' };
+
+async function createEndpoint(event) {
+  event.preventDefault();
+  let created = null;
+  await act({ button: $('#webhook-create'), slot: $('#webhook-form-error'), fields: WEBHOOK_FIELDS }, async () => {
+    const partnerId = $('#webhook-partner').value;
+    if (!partnerId) throw invalid('partner_id', 'choose a partner');
+    const url = $('#webhook-url').value.trim();
+    if (!url) throw invalid('url', 'an endpoint needs a URL');
+    const events = splitList($('#webhook-events').value);
+    const body = events.length ? { partner_id: partnerId, url, events } : { partner_id: partnerId, url };
+    created = await api('POST', '/v1/webhooks', { body });
+  });
+  if (!created) return;
+  $('#webhook-url').value = '';
+  $('#webhook-events').value = '';
+  showToken({
+    title: 'Endpoint created', keyId: created.endpoint.url, subject: 'Endpoint', what: 'secret', token: created.secret,
+    note: 'The receiver checks each webhook\'s webhook-signature header with this secret (Standard Webhooks).',
+  });
+  await act({}, loadWebhooks);
+}
+
 // ---------------------------------------------------------------- wiring
 
 async function submitSignIn(event) {
@@ -1030,6 +1404,23 @@ function wire() {
   $('#error-dismiss').addEventListener('click', () => clearError(null));
   $('#nav-keys').addEventListener('click', () => showView('keys'));
   $('#nav-partners').addEventListener('click', () => showView('partners'));
+  $('#nav-reminders').addEventListener('click', () => openView('reminders', loadReminders));
+  $('#nav-webhooks').addEventListener('click', () => openView('webhooks', loadWebhooks));
+  $('#reminders-filters').addEventListener('submit', (event) => {
+    event.preventDefault();
+    act({ button: $('#reminders-refresh') }, loadReminders);
+  });
+  $('#expiring-table tbody').addEventListener('click', onReminderAction);
+  $('#rotation-table tbody').addEventListener('click', onReminderAction);
+  $('#webhooks-filters').addEventListener('submit', (event) => {
+    event.preventDefault();
+    act({ button: $('#webhooks-refresh') }, loadWebhooks);
+  });
+  $('#webhooks-more').addEventListener('click', () => act({ button: $('#webhooks-more') }, () => loadWebhooks({ more: true })));
+  $('#webhooks-list').addEventListener('click', onEndpointAction);
+  $('#webhook-form').addEventListener('submit', createEndpoint);
+  $('#webhook-rotate-form').addEventListener('submit', submitRotateSecret);
+  $('#webhook-delete-form').addEventListener('submit', submitDeleteEndpoint);
   $('#filters').addEventListener('submit', applyFilters);
   $('#filter-clear').addEventListener('click', (event) => {
     $('#filters').reset();
@@ -1051,7 +1442,8 @@ function wire() {
   });
   $('#audit-more').addEventListener('click', loadAudit);
   for (const [button, dialog] of [['#issue-cancel', '#issue-dialog'], ['#rotate-cancel', '#rotate-dialog'],
-    ['#revoke-cancel', '#revoke-dialog'], ['#audit-close', '#audit-dialog'], ['#usage-close', '#usage-dialog']]) {
+    ['#revoke-cancel', '#revoke-dialog'], ['#audit-close', '#audit-dialog'], ['#usage-close', '#usage-dialog'],
+    ['#webhook-rotate-cancel', '#webhook-rotate-dialog'], ['#webhook-delete-cancel', '#webhook-delete-dialog']]) {
     $(button).addEventListener('click', () => $(dialog).close());
   }
 }

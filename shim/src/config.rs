@@ -1,8 +1,9 @@
 //! Configuration from flags or the environment; `apikey-shim --help` documents each one.
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use ipnet::IpNet;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser, Clone)]
@@ -63,11 +64,106 @@ pub struct Config {
     /// Log format: `text` or `json`. Verbosity follows RUST_LOG (default `info`).
     #[arg(long, env = "APIKEY_SHIM_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
+
+    /// Deliver webhook events from the database's outbox. Any number of shims may deliver
+    /// at once without sending a message twice at the same time; set false on shims that
+    /// should only serve HTTP.
+    #[arg(
+        long,
+        env = "APIKEY_SHIM_WEBHOOK_DELIVERY",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub webhook_delivery: bool,
+
+    /// Milliseconds between looks for due webhook deliveries while none are due (a full
+    /// batch is followed by the next at once).
+    #[arg(long, env = "APIKEY_SHIM_WEBHOOK_POLL_MS", default_value_t = 250,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub webhook_poll_ms: u64,
+
+    /// Most webhook deliveries in flight at once, and so most claimed from the database at
+    /// once.
+    #[arg(long, env = "APIKEY_SHIM_WEBHOOK_BATCH", default_value_t = 16,
+          value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub webhook_batch: u16,
+
+    /// Time limit in milliseconds of one webhook attempt (connecting, at most 5 s of it,
+    /// sending, and waiting for the answer). A delivery is leased for twice this plus 5 s.
+    #[arg(long, env = "APIKEY_SHIM_WEBHOOK_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub webhook_timeout_ms: u64,
+
+    /// Also send webhooks to private, loopback, link-local, CGNAT, multicast, documentation
+    /// and other non-public addresses. Off by default: a partner's URL must not reach into
+    /// the network the shim runs in (databases, cloud metadata services). For development and
+    /// for receivers on a private network you trust.
+    #[arg(
+        long,
+        env = "APIKEY_SHIM_WEBHOOK_ALLOW_PRIVATE",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub webhook_allow_private: bool,
+
+    /// Milliseconds between asks to the database for the reminders that are due
+    /// (`key.expiring`, `key.rotation_due`); delivering shims only.
+    #[arg(long, env = "APIKEY_SHIM_REMINDER_INTERVAL_MS", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(100..=86_400_000))]
+    pub reminder_interval_ms: u64,
+
+    /// GitHub's secret scanning public keys: a JSON file in the format of
+    /// https://api.github.com/meta/public_keys/secret_scanning ({"public_keys":
+    /// [{"key_identifier", "key" (PEM), "is_current"}]}). Reports to POST /v1/secret-scanning
+    /// must be signed by one of them. Read at startup (a bad file stops the shim) and again
+    /// whenever its modification time changes. Unset: the route answers 404.
+    #[arg(long, env = "APIKEY_SHIM_SECRET_SCANNING_KEYS")]
+    pub secret_scanning_keys: Option<PathBuf>,
+
+    /// What a token reported by GitHub secret scanning gets when it is a real key: `revoke`
+    /// it, or only `flag` it (audit row and `key.leaked` event, key left working).
+    #[arg(
+        long,
+        env = "APIKEY_SHIM_SECRET_SCANNING_ACTION",
+        value_enum,
+        default_value_t = LeakAction::Revoke
+    )]
+    pub secret_scanning_action: LeakAction,
+}
+
+/// What a leaked key reported by GitHub secret scanning gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LeakAction {
+    /// Revoke it at once.
+    Revoke,
+    /// Record the leak and tell the partner, but leave the key working.
+    Flag,
+}
+
+impl LeakAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeakAction::Revoke => "revoke",
+            LeakAction::Flag => "flag",
+        }
+    }
 }
 
 impl Config {
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub fn webhook_settings(&self) -> crate::delivery::Settings {
+        crate::delivery::Settings {
+            poll: Duration::from_millis(self.webhook_poll_ms),
+            batch: usize::from(self.webhook_batch),
+            timeout: Duration::from_millis(self.webhook_timeout_ms),
+            allow_private: self.webhook_allow_private,
+            reminder_interval: Duration::from_millis(self.reminder_interval_ms),
+        }
     }
 
     pub fn connection_limits(&self) -> crate::serve::Limits {
@@ -76,5 +172,70 @@ impl Config {
             idle_timeout: Duration::from_millis(self.idle_timeout_ms),
             max_connections: self.max_connections,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<Config, clap::Error> {
+        let mut args = vec!["apikey-shim", "--database-url", "host=/nonexistent"];
+        args.extend_from_slice(extra);
+        Config::try_parse_from(args)
+    }
+
+    #[test]
+    fn webhook_settings_have_defaults_and_limits() {
+        let config = parse(&[]).expect("defaults");
+        assert!(config.webhook_delivery);
+        let settings = config.webhook_settings();
+        assert_eq!(settings.poll, Duration::from_millis(250));
+        assert_eq!(settings.batch, 16);
+        assert_eq!(settings.timeout, Duration::from_millis(10_000));
+        assert!(!settings.allow_private);
+
+        let config = parse(&[
+            "--webhook-delivery",
+            "false",
+            "--webhook-allow-private",
+            "yes",
+            "--webhook-batch",
+            "4",
+        ])
+        .expect("explicit values");
+        assert!(!config.webhook_delivery);
+        assert!(config.webhook_allow_private);
+        assert_eq!(config.webhook_settings().batch, 4);
+
+        for refused in [
+            &["--webhook-batch", "0"][..],
+            &["--webhook-poll-ms", "0"],
+            &["--webhook-timeout-ms", "0"],
+            &["--webhook-delivery", "maybe"],
+        ] {
+            assert!(parse(refused).is_err(), "{refused:?}");
+        }
+    }
+
+    #[test]
+    fn secret_scanning_is_off_by_default_and_revokes_when_on() {
+        let config = parse(&[]).expect("defaults");
+        assert_eq!(config.secret_scanning_keys, None);
+        assert_eq!(config.secret_scanning_action, LeakAction::Revoke);
+        let config = parse(&[
+            "--secret-scanning-keys",
+            "/etc/apikey/github-keys.json",
+            "--secret-scanning-action",
+            "flag",
+        ])
+        .expect("explicit values");
+        assert_eq!(
+            config.secret_scanning_keys.as_deref(),
+            Some(std::path::Path::new("/etc/apikey/github-keys.json"))
+        );
+        assert_eq!(config.secret_scanning_action, LeakAction::Flag);
+        assert_eq!(config.secret_scanning_action.as_str(), "flag");
+        assert!(parse(&["--secret-scanning-action", "delete"]).is_err());
     }
 }

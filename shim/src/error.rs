@@ -19,6 +19,9 @@ pub enum AppError {
         message: String,
     },
     RateLimited(crate::rate::Rate),
+    /// A request authenticated by a signature (GitHub's secret scanning reports) whose
+    /// signature is missing, names no configured key, or does not match.
+    BadSignature(&'static str),
     BadRequest {
         message: String,
         field: Option<String>,
@@ -31,6 +34,8 @@ pub enum AppError {
     MethodNotAllowed,
     Conflict(String),
     PayloadTooLarge,
+    /// A body within the size limit that holds more items than the route takes at once.
+    TooManyItems(String),
     UnsupportedMediaType(String),
     /// The database is down or unreachable (or misconfigured): retry later.
     Unavailable(String),
@@ -96,6 +101,12 @@ impl AppError {
                 "rate limit exceeded".into(),
                 None,
             ),
+            AppError::BadSignature(message) => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_signature",
+                (*message).into(),
+                None,
+            ),
             AppError::BadRequest { message, field } => (
                 StatusCode::BAD_REQUEST,
                 "bad_request",
@@ -124,6 +135,12 @@ impl AppError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
                 "request body too large".into(),
+                None,
+            ),
+            AppError::TooManyItems(message) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                message.clone(),
                 None,
             ),
             AppError::UnsupportedMediaType(message) => (
@@ -358,7 +375,7 @@ mod tests {
 
     #[test]
     fn sqlstates_map_to_statuses_reasons_and_fields() {
-        let cases: [(&str, &str, u16, &str, Option<&str>); 14] = [
+        let cases: [(&str, &str, u16, &str, Option<&str>); 17] = [
             ("42501", "permission denied", 403, "forbidden", None),
             (
                 "P0002",
@@ -375,6 +392,27 @@ mod tests {
                 422,
                 "invalid_field",
                 Some("scopes"),
+            ),
+            (
+                "22023",
+                "invalid url: only https URLs are accepted",
+                422,
+                "invalid_field",
+                Some("url"),
+            ),
+            (
+                "22023",
+                "invalid events: \"key.nope\" is not an event type",
+                422,
+                "invalid_field",
+                Some("events"),
+            ),
+            (
+                "P0002",
+                "webhook endpoint 0b7c9f0e-6a43-4d8a-9d0e-7f3c2a1b5e6d does not exist",
+                404,
+                "not_found",
+                None,
             ),
             (
                 "22004",
@@ -521,6 +559,20 @@ mod tests {
                 413,
                 "payload_too_large",
                 "request body too large",
+                vec![],
+            ),
+            (
+                AppError::TooManyItems("at most 100 tokens per report".into()),
+                413,
+                "payload_too_large",
+                "at most 100 tokens per report",
+                vec![],
+            ),
+            (
+                AppError::BadSignature("the signature does not match the body"),
+                401,
+                "invalid_signature",
+                "the signature does not match the body",
                 vec![],
             ),
             (

@@ -11,6 +11,9 @@ use serde_json::Value;
 /// A required JSON body (Content-Type: application/json).
 pub struct Json<T>(pub T);
 
+/// The body's bytes as sent, for a signature over them; too large a body is our JSON 413.
+pub struct RawBody(pub axum::body::Bytes);
+
 /// A JSON body that may be left out entirely (rotate and revoke options): an empty body
 /// means the defaults; a non-empty one must be JSON like any other.
 pub struct OptionalJson<T>(pub T);
@@ -45,6 +48,16 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJ
         }
         require_json_content_type(&headers)?;
         parse(&body).map(OptionalJson)
+    }
+}
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = AppError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, AppError> {
+        Ok(RawBody(
+            axum::body::Bytes::from_request(request, state).await?,
+        ))
     }
 }
 

@@ -4,14 +4,18 @@
 //! `config` (flags/env), `auth` (which key, which client IP), `db` (pool, verify, acting as
 //! the key holder), `rate` (rate-limit headers), `metrics`, `error` (one error type),
 //! `extract` (extractors with that error as rejection), `app` (router + middleware), `serve`
-//! (the accept loop and its connection limits), `routes/` one module per resource.
+//! (the accept loop and its connection limits), `routes/` one module per resource,
+//! `delivery` (the task that sends webhooks from the outbox), `github_signature` (the
+//! signatures and key list of GitHub's secret scanning reports).
 
 pub mod app;
 pub mod auth;
 pub mod config;
 pub mod db;
+pub mod delivery;
 pub mod error;
 pub mod extract;
+pub mod github_signature;
 pub mod metrics;
 pub mod rate;
 pub mod routes;

@@ -1,7 +1,8 @@
 use apikey_shim::config::Config;
+use apikey_shim::github_signature::KeyFile;
 use apikey_shim::metrics::Metrics;
 use apikey_shim::state::AppState;
-use apikey_shim::{app, db, serve};
+use apikey_shim::{app, db, delivery, serve};
 use clap::Parser;
 use std::sync::Arc;
 use tracing_subscriber::EnvFilter;
@@ -40,6 +41,20 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(config: Config) -> Result<(), String> {
     let pool = db::pool(&config.database_url, config.pool_size)?;
+    let secret_scanning = match &config.secret_scanning_keys {
+        Some(path) => {
+            let keys = KeyFile::load(path)
+                .map_err(|e| format!("APIKEY_SHIM_SECRET_SCANNING_KEYS: {e}"))?;
+            tracing::info!(
+                path = %path.display(),
+                keys = keys.keys().len(),
+                action = config.secret_scanning_action.as_str(),
+                "GitHub secret scanning reports accepted at POST /v1/secret-scanning"
+            );
+            Some(Arc::new(keys))
+        }
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
@@ -47,12 +62,37 @@ async fn run(config: Config) -> Result<(), String> {
         pool,
         config: Arc::new(config),
         metrics: Arc::new(Metrics::default()),
+        secret_scanning,
+    };
+    // One signal stops both the server and the webhook delivery task.
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let deliverer = if state.config.webhook_delivery {
+        Some(delivery::spawn(
+            state.pool.clone(),
+            state.config.webhook_settings(),
+            Arc::clone(&state.metrics),
+            stopping.clone(),
+        )?)
+    } else {
+        tracing::info!("webhook delivery is off (APIKEY_SHIM_WEBHOOK_DELIVERY=false)");
+        None
     };
     tracing::info!(listen = %state.config.listen, "apikey-shim listening");
     let limits = state.config.connection_limits();
-    serve::serve(listener, app::router(state), limits, shutdown_signal())
-        .await
-        .map_err(|e| format!("server error: {e}"))?;
+    let mut stopped = stopping;
+    serve::serve(listener, app::router(state), limits, async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    })
+    .await
+    .map_err(|e| format!("server error: {e}"))?;
+    if let Some(deliverer) = deliverer {
+        // The task bounds its own shutdown (it abandons attempts after a grace period).
+        let _ = deliverer.await;
+    }
     tracing::info!("apikey-shim stopped after finishing in-flight requests");
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! Prometheus text metrics: requests by route and status, verify outcomes by reason, request
-//! latency by route, and the connection pool's use.
+//! latency by route, webhook delivery attempts by outcome, tokens reported by GitHub secret
+//! scanning by label, and the connection pool's use.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -19,6 +20,75 @@ struct Inner {
     requests: BTreeMap<(String, u16), u64>,
     verify_outcomes: BTreeMap<String, u64>,
     latency: BTreeMap<String, Histogram>,
+    webhook_attempts: [u64; WebhookOutcome::ALL.len()],
+    leak_reports: [u64; LeakLabel::ALL.len()],
+}
+
+/// What `apikey_leak_report` said of a token GitHub's secret scanning reported, as counted
+/// and as answered to GitHub.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeakLabel {
+    /// A real key of this database (now revoked, or flagged).
+    TruePositive,
+    /// Anything else.
+    FalsePositive,
+}
+
+impl LeakLabel {
+    pub const ALL: [LeakLabel; 2] = [LeakLabel::TruePositive, LeakLabel::FalsePositive];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeakLabel::TruePositive => "true_positive",
+            LeakLabel::FalsePositive => "false_positive",
+        }
+    }
+
+    pub fn parse(label: &str) -> Option<Self> {
+        LeakLabel::ALL.into_iter().find(|l| l.as_str() == label)
+    }
+}
+
+/// How a webhook delivery attempt ended, as counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WebhookOutcome {
+    /// The receiver answered 2xx.
+    Delivered,
+    /// The attempt failed; the database will retry the delivery later.
+    Retrying,
+    /// The attempt failed and the database gave the delivery up.
+    Failed,
+    /// The attempt could not be recorded (the database did not answer, or answered
+    /// something unknown); the delivery's lease expires and it is tried again.
+    Error,
+}
+
+impl WebhookOutcome {
+    pub const ALL: [WebhookOutcome; 4] = [
+        WebhookOutcome::Delivered,
+        WebhookOutcome::Retrying,
+        WebhookOutcome::Failed,
+        WebhookOutcome::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookOutcome::Delivered => "delivered",
+            WebhookOutcome::Retrying => "retrying",
+            WebhookOutcome::Failed => "failed",
+            WebhookOutcome::Error => "error",
+        }
+    }
+
+    /// The outcome for a delivery state returned by `apikey_webhook_report`.
+    pub fn of_state(state: &str) -> Self {
+        match state {
+            "delivered" => WebhookOutcome::Delivered,
+            "pending" => WebhookOutcome::Retrying,
+            "failed" => WebhookOutcome::Failed,
+            _ => WebhookOutcome::Error,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -66,6 +136,14 @@ impl Metrics {
                 inner.verify_outcomes.insert(reason.to_string(), 1);
             }
         }
+    }
+
+    pub fn webhook_attempt(&self, outcome: WebhookOutcome) {
+        self.inner().webhook_attempts[outcome as usize] += 1;
+    }
+
+    pub fn leak_reported(&self, label: LeakLabel) {
+        self.inner().leak_reports[label as usize] += 1;
     }
 
     pub fn render(&self, pool: PoolUse) -> String {
@@ -116,6 +194,39 @@ impl Metrics {
                 out,
                 "apikey_shim_request_duration_seconds_count{{route=\"{route}\"}} {}",
                 h.count
+            );
+        }
+        // Every outcome, zeros included, so that a rate of failures exists before the first.
+        let _ = writeln!(
+            out,
+            "# HELP apikey_shim_webhook_attempts_total Webhook delivery attempts by outcome: \
+             delivered (2xx), retrying (failed, to be retried), failed (given up), error (not \
+             recorded, to be retried)."
+        );
+        let _ = writeln!(out, "# TYPE apikey_shim_webhook_attempts_total counter");
+        for outcome in WebhookOutcome::ALL {
+            let _ = writeln!(
+                out,
+                "apikey_shim_webhook_attempts_total{{outcome=\"{}\"}} {}",
+                outcome.as_str(),
+                inner.webhook_attempts[outcome as usize]
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP apikey_shim_secret_scanning_tokens_total Tokens reported by GitHub secret \
+             scanning, by label: true_positive (a real key, revoked or flagged), false_positive."
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE apikey_shim_secret_scanning_tokens_total counter"
+        );
+        for label in LeakLabel::ALL {
+            let _ = writeln!(
+                out,
+                "apikey_shim_secret_scanning_tokens_total{{label=\"{}\"}} {}",
+                label.as_str(),
+                inner.leak_reports[label as usize]
             );
         }
         for (name, help, value) in [
@@ -280,6 +391,9 @@ mod tests {
         m.observe("/v1/verify", 200, 0.002);
         m.observe("/v1/verify", 401, 0.3);
         m.verify_outcome("ok");
+        m.webhook_attempt(WebhookOutcome::of_state("pending"));
+        m.webhook_attempt(WebhookOutcome::of_state("delivered"));
+        m.webhook_attempt(WebhookOutcome::of_state("pending"));
         let text = m.render(PoolUse {
             max_size: 16,
             size: 2,
@@ -295,5 +409,42 @@ mod tests {
             "apikey_shim_request_duration_seconds_bucket{route=\"/v1/verify\",le=\"+Inf\"} 2"
         ));
         assert!(text.contains("apikey_shim_pool_size 2"));
+        assert!(text.contains("apikey_shim_webhook_attempts_total{outcome=\"retrying\"} 2\n"));
+        assert!(text.contains("apikey_shim_webhook_attempts_total{outcome=\"delivered\"} 1\n"));
+        assert!(text.contains("apikey_shim_webhook_attempts_total{outcome=\"failed\"} 0\n"));
+        assert!(text.contains("apikey_shim_webhook_attempts_total{outcome=\"error\"} 0\n"));
+        assert!(
+            text.contains("apikey_shim_secret_scanning_tokens_total{label=\"true_positive\"} 0\n")
+        );
+        m.leak_reported(LeakLabel::FalsePositive);
+        let text = m.render(PoolUse {
+            max_size: 1,
+            size: 0,
+            available: 0,
+            waiting: 0,
+        });
+        assert!(
+            text.contains("apikey_shim_secret_scanning_tokens_total{label=\"false_positive\"} 1\n")
+        );
+    }
+
+    #[test]
+    fn leak_labels_round_trip() {
+        for label in LeakLabel::ALL {
+            assert_eq!(LeakLabel::parse(label.as_str()), Some(label));
+        }
+        assert_eq!(LeakLabel::parse("True_Positive"), None);
+    }
+
+    #[test]
+    fn webhook_states_map_to_outcomes() {
+        for (state, outcome) in [
+            ("delivered", "delivered"),
+            ("pending", "retrying"),
+            ("failed", "failed"),
+            ("something new", "error"),
+        ] {
+            assert_eq!(WebhookOutcome::of_state(state).as_str(), outcome, "{state}");
+        }
     }
 }

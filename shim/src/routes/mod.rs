@@ -4,9 +4,12 @@ pub mod audit;
 pub mod console;
 pub mod keys;
 pub mod partners;
+pub mod reminders;
+pub mod secret_scanning;
 pub mod service;
 pub mod usage;
 pub mod verify;
+pub mod webhooks;
 
 use crate::error::AppError;
 use axum::http::StatusCode;
