@@ -143,6 +143,15 @@ impl PrivateCluster {
         Client::connect(&config, NoTls).unwrap_or_else(|e| panic!("connect to {db}: {e}"))
     }
 
+    /// A connection string for `role` to `db`, e.g. a shim's `DATABASE_URL`.
+    pub fn database_url(&self, role: &str, db: &str) -> String {
+        format!(
+            "host={} port={} user={role} dbname={db}",
+            self.socket_dir(),
+            self.port
+        )
+    }
+
     /// A clean restart (smart shutdown waits for clients; fast rolls them back).
     pub fn restart(&self) {
         self.pg_ctl(&["restart", "-m", "fast", "-w", "-t", "60"]);

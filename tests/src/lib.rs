@@ -3,6 +3,8 @@
 //! as the superuser or as real login roles.
 
 pub mod cluster;
+pub mod github;
+pub mod receiver;
 pub mod shim;
 pub mod webdriver;
 

@@ -112,6 +112,9 @@ impl Shim {
             .env("DATABASE_URL", database_url)
             .env("APIKEY_SHIM_LISTEN", format!("127.0.0.1:{port}"))
             .env("RUST_LOG", "debug")
+            // Only the delivery tests deliver: a shim of another test would claim their
+            // deliveries and send them with its own settings.
+            .env("APIKEY_SHIM_WEBHOOK_DELIVERY", "false")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log);

@@ -9,6 +9,7 @@
 //! Screenshots of the main states go to `target/console-screenshots/` (paths are printed).
 
 use apikey_tests::postgres::Client;
+use apikey_tests::receiver::Receiver;
 use apikey_tests::shim::Shim;
 use apikey_tests::webdriver::Browser;
 use apikey_tests::*;
@@ -99,7 +100,12 @@ struct Partner {
 
 impl Console {
     fn start() -> Console {
-        let shim = Shim::start();
+        Console::start_with(&[])
+    }
+
+    /// With extra environment for the shim (e.g. webhook delivery, see `Shim::start_with`).
+    fn start_with(env: &[(&str, &str)]) -> Console {
+        let shim = Shim::start_with(env);
         let mut db = superuser();
         let operator = operator_key(&mut db);
         Console {
@@ -890,6 +896,394 @@ fn an_api_error_is_shown_in_the_issue_dialog() {
         "no token panel"
     );
     assert_eq!(console.key_count(partner.id), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reminders
+// ---------------------------------------------------------------------------------------------
+
+impl Console {
+    /// Makes `key_id` due for rotation as time would: 100 days old, a 90-day rotation period
+    /// (a superuser setting, for this session only) and a reminder pass, which writes its
+    /// `key.rotation_due` event.
+    fn make_rotation_due(&self, key_ids: &[&str]) {
+        let mut db = self.db.borrow_mut();
+        for key_id in key_ids {
+            db.execute(
+                "UPDATE apikey.keys SET created_at = clock_timestamp() - interval '100 days' \
+                 WHERE key_id = $1",
+                &[key_id],
+            )
+            .expect("age the key");
+        }
+        db.batch_execute("SET apikey.rotation_period = '90d'")
+            .expect("set the rotation period");
+        // At most 1000 reminders a call: repeat until everything due was written.
+        while db
+            .query_one("SELECT apikey_send_reminders()", &[])
+            .expect("apikey_send_reminders")
+            .get::<_, i64>(0)
+            > 0
+        {}
+        db.batch_execute("RESET apikey.rotation_period")
+            .expect("reset the rotation period");
+    }
+
+    /// The `data-key-id`s of the rows of a reminders table (`#expiring-table`, `#rotation-table`).
+    fn reminder_rows(&self, table: &str) -> BTreeSet<String> {
+        self.browser
+            .exec(
+                "return [...document.querySelectorAll(arguments[0] + ' tbody tr[data-key-id]')]
+                   .map(r => r.getAttribute('data-key-id'));",
+                vec![json!(table)],
+            )
+            .as_array()
+            .expect("an array of key ids")
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect()
+    }
+
+    fn open_reminders(&self) {
+        self.browser.click("#nav-reminders");
+        self.wait_displayed("#reminders-view");
+    }
+}
+
+#[test]
+fn the_reminders_panel_shows_expiring_and_rotation_due_keys_to_whom_they_belong() {
+    let console = Console::start();
+    let a = console.partner();
+    let b = console.partner();
+    let in_3_days = "$1, '{orders:read}', expires_at => now() + interval '3 days'";
+    let a_expiring = issue_with(&mut console.db.borrow_mut(), in_3_days, &[&a.id]);
+    let b_expiring = issue_with(&mut console.db.borrow_mut(), in_3_days, &[&b.id]);
+    let a_old = console.issue(&a, &["orders:read"]);
+    let b_old = console.issue(&b, &["orders:read"]);
+    let a_manager = console.issue(&a, &["keys:manage"]);
+    console.make_rotation_due(&[&a_old.key_id, &b_old.key_id]);
+
+    // The route itself: a partner's key reads its own partner's reminders, nobody else's.
+    let own = console
+        .shim
+        .get_as(&a_manager.token, "/v1/reminders")
+        .json();
+    let ids = |list: &Value| -> BTreeSet<String> {
+        list.as_array()
+            .expect("a list of keys")
+            .iter()
+            .map(|k| k["key_id"].as_str().expect("key_id").to_string())
+            .collect()
+    };
+    assert_eq!(ids(&own["expiring"]), [a_expiring.key_id.clone()].into());
+    assert_eq!(ids(&own["rotation_due"]), [a_old.key_id.clone()].into());
+    assert!(own["rotation_due"][0]["due_since"].is_string(), "{own}");
+    assert_eq!(own["rotation_due"][0]["partner_name"], json!(a.name));
+    let other = console
+        .shim
+        .get_as(
+            &a_manager.token,
+            &format!("/v1/reminders?partner_id={}", b.id),
+        )
+        .json();
+    assert_eq!(other["expiring"], json!([]), "{other}");
+    assert_eq!(other["rotation_due"], json!([]), "{other}");
+
+    // An operator sees both partners' keys, soonest expiry and longest due first.
+    console.sign_in_as_operator();
+    console.open_reminders();
+    let browser = &console.browser;
+    browser.wait_until("both expiring keys are listed", |_| {
+        let rows = console.reminder_rows("#expiring-table");
+        rows.contains(&a_expiring.key_id) && rows.contains(&b_expiring.key_id)
+    });
+    browser.wait_until("both keys due for rotation are listed", |_| {
+        let rows = console.reminder_rows("#rotation-table");
+        rows.contains(&a_old.key_id) && rows.contains(&b_old.key_id)
+    });
+    let expiring_row = format!("#expiring-table tr[data-key-id=\"{}\"]", a_expiring.key_id);
+    browser.wait_for_text(&expiring_row, "expiring in 3 days");
+    browser.wait_for_text(&expiring_row, &a.name);
+    browser.wait_for_text(
+        &format!("#rotation-table tr[data-key-id=\"{}\"]", a_old.key_id),
+        "ago",
+    );
+    let count = browser.find("#reminders-count");
+    assert!(count.is_displayed(), "the nav counts the reminders");
+    console.screenshot("09-reminders");
+
+    // Narrowed to partner B: A's keys leave both lists.
+    console.choose("#reminders-partner", &b.id.to_string());
+    browser.click("#reminders-refresh");
+    browser.wait_until("only B's reminders are listed", |_| {
+        console.reminder_rows("#expiring-table") == [b_expiring.key_id.clone()].into()
+            && console.reminder_rows("#rotation-table") == [b_old.key_id.clone()].into()
+    });
+
+    // Partner A's keys:manage key sees A's keys only, with no partner to choose.
+    browser.click("#signout");
+    console.wait_displayed("#signin-form");
+    console.sign_in(&a_manager.token);
+    browser.wait_for_text("#whoami", "partner");
+    console.open_reminders();
+    browser.wait_until("A's own reminders, and only them", |_| {
+        console.reminder_rows("#expiring-table") == [a_expiring.key_id.clone()].into()
+            && console.reminder_rows("#rotation-table") == [a_old.key_id.clone()].into()
+    });
+    assert!(
+        !browser.find("#reminders-partner-field").is_displayed(),
+        "a partner has no partner to choose"
+    );
+    browser.set_window_size(390, 844);
+    console.screenshot("14-reminders-390x844");
+    assert_fits_the_width(browser);
+
+    // "Rotate" opens the keys view's rotate dialog; the rotated key leaves the list.
+    browser.click(&format!(
+        "#rotation-table tr[data-key-id=\"{}\"] button[data-action=\"rotate\"]",
+        a_old.key_id
+    ));
+    console.wait_displayed("#rotate-dialog");
+    browser.wait_for_text("#rotate-dialog .dialog-key", &a_old.key_id);
+    browser.click("#rotate-submit");
+    let token = console.read_token_panel();
+    let new_key_id = console.key_id_of(&token);
+    assert_ne!(new_key_id, a_old.key_id);
+    console.close_token_panel(&token);
+    browser.wait_until("the rotated key left the rotation list", |_| {
+        console.reminder_rows("#rotation-table").is_empty()
+    });
+    console.wait_displayed("#rotation-empty");
+    assert_eq!(
+        console.reminder_rows("#expiring-table"),
+        [a_expiring.key_id.clone()].into()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Webhooks
+// ---------------------------------------------------------------------------------------------
+
+impl Console {
+    fn open_webhooks(&self) {
+        self.browser.click("#nav-webhooks");
+        self.wait_displayed("#webhooks-view");
+    }
+
+    fn card_selector(endpoint_id: &Uuid) -> String {
+        format!("#webhooks-list article[data-endpoint-id=\"{endpoint_id}\"]")
+    }
+
+    /// Clicks the endpoint card's button `data-action="<action>"`.
+    fn endpoint_action(&self, endpoint_id: &Uuid, action: &str) {
+        self.browser.click(&format!(
+            "{} button[data-action=\"{action}\"]",
+            Self::card_selector(endpoint_id)
+        ));
+    }
+
+    /// The ids of the partner's endpoints, newest first, read in SQL.
+    fn endpoints_of(&self, partner: &Partner) -> Vec<Uuid> {
+        self.db
+            .borrow_mut()
+            .query(
+                "SELECT endpoint_id FROM apikey.webhook_endpoints WHERE partner_id = $1 \
+                 ORDER BY created_at DESC",
+                &[&partner.id],
+            )
+            .expect("the partner's endpoints")
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+}
+
+#[test]
+fn an_endpoint_made_in_the_console_receives_a_test_event_and_shows_the_attempt() {
+    let receiver = Receiver::start();
+    let console = Console::start_with(&[
+        ("APIKEY_SHIM_WEBHOOK_DELIVERY", "true"),
+        ("APIKEY_SHIM_WEBHOOK_ALLOW_PRIVATE", "true"),
+        ("APIKEY_SHIM_WEBHOOK_POLL_MS", "100"),
+    ]);
+    let partner = console.partner();
+    let url = receiver.url("/hooks/console");
+    console.sign_in_as_operator();
+    console.open_webhooks();
+    let browser = &console.browser;
+
+    console.choose("#webhook-partner", &partner.id.to_string());
+    browser.find("#webhook-url").send_keys(&url);
+    browser.click("#webhook-create");
+
+    // The secret: shown once, in the token panel, and gone from the page once it is closed.
+    let secret = console.read_token_panel();
+    assert!(secret.starts_with("whsec_"), "{secret}");
+    browser.wait_for_text("#token-panel", "secret is shown only once");
+    console.screenshot("10-webhook-secret");
+    console.close_token_panel(&secret);
+    let endpoint_id = *console
+        .endpoints_of(&partner)
+        .first()
+        .expect("the endpoint was created");
+    let card = Console::card_selector(&endpoint_id);
+    browser.wait_for_text(&card, &url);
+    browser.wait_for_text(&card, &partner.name);
+    browser.wait_for_text(&format!("{card} .deliveries-empty"), "Nothing sent yet");
+    assert_eq!(token_in_page(browser, &secret), json!(false));
+    assert_eq!(
+        browser.exec(
+            "return localStorage.length + document.cookie.length + sessionStorage.length;",
+            vec![]
+        ),
+        json!(1),
+        "only the console's key is stored"
+    );
+
+    console.endpoint_action(&endpoint_id, "test");
+    let received = receiver.wait_for("the webhook.test POST", |r| {
+        r.method == "POST" && r.path == "/hooks/console" && r.json()["type"] == "webhook.test"
+    });
+    // Signed with the secret the page showed.
+    let signed: bool = console
+        .db
+        .borrow_mut()
+        .query_one(
+            "SELECT apikey_webhook_verify($1, $2, $3::text::bigint, $4, $5)",
+            &[
+                &secret,
+                &received.header("webhook-id"),
+                &received.header("webhook-timestamp"),
+                &received.body,
+                &received.header("webhook-signature"),
+            ],
+        )
+        .expect("apikey_webhook_verify")
+        .get(0);
+    assert!(signed, "the webhook is signed with the secret shown once");
+
+    // The page follows the delivery until it is no longer pending: the attempt, 200.
+    let attempt = format!(
+        "{card} tr[data-event-type=\"webhook.test\"][data-state=\"delivered\"] \
+         li[data-status-code=\"200\"]"
+    );
+    browser.wait_until("the delivery log shows the attempt answered 200", |b| {
+        !b.find_all(&attempt).is_empty()
+    });
+    browser.wait_for_text(&attempt, "#1 200");
+    browser.wait_for_text(&attempt, " ms");
+    // And "Refresh deliveries" reads the same from the server.
+    console.endpoint_action(&endpoint_id, "refresh");
+    browser.wait_for_text(&format!("{card} .deliveries-status"), "Updated");
+    browser.wait_for_text(&attempt, "#1 200");
+    console.screenshot("11-webhooks");
+
+    browser.set_window_size(390, 844);
+    browser.exec(
+        "document.querySelector(arguments[0]).scrollIntoView();",
+        vec![json!(format!("{card} .endpoint-actions"))],
+    );
+    console.screenshot("12-webhooks-390x844");
+    assert_fits_the_width(browser);
+}
+
+/// No horizontal scrolling: the page is at most as wide as the window.
+fn assert_fits_the_width(browser: &Browser) {
+    let overflow = browser.exec(
+        "return document.documentElement.scrollWidth - window.innerWidth;",
+        vec![],
+    );
+    assert!(
+        overflow.as_i64().is_some_and(|o| o <= 0),
+        "the page fits the window: {overflow} px too wide"
+    );
+}
+
+#[test]
+fn an_endpoints_secret_is_rotated_and_it_is_disabled_enabled_and_deleted_in_the_console() {
+    let console = Console::start();
+    let partner = console.partner();
+    let manager = console.issue(&partner, &["keys:manage"]);
+    let (endpoint_id, first_secret): (Uuid, String) = {
+        let row = console
+            .db
+            .borrow_mut()
+            .query_one(
+                "SELECT endpoint_id, secret FROM apikey_webhook_create($1, 'http://127.0.0.1:9/unused', '{key.revoked}')",
+                &[&partner.id],
+            )
+            .expect("apikey_webhook_create");
+        (row.get(0), row.get(1))
+    };
+    let enabled = || -> Option<bool> {
+        console
+            .db
+            .borrow_mut()
+            .query_opt(
+                "SELECT enabled FROM apikey.webhook_endpoints WHERE endpoint_id = $1",
+                &[&endpoint_id],
+            )
+            .expect("read the endpoint")
+            .map(|r| r.get(0))
+    };
+
+    // A partner's keys:manage key manages its own endpoints.
+    console.sign_in(&manager.token);
+    console.open_webhooks();
+    let browser = &console.browser;
+    let card = Console::card_selector(&endpoint_id);
+    browser.wait_for_text(&card, "key.revoked");
+    assert_eq!(token_in_page(browser, &first_secret), json!(false));
+
+    console.endpoint_action(&endpoint_id, "rotate-secret");
+    console.wait_displayed("#webhook-rotate-dialog");
+    browser.wait_for_text("#webhook-rotate-dialog .dialog-endpoint", "127.0.0.1:9");
+    console.screenshot("13-webhook-rotate-dialog");
+    browser.click("#webhook-rotate-submit");
+    let secret = console.read_token_panel();
+    assert!(secret.starts_with("whsec_") && secret != first_secret);
+    browser.wait_for_text("#token-panel", "keeps signing too until");
+    console.close_token_panel(&secret);
+    browser.wait_for_text(&card, "Old secret signs until");
+    let rotated: bool = console
+        .db
+        .borrow_mut()
+        .query_one(
+            "SELECT secret_rotated_at IS NOT NULL AND previous_secret_until > now() \
+             FROM apikey.webhook_endpoints WHERE endpoint_id = $1",
+            &[&endpoint_id],
+        )
+        .expect("read the endpoint")
+        .get(0);
+    assert!(rotated, "a new secret, the old one in its 24-hour grace");
+
+    console.endpoint_action(&endpoint_id, "disable");
+    browser.wait_until("the card shows the endpoint disabled", |b| {
+        b.find_all(&format!("{card}[data-state=\"disabled\"]"))
+            .len()
+            == 1
+    });
+    assert_eq!(enabled(), Some(false));
+    console.endpoint_action(&endpoint_id, "enable");
+    browser.wait_until("the card shows the endpoint enabled", |b| {
+        b.find_all(&format!("{card}[data-state=\"live\"]")).len() == 1
+    });
+    assert_eq!(enabled(), Some(true));
+
+    // Delete asks first; cancelling keeps the endpoint.
+    console.endpoint_action(&endpoint_id, "delete");
+    console.wait_displayed("#webhook-delete-dialog");
+    browser.click("#webhook-delete-cancel");
+    browser.wait_until("the delete dialog closed", |b| {
+        !b.find("#webhook-delete-dialog").is_displayed()
+    });
+    assert_eq!(enabled(), Some(true));
+    console.endpoint_action(&endpoint_id, "delete");
+    console.wait_displayed("#webhook-delete-dialog");
+    browser.click("#webhook-delete-confirm");
+    browser.wait_until("the card is gone", |b| b.find_all(&card).is_empty());
+    browser.wait_for_text("#webhooks-empty", "No webhook endpoints");
+    assert_eq!(enabled(), None, "the endpoint was deleted");
 }
 
 // ---------------------------------------------------------------------------------------------
