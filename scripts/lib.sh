@@ -206,6 +206,8 @@ unix_socket_directories = '$APIKEY_SOCKET_DIR'
 max_connections = 100
 shared_preload_libraries = 'apikey'
 apikey.pepper_file = '$APIKEY_PEPPER_FILE'
+# A development cluster: webhooks may go to a receiver on this machine. Production leaves it off.
+apikey.webhook_allow_private_urls = on
 logging_collector = off
 log_line_prefix = '%m [%p] %q%u@%d '
 EOF
@@ -362,7 +364,8 @@ shim_stop() {
 
 # shim_start HOST:PORT: (re)starts the release build of apikey-shim for this cluster, connected over
 # the private socket as role apikey_shim (a member of the three apikey roles), and waits
-# until its /healthz answers.
+# until its /healthz answers. A development stack: it delivers webhooks to receivers on this
+# machine too (production leaves APIKEY_SHIM_WEBHOOK_ALLOW_PRIVATE off).
 shim_start() {
   local listen="$1" port="${1##*:}" bin
   apikey_paths
@@ -380,7 +383,8 @@ SQL
   # Every descriptor goes to the log: nothing may keep the caller's terminal or pipe open.
   (cd / && exec setsid runuser -u postgres -- env \
     DATABASE_URL="host=$APIKEY_SOCKET_DIR port=$APIKEY_PGPORT user=$APIKEY_SHIM_ROLE dbname=apikey" \
-    APIKEY_SHIM_LISTEN="$listen" "$bin") >>"$APIKEY_STATE_DIR/shim.log" 2>&1 </dev/null &
+    APIKEY_SHIM_LISTEN="$listen" APIKEY_SHIM_WEBHOOK_ALLOW_PRIVATE=true \
+    "$bin") >>"$APIKEY_STATE_DIR/shim.log" 2>&1 </dev/null &
   local i
   for i in $(seq 1 100); do
     if (exec 3<>"/dev/tcp/${listen%:*}/$port" && printf 'GET /healthz HTTP/1.0\r\n\r\n' >&3 \
