@@ -80,7 +80,12 @@ class Receiver(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
-ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Receiver).serve_forever()
+class Server(ThreadingHTTPServer):
+    # The default listen backlog (5) drops the connections of a burst of deliveries, and
+    # their SYN retransmit a second later would be counted as delivery latency.
+    request_queue_size = 128
+
+Server(("127.0.0.1", int(sys.argv[1])), Receiver).serve_forever()
 PY
 receiver_port=$((shim_port + 1))
 python3 "$work/receiver.py" "$receiver_port" "$work/arrivals" &
