@@ -3,6 +3,7 @@
 //! repeats it.
 
 pub mod address;
+pub mod argument;
 pub mod key_state;
 pub mod reason;
 pub mod redact;

@@ -7,6 +7,8 @@ use pgrx::{PgLogLevel, PgSqlErrorCode};
 pub struct ApiError {
     code: PgSqlErrorCode,
     message: String,
+    /// `argument: <name>` (see `apikey_contract::argument`) for an error about an argument.
+    detail: Option<String>,
     hint: Option<String>,
 }
 
@@ -17,6 +19,7 @@ impl ApiError {
         ApiError {
             code,
             message: message.into(),
+            detail: None,
             hint: None,
         }
     }
@@ -26,12 +29,14 @@ impl ApiError {
         self
     }
 
-    /// An argument failed validation: 22023, or 22004 for a NULL where none is allowed.
+    /// An argument failed validation: 22023, or 22004 for a NULL where none is allowed. The
+    /// DETAIL names the argument for programs (the shim's 422 `field`).
     pub fn invalid(argument: &str, why: impl std::fmt::Display) -> Self {
         Self::new(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             format!("invalid {argument}: {why}"),
         )
+        .about(argument)
     }
 
     pub fn null(argument: &str) -> Self {
@@ -39,6 +44,12 @@ impl ApiError {
             PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
             format!("{argument} must not be NULL"),
         )
+        .about(argument)
+    }
+
+    fn about(mut self, argument: &str) -> Self {
+        self.detail = Some(apikey_contract::argument::detail(argument));
+        self
     }
 
     pub fn not_found(what: impl std::fmt::Display) -> Self {
@@ -70,6 +81,9 @@ impl ApiError {
 
     pub fn raise(self) -> ! {
         let mut report = ErrorReport::new(self.code, self.message, "apikey");
+        if let Some(detail) = self.detail {
+            report = report.set_detail(detail);
+        }
         if let Some(hint) = self.hint {
             report = report.set_hint(hint);
         }

@@ -240,16 +240,17 @@ impl IntoResponse for AppError {
 impl From<tokio_postgres::Error> for AppError {
     fn from(e: tokio_postgres::Error) -> Self {
         match e.as_db_error() {
-            Some(db) => AppError::from_sqlstate(db.code().code(), db.message()),
+            Some(db) => AppError::from_sqlstate(db.code().code(), db.message(), db.detail()),
             None => AppError::Unavailable(e.to_string()),
         }
     }
 }
 
 impl AppError {
-    /// The extension's messages name the offending argument and never contain a token, so
-    /// they are passed to the client as they are.
-    fn from_sqlstate(code: &str, message: &str) -> Self {
+    /// The extension's messages never contain a token, so they are passed to the client as
+    /// they are; which argument a 22xxx error is about comes from its DETAIL
+    /// (`apikey_contract::argument`), never from the message's wording.
+    fn from_sqlstate(code: &str, message: &str, detail: Option<&str>) -> Self {
         let message = message.to_string();
         match code {
             "42501" => AppError::Forbidden {
@@ -259,7 +260,9 @@ impl AppError {
             "P0002" => AppError::NotFound(message),
             "55000" | "23505" => AppError::Conflict(message),
             code if code.starts_with("22") => {
-                let field = field_of(&message);
+                let field = detail
+                    .and_then(apikey_contract::argument::from_detail)
+                    .map(str::to_string);
                 AppError::Unprocessable { message, field }
             }
             "F0000" | "57P01" | "57P02" | "57P03" | "53300" => AppError::Unavailable(message),
@@ -275,40 +278,34 @@ impl From<deadpool_postgres::PoolError> for AppError {
     }
 }
 
-/// The argument an extension error is about: "invalid scopes: ..." or "rate_per_minute must
-/// not be NULL".
-fn field_of(message: &str) -> Option<String> {
-    let candidate = message
-        .strip_prefix("invalid ")
-        .and_then(|rest| rest.split_once(':'))
-        .map(|(field, _)| field)
-        .or_else(|| {
-            message
-                .split_once(" must not be NULL")
-                .map(|(field, _)| field)
-        })?;
-    candidate
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'.')
-        .then(|| candidate.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn field_names_come_from_extension_messages() {
-        assert_eq!(
-            field_of("invalid scopes: scope \"x\" ...").as_deref(),
-            Some("scopes")
-        );
-        assert_eq!(
-            field_of("rate_per_minute must not be NULL").as_deref(),
-            Some("rate_per_minute")
-        );
-        assert_eq!(field_of("invalid input syntax for type uuid: \"x\""), None);
-        assert_eq!(field_of("something else"), None);
+    fn the_field_comes_from_the_detail_never_from_the_message() {
+        let detail = apikey_contract::argument::detail("url");
+        for (message, detail, field) in [
+            ("invalid url: not http", Some(detail.as_str()), Some("url")),
+            (
+                "a message worded any way at all",
+                Some(detail.as_str()),
+                Some("url"),
+            ),
+            ("invalid scopes: looks like a field", None, None),
+            (
+                "invalid input syntax for type uuid",
+                Some("Token \"x\" is invalid."),
+                None,
+            ),
+        ] {
+            match AppError::from_sqlstate("22023", message, detail) {
+                AppError::Unprocessable { field: got, .. } => {
+                    assert_eq!(got.as_deref(), field, "{message}")
+                }
+                _ => panic!("{message}: not a 422"),
+            }
+        }
     }
 
     #[test]
@@ -443,7 +440,9 @@ mod tests {
             ("XX000", "something broke", 500, "internal", None),
         ];
         for (code, message, status, reason, field) in cases {
-            let (got_status, body, _) = sent(AppError::from_sqlstate(code, message));
+            let detail = field.map(apikey_contract::argument::detail);
+            let (got_status, body, _) =
+                sent(AppError::from_sqlstate(code, message, detail.as_deref()));
             assert_eq!(
                 (got_status, body["reason"].as_str(), body["field"].as_str()),
                 (status, Some(reason), field),
@@ -646,23 +645,6 @@ mod tests {
         let cut = shown(&longer);
         assert_eq!(cut.chars().count(), MAX_MESSAGE_CHARS);
         assert_eq!(cut, format!("{}…", &limit[..MAX_MESSAGE_CHARS - 1]));
-    }
-
-    #[test]
-    fn field_names_may_hold_lowercase_letters_underscores_and_dots() {
-        for field in ["scopes", "rate_per_minute", "metadata.team", "a"] {
-            assert_eq!(
-                field_of(&format!("invalid {field}: bad")).as_deref(),
-                Some(field)
-            );
-        }
-        for not_a_field in ["Scopes", "two words", "x-y", "scopes1"] {
-            assert_eq!(
-                field_of(&format!("invalid {not_a_field}: bad")),
-                None,
-                "{not_a_field}"
-            );
-        }
     }
 
     /// What the shim logs while `f` runs.

@@ -988,6 +988,26 @@ fn bad_arguments_and_callers_get_clear_errors() {
         );
     }
 
+    // Which argument is wrong is also in the DETAIL, for programs (the shim's 422 field).
+    for (sql, detail) in [
+        (
+            "SELECT * FROM apikey_webhook_create(gen_random_uuid(), 'ftp://x/')",
+            Some("argument: url"),
+        ),
+        (
+            "SELECT * FROM apikey_webhook_create(NULL, 'https://x/')",
+            Some("argument: partner_id"),
+        ),
+        (
+            "SELECT apikey_webhook_rotate_secret(gen_random_uuid())",
+            None,
+        ),
+    ] {
+        let error = c.query(sql, &[]).expect_err(sql);
+        let db = error.as_db_error().expect("a database error");
+        assert_eq!(db.detail(), detail, "{sql}");
+    }
+
     // Endpoints are capped per partner.
     let capped = create_partner(&mut c);
     for i in 0..16 {

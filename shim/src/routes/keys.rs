@@ -52,6 +52,9 @@ async fn issue(
 ) -> Result<Managed, AppError> {
     let mut conn = state.pool.get().await?;
     let tx = db::begin_as_key_holder(&mut conn, &state, &caller).await?;
+    if let Some(cidrs) = &r.allowed_cidrs {
+        check_cidrs(cidrs)?;
+    }
     let row = tx
         .query_one(
             "SELECT key_id, token FROM apikey_issue($1::uuid, $2::text[], $3::text, $4::timestamptz, \
@@ -71,8 +74,7 @@ async fn issue(
                 &r.prefix,
             ],
         )
-        .await
-        .map_err(|e| with_cidr_field(e.into()))?;
+        .await?;
     let key_id: String = row.try_get(0)?;
     let token: String = row.try_get(1)?;
     let key = fetch_key(&tx, &key_id).await?;
@@ -82,18 +84,30 @@ async fn issue(
     ))
 }
 
-/// PostgreSQL's own message for a bad CIDR does not say which field it came from.
-fn with_cidr_field(e: AppError) -> AppError {
-    match e {
-        AppError::Unprocessable {
-            message,
-            field: None,
-        } if message.contains("cidr") => AppError::Unprocessable {
-            message,
-            field: Some("allowed_cidrs".into()),
-        },
-        other => other,
+/// The CIDRs are cast to `cidr[]` in the query, and PostgreSQL's error for a bad one names
+/// no argument: they are checked here first, so a mistake is a 422 naming `allowed_cidrs`.
+/// Stricter than PostgreSQL in one way: abbreviated networks (`10/8`) must be written out.
+fn check_cidrs(cidrs: &[String]) -> Result<(), AppError> {
+    for cidr in cidrs {
+        let network = cidr
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| cidr.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        let problem = match network {
+            Err(_) => "is not an IP network such as 10.0.0.0/8 or 2001:db8::/32",
+            Ok(net) if net.addr() != net.network() => {
+                "has bits set to the right of its mask (write the network address, e.g. 10.0.0.0/8)"
+            }
+            Ok(_) => continue,
+        };
+        return Err(AppError::invalid_field(
+            "allowed_cidrs",
+            format!(
+                "invalid allowed_cidrs: \"{}\" {problem}",
+                apikey_contract::redact::excerpt(cidr)
+            ),
+        ));
     }
+    Ok(())
 }
 
 async fn fetch_key(
@@ -287,4 +301,31 @@ async fn set_enabled(
     let key = fetch_key(&tx, &key_id).await?;
     tx.commit().await?;
     Ok(Managed::ok(key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidrs_are_networks_written_out() {
+        let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(check_cidrs(&owned(&["10.0.0.0/8", "192.0.2.7", "2001:db8::/32", "::1"])).is_ok());
+        for bad in [
+            "10.0.0.1/8",
+            "10/8",
+            "not a network",
+            "",
+            "10.0.0.0/33",
+            "ak_live_x",
+        ] {
+            match check_cidrs(&owned(&["10.0.0.0/8", bad])) {
+                Err(AppError::Unprocessable { field, message }) => {
+                    assert_eq!(field.as_deref(), Some("allowed_cidrs"), "{bad}");
+                    assert!(message.starts_with("invalid allowed_cidrs: "), "{message}");
+                }
+                _ => panic!("{bad:?} was accepted"),
+            }
+        }
+    }
 }

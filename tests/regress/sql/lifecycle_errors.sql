@@ -9,18 +9,22 @@ SELECT key_id AS gone FROM apikey_issue(:'partner', '{orders:read}') \gset
 SELECT apikey_revoke(:'gone');
 
 -- Runs `call` (with $partner, $key and $revoked standing for the ids above) and says how it
--- ended: "ok", or "<SQLSTATE>: <message>".
+-- ended: "ok", or "<SQLSTATE>: <message> [<detail>]".
 CREATE FUNCTION pg_temp.outcome(call text, partner uuid, k text, revoked text)
 RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
     sql text := replace(replace(replace(call, '$partner', quote_literal(partner)),
                                 '$key', quote_literal(k)), '$revoked', quote_literal(revoked));
+    detail text;
 BEGIN
     EXECUTE 'SELECT ' || sql;
     RETURN 'ok';
 EXCEPTION WHEN OTHERS THEN
+    -- The DETAIL names the argument for programs (the shim's 422 field): [argument: x].
+    GET STACKED DIAGNOSTICS detail = PG_EXCEPTION_DETAIL;
     RETURN SQLSTATE || ': ' || regexp_replace(replace(SQLERRM, partner::text, '<partner>'),
-                                              'ak_live_[A-Za-z0-9]{16}', '<key>', 'g');
+                                              'ak_live_[A-Za-z0-9]{16}', '<key>', 'g')
+        || coalesce(' [' || nullif(detail, '') || ']', '');
 END
 $$;
 
@@ -54,7 +58,16 @@ FROM (VALUES
     ('apikey_partner_create('''')'),
     ('apikey_partner_create(''REGRESS lifecycle'')'),
     ('apikey_partner_create(''x'', ''not an address'')'),
-    ('apikey_partner_set_active(NULL, false)')
+    ('apikey_partner_set_active(NULL, false)'),
+    ('apikey_webhook_create($partner, ''ftp://example.com/'')'),
+    ('apikey_webhook_create($partner, ''https://user:pw@example.com/'')'),
+    ('apikey_webhook_create($partner, ''https://example.com/'', ''{key.nope}'')'),
+    ('apikey_webhook_create($partner, ''https://example.com/'', ''{}'')'),
+    ('apikey_webhook_rotate_secret(NULL)'),
+    ('apikey_webhook_set_enabled(''00000000-0000-0000-0000-000000000000'', true)'),
+    ('apikey_webhook_report(NULL, 200, 1, NULL)'),
+    ('apikey_webhook_report(1, 99, 1, NULL)'),
+    ('apikey_webhook_claim(0)')
 ) AS calls(call);
 
 -- Rotating twice: the second rotation names the successor.

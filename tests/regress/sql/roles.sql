@@ -14,7 +14,8 @@ BEGIN
     EXECUTE sql;
     RETURN 'ok';
 EXCEPTION WHEN OTHERS THEN
-    RETURN SQLSTATE || ': ' || regexp_replace(SQLERRM, 'ak_live_[A-Za-z0-9]{16}', '<key>', 'g');
+    RETURN SQLSTATE || ': ' || regexp_replace(regexp_replace(SQLERRM, 'ak_live_[A-Za-z0-9]{16}', '<key>', 'g'),
+                                              '[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}', '<uuid>', 'g');
 END
 $$;
 GRANT EXECUTE ON FUNCTION pg_temp.outcome(text) TO PUBLIC;
@@ -29,7 +30,11 @@ FROM (VALUES ('SELECT apikey_issue(b, ''{orders:read}'')', 'SELECT apikey_issue(
              ('SELECT count(*) FROM apikey.keys', 'SELECT count(*) FROM apikey.keys'),
              ('SELECT count(*) FROM apikey.audit_log', 'SELECT count(*) FROM apikey.audit_log'),
              ('SELECT apikey_has_scope(''{a:b}'', ''a:b'')', 'SELECT apikey_has_scope(''{a:b}'', ''a:b'')'),
-             ('SELECT apikey_status()', 'SELECT apikey_status()')) AS t(label, s);
+             ('SELECT apikey_status()', 'SELECT apikey_status()'),
+             ('SELECT apikey_webhook_create(b, ''https://example.com/'')', 'SELECT apikey_webhook_create(' || quote_literal(:'b') || ', ''https://example.com/'')'),
+             ('SELECT apikey_webhook_claim()', 'SELECT apikey_webhook_claim()'),
+             ('SELECT apikey_leak_report(b_token)', 'SELECT apikey_leak_report(' || quote_literal(:'b_token') || ')'),
+             ('SELECT count(*) FROM apikey.webhook_endpoint_info', 'SELECT count(*) FROM apikey.webhook_endpoint_info')) AS t(label, s);
 -- A failed verification ends the identity of the transaction.
 SELECT reason, apikey_current_key() IS NULL AS identity_cleared FROM apikey_verify(NULL);
 RESET ROLE;
@@ -50,6 +55,13 @@ FROM (VALUES ('SELECT apikey_set_enabled(a_spare, false)', 'SELECT apikey_set_en
              ('SELECT secret_hash FROM apikey.keys', 'SELECT secret_hash FROM apikey.keys'),
              ('UPDATE apikey.keys SET enabled = true', 'UPDATE apikey.keys SET enabled = true'),
              ('DELETE FROM apikey.audit_log', 'DELETE FROM apikey.audit_log'),
+             ('SELECT apikey_webhook_create(b, ''https://example.com/'')', 'SELECT apikey_webhook_create(' || quote_literal(:'b') || ', ''https://example.com/'')'),
+             ('SELECT apikey_webhook_create(a, ''https://example.com/'')', 'SELECT apikey_webhook_create(' || quote_literal(:'a') || ', ''https://example.com/'')'),
+             ('SELECT apikey_webhook_claim()', 'SELECT apikey_webhook_claim()'),
+             ('SELECT apikey_webhook_report(1, 200, 1, NULL)', 'SELECT apikey_webhook_report(1, 200, 1, NULL)'),
+             ('SELECT apikey_send_reminders()', 'SELECT apikey_send_reminders()'),
+             ('SELECT apikey_leak_report(b_token)', 'SELECT apikey_leak_report(' || quote_literal(:'b_token') || ')'),
+             ('SELECT secret_sealed FROM apikey.webhook_endpoints', 'SELECT secret_sealed FROM apikey.webhook_endpoints'),
              ('SELECT apikey_revoke(a_spare)', 'SELECT apikey_revoke(' || quote_literal(:'a_spare') || ')')) AS t(label, s);
 RESET ROLE;
 
@@ -62,6 +74,8 @@ FROM (VALUES ('SELECT apikey_issue(b, ''{orders:read}'')', 'SELECT apikey_issue(
              ('SELECT secret_hash FROM apikey.keys', 'SELECT secret_hash FROM apikey.keys'),
              ('SELECT pepper_fingerprint FROM apikey.keys', 'SELECT pepper_fingerprint FROM apikey.keys'),
              ('DELETE FROM apikey.audit_log', 'DELETE FROM apikey.audit_log'),
-             ('TRUNCATE apikey.audit_log', 'TRUNCATE apikey.audit_log')) AS t(label, s);
+             ('TRUNCATE apikey.audit_log', 'TRUNCATE apikey.audit_log'),
+             ('SELECT secret_sealed FROM apikey.webhook_endpoints', 'SELECT secret_sealed FROM apikey.webhook_endpoints'),
+             ('DELETE FROM apikey.webhook_attempts', 'DELETE FROM apikey.webhook_attempts')) AS t(label, s);
 RESET ROLE;
 ROLLBACK;
