@@ -8,11 +8,13 @@
 #
 # Groups (the pure code of each crate; SQL, shared-memory and HTTP glue is tested end to end
 # against a real cluster by scripts/test.sh, which cargo-mutants does not run):
-#   contract  apikey-contract: token, scope, reason, redact, key_state
-#   core      apikey-core: hash, pepper, validate, net, webhook
+#   contract  apikey-contract: token, scope, reason, redact, key_state, address, argument
+#   core      apikey-core: hash, pepper, validate, net, webhook, seal, outbox
 #   shim      apikey-shim: key extraction and client IP (auth), JSON extraction (extract),
 #             error mapping (error), rate-limit header fields (rate), required scopes from
-#             parameters, headers and methods (routes/verify, without the handler itself)
+#             parameters, headers and methods (routes/verify, without the handler itself),
+#             webhook target addresses (delivery/address), GitHub's report signatures
+#             (github_signature)
 #
 # Prints caught / missed / timeouts / unviable per group and in all, and the share of viable
 # mutants caught (a timeout counts as caught: the mutant made the tests hang). Fails when a
@@ -44,7 +46,8 @@ group_args() {
     core) echo "-p apikey-core" ;;
     shim)
       echo "-p apikey-shim -f shim/src/auth.rs -f shim/src/extract.rs -f shim/src/error.rs" \
-        "-f shim/src/rate.rs -f shim/src/routes/verify.rs"
+        "-f shim/src/rate.rs -f shim/src/routes/verify.rs -f shim/src/delivery/address.rs" \
+        "-f shim/src/github_signature.rs"
       ;;
     *) die "unknown group '$1' (contract, core, shim)" ;;
   esac

@@ -52,9 +52,9 @@ fn embedded_v4(s: &[u16; 8]) -> Option<Ipv4Addr> {
     let tail =
         |hi: u16, lo: u16| Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8);
     match s {
-        [0, 0, 0, 0, 0, 0xffff, hi, lo] => Some(tail(*hi, *lo)),
-        // `::` and `::1` are IPv6's own unspecified and loopback addresses.
-        [0, 0, 0, 0, 0, 0, hi, lo] if (*hi, *lo) > (0, 1) => Some(tail(*hi, *lo)),
+        // `::` and `::1` land in 0.0.0.0/8, refused like the unspecified and loopback
+        // addresses they are.
+        [0, 0, 0, 0, 0, 0xffff | 0, hi, lo] => Some(tail(*hi, *lo)),
         [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => Some(tail(*hi, *lo)),
         [0x2002, hi, lo, ..] => Some(tail(*hi, *lo)),
         _ => None,
@@ -82,6 +82,8 @@ mod tests {
             "::ffff:8.8.8.8",
             "64:ff9b::808:808",
             "2002:808:808::1",
+            "2001:4860:4860::8888",
+            "2a00::1",
         ] {
             assert!(is_public(ip.parse().unwrap()), "{ip}");
         }
@@ -122,6 +124,8 @@ mod tests {
             "100::1",
             "::ffff:127.0.0.1",
             "::ffff:0.0.0.0",
+            "::ffff:198.51.100.1",
+            "::ffff:100.64.0.1",
             "::ffff:10.1.2.3",
             "::ffff:169.254.169.254",
             "::127.0.0.1",

@@ -27,7 +27,13 @@ mod tests {
 
     #[test]
     fn a_detail_names_its_argument_and_nothing_else_does() {
-        for name in ["scopes", "rate_per_minute", "apikey.default_prefix", "url", "v2"] {
+        for name in [
+            "scopes",
+            "rate_per_minute",
+            "apikey.default_prefix",
+            "url",
+            "v2",
+        ] {
             assert_eq!(from_detail(&detail(name)), Some(name));
         }
         for other in [

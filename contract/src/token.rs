@@ -298,6 +298,9 @@ mod tests {
         assert_eq!(checksum(b"").len(), CHECKSUM_LEN);
         assert_eq!(checksum(b"ak_live_x"), checksum(b"ak_live_x"));
         assert_ne!(checksum(b"ak_live_x"), checksum(b"ak_live_y"));
+        // CRC-32's check value (0xCBF43926 for "123456789") in six base62 digits, computed
+        // outside this code.
+        assert_eq!(checksum(b"123456789"), "3jZRME");
     }
 
     #[test]

@@ -1123,7 +1123,7 @@ fn reminders_are_delivered_once_by_the_shims_minute_job() {
         &mut c,
         partner,
         &receiver.url("/expiring"),
-        &["key.expiring"],
+        &["key.expiring", "key.rotation_due", "key.leaked"],
     );
     let key = issue_with(
         &mut c,
@@ -1147,6 +1147,37 @@ fn reminders_are_delivered_once_by_the_shims_minute_job() {
         about_key, 1,
         "key.issued is not subscribed to; the reminder came once"
     );
+
+    // The other events no request to the shim writes: a rotation reminder (written here in a
+    // session with its own rotation period) and a leak report.
+    c.execute(
+        "UPDATE apikey.keys SET created_at = clock_timestamp() - interval '100 days' WHERE key_id = $1",
+        &[&key.key_id],
+    )
+    .expect("age the key");
+    c.batch_execute("SET apikey.rotation_period = '90d'; SELECT apikey_send_reminders(); RESET apikey.rotation_period")
+        .expect("rotation reminders");
+    let due = receiver.wait_for("key.rotation_due", |r| {
+        r.json()["type"] == "key.rotation_due"
+    });
+    assert_eq!(due.json()["data"]["key_id"], key.key_id.as_str());
+    assert!(signed_by(&endpoint.secret, &due));
+    let label: String = c
+        .query_one(
+            "SELECT apikey_leak_report($1, 'https://github.com/o/r/blob/main/x', 'commit')",
+            &[&key.token],
+        )
+        .expect("report the leak")
+        .get(0);
+    assert_eq!(label, "true_positive");
+    let leaked = receiver.wait_for("key.leaked", |r| r.json()["type"] == "key.leaked");
+    assert_eq!(leaked.json()["data"]["key_id"], key.key_id.as_str());
+    assert_eq!(
+        leaked.json()["data"]["url"],
+        "https://github.com/o/r/blob/main/x"
+    );
+    assert!(signed_by(&endpoint.secret, &leaked));
+    assert!(!leaked.body.contains(key.secret()));
 }
 
 #[test]
