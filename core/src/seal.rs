@@ -59,10 +59,9 @@ pub fn open(pepper: &Pepper, endpoint_id: &[u8], sealed: &[u8]) -> Result<Vec<u8
     let Some((&VERSION, rest)) = sealed.split_first() else {
         return Err(SealError::Unopenable);
     };
-    if rest.len() < NONCE_BYTES {
+    let Some((nonce, ciphertext)) = rest.split_at_checked(NONCE_BYTES) else {
         return Err(SealError::Unopenable);
-    }
-    let (nonce, ciphertext) = rest.split_at(NONCE_BYTES);
+    };
     cipher(pepper)
         .decrypt(
             Nonce::from_slice(nonce),
@@ -92,6 +91,17 @@ mod tests {
         assert_eq!(sealed[0], VERSION);
         assert!(!sealed.windows(8).any(|w| SECRET.windows(8).any(|s| s == w)));
         assert_eq!(open(&pepper(1), ENDPOINT, &sealed).unwrap(), SECRET);
+    }
+
+    #[test]
+    fn errors_say_what_went_wrong_without_the_secret() {
+        assert_eq!(
+            SealError::Random.to_string(),
+            "the OS random number generator failed"
+        );
+        assert!(SealError::Unopenable
+            .to_string()
+            .starts_with("the sealed webhook secret does not open"));
     }
 
     #[test]

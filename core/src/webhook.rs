@@ -130,6 +130,19 @@ mod tests {
     }
 
     #[test]
+    fn new_secrets_are_32_random_bytes_serialized_as_whsec() {
+        let (key, secret) = generate_secret().expect("random bytes");
+        assert_eq!(key.len(), SECRET_KEY_BYTES);
+        assert_eq!(secret_key(&secret).expect("readable"), key);
+        assert!(
+            secret.starts_with("whsec_") && secret.len() == 6 + 44,
+            "{secret}"
+        );
+        let (other, _) = generate_secret().expect("random bytes");
+        assert_ne!(key, other);
+    }
+
+    #[test]
     fn signs_the_reference_vector() {
         assert_eq!(
             sign(&key(), MSG_ID, TIMESTAMP, PAYLOAD.as_bytes()),
