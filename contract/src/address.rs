@@ -36,9 +36,8 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
     if let Some(v4) = embedded_v4(&segments) {
         return is_public_v4(v4);
     }
-    !(ip.is_unspecified()
-        || ip.is_loopback()
-        || ip.is_multicast()
+    // `::` and `::1` were judged above, as the IPv4-compatible 0.0.0.0 and 0.0.0.1.
+    !(ip.is_multicast()
         || (segments[0] & 0xfe00) == 0xfc00
         || (segments[0] & 0xffc0) == 0xfe80
         || (segments[0] & 0xffc0) == 0xfec0

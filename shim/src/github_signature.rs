@@ -92,12 +92,10 @@ impl KeySet {
         Ok(KeySet { keys })
     }
 
+    /// How many keys; never 0 (`parse` refuses an empty list).
+    #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> usize {
         self.keys.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
     }
 
     /// Checks the signature headers' values against the raw body.
@@ -160,8 +158,9 @@ impl KeyFile {
         let now = modified(&self.path);
         {
             let loaded = self.loaded.read().unwrap_or_else(|p| p.into_inner());
-            // A file that cannot be looked at right now (being replaced) keeps the old keys.
-            if now.is_none() || now == loaded.modified {
+            // Unchanged. A file that cannot be looked at (being replaced) is a change: the
+            // read below fails, the old keys stay, and the file is read again once it is back.
+            if now == loaded.modified {
                 return Arc::clone(&loaded.keys);
             }
         }
@@ -272,6 +271,32 @@ mod tests {
                 Err(refusal),
                 "{id:?} {signature:?}"
             );
+        }
+    }
+
+    #[test]
+    fn each_refusal_says_which_part_is_wrong() {
+        let messages = [
+            (
+                Refusal::MissingIdentifier,
+                "missing Github-Public-Key-Identifier header",
+            ),
+            (
+                Refusal::MissingSignature,
+                "missing Github-Public-Key-Signature header",
+            ),
+            (
+                Refusal::UnknownKey,
+                "Github-Public-Key-Identifier names no configured public key",
+            ),
+            (
+                Refusal::Malformed,
+                "Github-Public-Key-Signature is not base64 of a DER-encoded ECDSA signature",
+            ),
+            (Refusal::Mismatch, "the signature does not match the body"),
+        ];
+        for (refusal, message) in messages {
+            assert_eq!(refusal.message(), message);
         }
     }
 
