@@ -12,19 +12,27 @@ use pgrx::JsonB;
 
 pub use crate::outbox::{KEY_DISABLED, KEY_ENABLED, KEY_ISSUED, KEY_REVOKED, KEY_ROTATED};
 
-/// The body is the Standard Webhooks shape: `{"type", "timestamp", "data"}`, the timestamp
-/// the row's own `created_at` in UTC.
+/// The `timestamp` of a body: the row's own `created_at` (`now.at`), in UTC.
+macro_rules! body_timestamp {
+    () => {
+        "to_char(now.at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+    };
+}
+
+/// The body is the Standard Webhooks shape: `{"type", "timestamp", "data"}`.
 macro_rules! insert_key_event {
     () => {
-        "WITH k AS (SELECT key_id, partner_id, name, scopes, environment, expires_at, revoked_at \
-                   FROM apikey.keys WHERE key_id = $2), \
-             now AS (SELECT clock_timestamp() AS at) \
-         INSERT INTO apikey.events (created_at, partner_id, type, key_id, payload) \
-         SELECT now.at, k.partner_id, $1, k.key_id, jsonb_build_object( \
-             'type', $1::text, \
-             'timestamp', to_char(now.at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
-             'data', to_jsonb(k) || $3::jsonb) \
-         FROM k, now"
+        concat!(
+            "WITH k AS (SELECT key_id, partner_id, name, scopes, environment, expires_at, revoked_at \
+                       FROM apikey.keys WHERE key_id = $2), \
+                 now AS (SELECT clock_timestamp() AS at) \
+             INSERT INTO apikey.events (created_at, partner_id, type, key_id, payload) \
+             SELECT now.at, k.partner_id, $1, k.key_id, jsonb_build_object( \
+                 'type', $1::text, 'timestamp', ",
+            body_timestamp!(),
+            ", 'data', to_jsonb(k) || $3::jsonb) \
+             FROM k, now"
+        )
     };
 }
 
@@ -67,4 +75,39 @@ pub fn record_key_event(
         &[event_type.into(), key_id.into(), JsonB(extra).into()],
     )?;
     Ok(())
+}
+
+/// A `webhook.test` event about endpoint `endpoint_id` of `partner_id`, queued for that
+/// endpoint alone, whatever it subscribes to. Returns the event's id.
+pub fn record_test_event(
+    client: &mut SpiClient<'_>,
+    endpoint_id: pgrx::Uuid,
+    partner_id: pgrx::Uuid,
+) -> ApiResult<pgrx::Uuid> {
+    const INSERT_TEST: &str = concat!(
+        "WITH now AS (SELECT clock_timestamp() AS at), \
+         event AS ( \
+            INSERT INTO apikey.events (created_at, partner_id, type, payload) \
+            SELECT now.at, $2, $3, jsonb_build_object('type', $3::text, 'timestamp', ",
+        body_timestamp!(),
+        ", 'data', jsonb_build_object('endpoint_id', $1::uuid, 'partner_id', $2::uuid)) \
+            FROM now RETURNING event_id, created_at) \
+         INSERT INTO apikey.webhook_deliveries \
+            (event_id, endpoint_id, partner_id, event_type, created_at, next_attempt_at) \
+         SELECT event_id, $1, $2, $3, created_at, created_at FROM event \
+         RETURNING event_id"
+    );
+    client
+        .update(
+            INSERT_TEST,
+            Some(1),
+            &[
+                endpoint_id.into(),
+                partner_id.into(),
+                crate::outbox::WEBHOOK_TEST.into(),
+            ],
+        )?
+        .first()
+        .get::<pgrx::Uuid>(1)?
+        .ok_or_else(|| crate::error::ApiError::internal("the test event was not written"))
 }

@@ -37,11 +37,12 @@ fn apikey_leak_report(
 ) -> &'static str {
     Spi::connect_mut(|client| {
         access::require_admin("apikey_leak_report")?;
-        let Some(key_id) = real_key(token)? else {
+        let Some((key_id, partner_id)) = real_key(token)? else {
             return Ok(FALSE_POSITIVE);
         };
         let report = Report {
             key_id: &key_id,
+            partner_id,
             url: url.map(|u| cut(u, MAX_URL_CHARS)),
             source: source.map(|s| cut(s, MAX_SOURCE_CHARS)),
             revoke: revoke.unwrap_or(true),
@@ -52,8 +53,8 @@ fn apikey_leak_report(
     .or_raise()
 }
 
-/// The key id of `token` when its secret is the key's.
-fn real_key(token: Option<&str>) -> ApiResult<Option<String>> {
+/// The key id and partner of `token` when its secret is the key's.
+fn real_key(token: Option<&str>) -> ApiResult<Option<(String, pgrx::Uuid)>> {
     let Some(parsed) = token.and_then(token::parse) else {
         return Ok(None);
     };
@@ -68,7 +69,7 @@ fn real_key(token: Option<&str>) -> ApiResult<Option<String>> {
     let digest = hash::digest(pepper.bytes(), parsed.secret.as_bytes());
     Ok(
         match proof::check(parsed.key_id, &row, &digest, clock::now()) {
-            Checked::Proven(_) => Some(parsed.key_id.to_string()),
+            Checked::Proven(_) => Some((parsed.key_id.to_string(), row.partner_id)),
             Checked::Mismatch => None,
         },
     )
@@ -76,6 +77,7 @@ fn real_key(token: Option<&str>) -> ApiResult<Option<String>> {
 
 struct Report<'a> {
     key_id: &'a str,
+    partner_id: pgrx::Uuid,
     url: Option<String>,
     source: Option<String>,
     revoke: bool,
@@ -88,14 +90,6 @@ fn record(client: &mut SpiClient<'_>, report: &Report<'_>) -> ApiResult<()> {
             Some(report.key_id),
             Some("leaked: reported by secret scanning"),
         )?;
-    let partner_id = client
-        .select(
-            "SELECT partner_id FROM apikey.keys WHERE key_id = $1",
-            Some(1),
-            &[report.key_id.into()],
-        )?
-        .first()
-        .get::<pgrx::Uuid>(1)?;
     let detail = json!({
         "url": report.url,
         "source": report.source,
@@ -104,7 +98,7 @@ fn record(client: &mut SpiClient<'_>, report: &Report<'_>) -> ApiResult<()> {
     });
     let mut event = Event::new("leak_reported");
     event.key_id = Some(report.key_id);
-    event.partner_id = partner_id;
+    event.partner_id = Some(report.partner_id);
     event.detail = detail.clone();
     audit::record_action(client, event)?;
     events::record_key_event(client, outbox::KEY_LEAKED, report.key_id, detail)

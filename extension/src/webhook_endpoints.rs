@@ -6,7 +6,7 @@
 use crate::access;
 use crate::audit::{self, Event};
 use crate::error::{ApiError, ApiResult, OrRaise};
-use crate::{guc, outbox, seal, validate};
+use crate::{events, guc, seal, validate};
 use apikey_core::webhook;
 use pgrx::datum::Interval;
 use pgrx::prelude::*;
@@ -209,31 +209,13 @@ fn apikey_webhook_send_test(endpoint_id: Option<pgrx::Uuid>) -> pgrx::Uuid {
                 endpoint.endpoint_id
             )));
         }
-        let event_id = client
-            .update(
-                "WITH now AS (SELECT clock_timestamp() AS at), \
-                 event AS ( \
-                    INSERT INTO apikey.events (created_at, partner_id, type, payload) \
-                    SELECT now.at, $2, $3, jsonb_build_object( \
-                        'type', $3::text, \
-                        'timestamp', to_char(now.at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
-                        'data', jsonb_build_object('endpoint_id', $1::uuid, 'partner_id', $2::uuid)) \
-                    FROM now RETURNING event_id, created_at) \
-                 INSERT INTO apikey.webhook_deliveries \
-                    (event_id, endpoint_id, partner_id, event_type, created_at, next_attempt_at) \
-                 SELECT event_id, $1, $2, $3, created_at, created_at FROM event \
-                 RETURNING event_id",
-                Some(1),
-                &[
-                    endpoint.endpoint_id.into(),
-                    endpoint.partner_id.into(),
-                    outbox::WEBHOOK_TEST.into(),
-                ],
-            )?
-            .first()
-            .get::<pgrx::Uuid>(1)?
-            .ok_or_else(|| ApiError::internal("the test event was not written"))?;
-        endpoint.audit(client, "webhook_test", json!({ "event_id": event_id.to_string() }))?;
+        let event_id =
+            events::record_test_event(client, endpoint.endpoint_id, endpoint.partner_id)?;
+        endpoint.audit(
+            client,
+            "webhook_test",
+            json!({ "event_id": event_id.to_string() }),
+        )?;
         Ok(event_id)
     })
     .or_raise()

@@ -244,25 +244,27 @@ fn expiry_reminders_are_sent_once_each_however_often_they_are_asked_for() {
     for _ in 0..5 {
         send_reminders(&mut c);
     }
-    let seven = |c: &mut Client, key: &Issued| reminders_of(c, &key.key_id);
     let expiring = |days: i64| ("key.expiring".to_string(), days);
     let summary = |r: Vec<(String, Value)>| -> Vec<(String, i64)> {
         r.into_iter()
             .map(|(t, data)| (t, data["days_before"].as_i64().unwrap_or(-1)))
             .collect()
     };
-    assert_eq!(summary(seven(&mut c, &in_three_days)), [expiring(7)]);
     assert_eq!(
-        summary(seven(&mut c, &in_two_hours)),
+        summary(reminders_of(&mut c, &in_three_days.key_id)),
+        [expiring(7)]
+    );
+    assert_eq!(
+        summary(reminders_of(&mut c, &in_two_hours.key_id)),
         [expiring(1)],
         "inside the last day: only the 1-day reminder"
     );
-    assert!(seven(&mut c, &in_thirty_days).is_empty());
+    assert!(reminders_of(&mut c, &in_thirty_days.key_id).is_empty());
     assert!(
-        seven(&mut c, &revoked).is_empty(),
+        reminders_of(&mut c, &revoked.key_id).is_empty(),
         "a revoked key needs no reminder"
     );
-    assert!(seven(&mut c, &unlimited).is_empty());
+    assert!(reminders_of(&mut c, &unlimited.key_id).is_empty());
 
     // The key enters its last day: the 1-day reminder, once.
     c.execute(
@@ -274,7 +276,7 @@ fn expiry_reminders_are_sent_once_each_however_often_they_are_asked_for() {
         send_reminders(&mut c);
     }
     assert_eq!(
-        summary(seven(&mut c, &in_three_days)),
+        summary(reminders_of(&mut c, &in_three_days.key_id)),
         [expiring(7), expiring(1)]
     );
     let data = &reminders_of(&mut c, &in_three_days.key_id)[1].1;

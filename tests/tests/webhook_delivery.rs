@@ -44,6 +44,12 @@ struct Endpoint {
     secret: String,
 }
 
+fn send_test_event(c: &mut Client, endpoint_id: Uuid) -> Uuid {
+    c.query_one("SELECT apikey_webhook_send_test($1)", &[&endpoint_id])
+        .expect("send a test event")
+        .get(0)
+}
+
 fn create_endpoint(c: &mut Client, partner: Uuid, url: &str, events: &[&str]) -> Endpoint {
     let events: Vec<String> = events.iter().map(|e| e.to_string()).collect();
     let row = c
@@ -268,13 +274,7 @@ fn a_rolled_back_change_sends_nothing() {
     tx.rollback().expect("rollback");
     // A test event after the rollback: once it arrives, anything queued before it has had
     // its chance to arrive too.
-    let marker: Uuid = c
-        .query_one(
-            "SELECT apikey_webhook_send_test($1)",
-            &[&endpoint.endpoint_id],
-        )
-        .expect("send a test event")
-        .get(0);
+    let marker: Uuid = send_test_event(&mut c, endpoint.endpoint_id);
     let test = receiver.wait_for("the test event", |r| r.json()["type"] == "webhook.test");
     assert_eq!(test.header("webhook-id"), marker.to_string());
     assert_eq!(
@@ -298,13 +298,7 @@ fn failed_attempts_are_retried_on_schedule_across_a_shim_restart() {
     let mut c = superuser();
     let partner = create_partner(&mut c);
     let endpoint = create_endpoint(&mut c, partner, &receiver.url("/hooks"), &["*"]);
-    let event_id: Uuid = c
-        .query_one(
-            "SELECT apikey_webhook_send_test($1)",
-            &[&endpoint.endpoint_id],
-        )
-        .expect("send a test event")
-        .get(0);
+    let event_id: Uuid = send_test_event(&mut c, endpoint.endpoint_id);
     let event = event_id.to_string();
 
     // First attempt: 500. The next is scheduled 5 s later, per the retry schedule.
@@ -397,13 +391,7 @@ fn the_last_failure_gives_up_and_days_of_failures_disable_the_endpoint() {
         &[&endpoint.endpoint_id],
     )
     .expect("age the endpoint's failures");
-    let event_id: Uuid = c
-        .query_one(
-            "SELECT apikey_webhook_send_test($1)",
-            &[&endpoint.endpoint_id],
-        )
-        .expect("send a test event")
-        .get(0);
+    let event_id: Uuid = send_test_event(&mut c, endpoint.endpoint_id);
     c.execute(
         "UPDATE apikey.webhook_deliveries SET attempts = 7 WHERE event_id = $1",
         &[&event_id],
@@ -472,13 +460,7 @@ fn the_last_failure_gives_up_and_days_of_failures_disable_the_endpoint() {
         ),
         (true, true, true, true)
     );
-    let event_id: Uuid = c
-        .query_one(
-            "SELECT apikey_webhook_send_test($1)",
-            &[&endpoint.endpoint_id],
-        )
-        .expect("send a test event")
-        .get(0);
+    let event_id: Uuid = send_test_event(&mut c, endpoint.endpoint_id);
     let delivered = receiver.wait_for("the test event after enabling", |r| {
         r.header("webhook-id") == event_id.to_string() && r.answered == 200
     });
@@ -495,14 +477,7 @@ fn two_shims_share_the_outbox_without_sending_an_event_twice() {
     let partner = create_partner(&mut c);
     let endpoint = create_endpoint(&mut c, partner, &receiver.url("/hooks"), &["*"]);
     let events: Vec<Uuid> = (0..60)
-        .map(|_| {
-            c.query_one(
-                "SELECT apikey_webhook_send_test($1)",
-                &[&endpoint.endpoint_id],
-            )
-            .expect("send a test event")
-            .get(0)
-        })
+        .map(|_| send_test_event(&mut c, endpoint.endpoint_id))
         .collect();
     eventually("every event delivered", || {
         (receiver.received().len() >= events.len()).then_some(())
@@ -533,13 +508,7 @@ fn during_a_secret_rotation_both_secrets_sign() {
     let partner = create_partner(&mut c);
     let endpoint = create_endpoint(&mut c, partner, &receiver.url("/hooks"), &["*"]);
     let send_test = |c: &mut Client| -> Received {
-        let event_id: Uuid = c
-            .query_one(
-                "SELECT apikey_webhook_send_test($1)",
-                &[&endpoint.endpoint_id],
-            )
-            .expect("send a test event")
-            .get(0);
+        let event_id: Uuid = send_test_event(c, endpoint.endpoint_id);
         receiver.wait_for("the test event", |r| {
             r.header("webhook-id") == event_id.to_string()
         })
@@ -620,13 +589,7 @@ fn private_addresses_are_refused_unless_allowed() {
         ("APIKEY_SHIM_WEBHOOK_DELIVERY", "true"),
         ("APIKEY_SHIM_WEBHOOK_POLL_MS", "100"),
     ]);
-    let event_id: Uuid = c
-        .query_one(
-            "SELECT apikey_webhook_send_test($1)",
-            &[&endpoint.endpoint_id],
-        )
-        .expect("send a test event")
-        .get(0);
+    let event_id: Uuid = send_test_event(&mut c, endpoint.endpoint_id);
     let error: String = eventually("the refused attempt", || {
         c.query_opt(
             "SELECT error FROM apikey.webhook_attempts WHERE event_id = $1",
@@ -1204,14 +1167,7 @@ fn a_database_restart_during_delivery_loses_nothing() {
         ("APIKEY_SHIM_WEBHOOK_TIMEOUT_MS", "1000"),
     ]);
     let events: Vec<Uuid> = (0..24)
-        .map(|_| {
-            c.query_one(
-                "SELECT apikey_webhook_send_test($1)",
-                &[&endpoint.endpoint_id],
-            )
-            .expect("send a test event")
-            .get(0)
-        })
+        .map(|_| send_test_event(&mut c, endpoint.endpoint_id))
         .collect();
     eventually("deliveries under way", || {
         (receiver.received().len() >= 4).then_some(())
