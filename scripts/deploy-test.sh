@@ -32,10 +32,17 @@ libdir="$("$PGBIN/pg_config" --pkglibdir)"
 mkdir -p "$work/dev-files"
 cp -a "$libdir/apikey.so" "$extdir"/apikey* "$work/dev-files/" 2>/dev/null || true
 
+# stop_shim: TERM to the running service, then wait until it has exited (it lets its
+# requests and webhook attempts finish first), so that a new one can take the port.
 stop_shim() {
   if [ -f "$work/shim.pid" ]; then
-    kill -TERM "$(cat "$work/shim.pid")" 2>/dev/null || true
-    sleep 0.5
+    local pid
+    pid="$(cat "$work/shim.pid")"
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 150); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
     rm -f "$work/shim.pid"
   fi
 }
@@ -86,8 +93,10 @@ set -euo pipefail
 cd "$root"
 export DEBIAN_FRONTEND=noninteractive
 export APIKEY_SKIP_BUILD="${APIKEY_SKIP_BUILD:-0}"
+work="$work"
+$(declare -f stop_shim)
 start_shim() {
-  if [ -f "$work/shim.pid" ]; then kill -TERM "\$(cat "$work/shim.pid")"; sleep 0.5; fi
+  stop_shim
   (
     while IFS= read -r line; do
       case "\$line" in ''|'#'*) continue ;; esac
@@ -98,9 +107,12 @@ start_shim() {
   ) >"$work/shim.log" 2>&1 </dev/null &
   echo \$! >"$work/shim.pid"
   for _ in \$(seq 1 100); do
+    # The new process, not one still going away, must be the one answering.
+    kill -0 "\$(cat "$work/shim.pid")" 2>/dev/null || break
     curl -s -o /dev/null "http://127.0.0.1:$shim_port/healthz" && return 0
     sleep 0.1
   done
+  echo "the shim did not start; its log:" >&2
   cat "$work/shim.log" >&2
   return 1
 }

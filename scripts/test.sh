@@ -51,6 +51,8 @@ cargo_output="$(mktemp "${TMPDIR:-/tmp}/apikey-cargo-test.XXXXXX")"
 
 results=()
 failed=0
+# Lines printed after the summary: why a step failed, when its own output is far above.
+failure_notes=()
 record() {
   results+=("$(printf '%-4s  %s' "$2" "$1")")
   case "$2" in ok|skip) ;; *) failed=1 ;; esac
@@ -74,6 +76,9 @@ finish() {
     echo "$line"
   done
   if [ "$rc" -ne 0 ] || [ "$failed" -ne 0 ]; then
+    for line in "${failure_notes[@]}"; do
+      echo "$line"
+    done
     [ -f "$saved_log" ] && echo "server log of the test cluster: $saved_log"
     echo "TESTS FAILED"
     [ "$rc" -ne 0 ] || rc=1
@@ -181,8 +186,17 @@ fi
 if [ "$#" -eq 0 ] && [ "$APIKEY_PG_MAJOR" = 15 ]; then
   rc=0
   log "deploy guide: scripts/deploy-test.sh"
-  bash "$APIKEY_REPO_ROOT/scripts/deploy-test.sh" || rc=$?
-  if [ "$rc" -eq 0 ]; then record "packages + deploy guide" ok; else record "packages + deploy guide" FAIL; fi
+  deploy_output="$(mktemp "${TMPDIR:-/tmp}/apikey-deploy-test.XXXXXX")"
+  bash "$APIKEY_REPO_ROOT/scripts/deploy-test.sh" 2>&1 | tee "$deploy_output" || rc=$?
+  if [ "$rc" -eq 0 ]; then
+    record "packages + deploy guide" ok
+  else
+    record "packages + deploy guide" FAIL
+    # Where a CI log is cut to its end, the reason still shows.
+    failure_notes+=("why packages + deploy guide failed (the end of its output):" \
+      "$(tail -n 15 "$deploy_output")")
+  fi
+  rm -f "$deploy_output"
 
   # The other versions, one after the other, each in a run of its own (its own build and
   # cluster; this run's cluster keeps running meanwhile, on another port).
