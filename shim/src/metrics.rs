@@ -1,27 +1,91 @@
 //! Prometheus text metrics: requests by route and status, verify outcomes by reason, request
 //! latency by route, webhook delivery attempts by outcome, tokens reported by GitHub secret
-//! scanning by label, and the connection pool's use.
+//! scanning by label, the connection pool's use, and the server's `apikey_status()`.
+//!
+//! The series are kept and written by `prometheus-client` (the Prometheus project's own
+//! crate), in the Prometheus text format (0.0.4) that every scraper reads.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::Mutex;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
-const BUCKETS: [f64; 12] = [
+/// The `Content-Type` of what [`Metrics::render`] writes.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+const LATENCY_BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
-#[derive(Default)]
-pub struct Metrics {
-    inner: Mutex<Inner>,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteStatus {
+    route: String,
+    status: u16,
 }
 
-#[derive(Default)]
-struct Inner {
-    requests: BTreeMap<(String, u16), u64>,
-    verify_outcomes: BTreeMap<String, u64>,
-    latency: BTreeMap<String, Histogram>,
-    webhook_attempts: [u64; WebhookOutcome::ALL.len()],
-    leak_reports: [u64; LeakLabel::ALL.len()],
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Route {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Label {
+    label: &'static str,
+}
+
+type LatencyFamily = Family<Route, Histogram, fn() -> Histogram>;
+
+/// The shim's own series. Cloning a family shares its counts, so every scrape registers
+/// clones of these in a registry of its own, next to the gauges read at that moment.
+pub struct Metrics {
+    requests: Family<RouteStatus, Counter>,
+    verify_outcomes: Family<Reason, Counter>,
+    latency: LatencyFamily,
+    webhook_attempts: Family<Outcome, Counter>,
+    leak_reports: Family<Label, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let metrics = Metrics {
+            requests: Family::default(),
+            verify_outcomes: Family::default(),
+            latency: Family::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS)),
+            webhook_attempts: Family::default(),
+            leak_reports: Family::default(),
+        };
+        // Every outcome and label from the start, zeros included, so that a rate of failures
+        // exists before the first one.
+        for outcome in WebhookOutcome::ALL {
+            metrics
+                .webhook_attempts
+                .get_or_create(&Outcome {
+                    outcome: outcome.as_str(),
+                })
+                .inc_by(0);
+        }
+        for label in LeakLabel::ALL {
+            metrics
+                .leak_reports
+                .get_or_create(&Label {
+                    label: label.as_str(),
+                })
+                .inc_by(0);
+        }
+        metrics
+    }
 }
 
 /// What `apikey_leak_report` said of a token GitHub's secret scanning reported, as counted
@@ -91,13 +155,6 @@ impl WebhookOutcome {
     }
 }
 
-#[derive(Default)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
-}
-
 pub struct PoolUse {
     pub max_size: usize,
     pub size: usize,
@@ -106,282 +163,239 @@ pub struct PoolUse {
 }
 
 impl Metrics {
-    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     pub fn observe(&self, route: &str, status: u16, seconds: f64) {
-        let mut inner = self.inner();
-        *inner
-            .requests
-            .entry((route.to_string(), status))
-            .or_default() += 1;
-        let h = inner.latency.entry(route.to_string()).or_default();
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            if seconds <= *bound {
-                h.counts[i] += 1;
-            }
-        }
-        h.count += 1;
-        h.sum += seconds;
+        self.requests
+            .get_or_create(&RouteStatus {
+                route: route.to_string(),
+                status,
+            })
+            .inc();
+        self.latency
+            .get_or_create(&Route {
+                route: route.to_string(),
+            })
+            .observe(seconds);
     }
 
     pub fn verify_outcome(&self, reason: &str) {
-        let mut inner = self.inner();
-        match inner.verify_outcomes.get_mut(reason) {
-            Some(count) => *count += 1,
-            None => {
-                inner.verify_outcomes.insert(reason.to_string(), 1);
-            }
-        }
+        self.verify_outcomes
+            .get_or_create(&Reason {
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     pub fn webhook_attempt(&self, outcome: WebhookOutcome) {
-        self.inner().webhook_attempts[outcome as usize] += 1;
+        self.webhook_attempts
+            .get_or_create(&Outcome {
+                outcome: outcome.as_str(),
+            })
+            .inc();
     }
 
     pub fn leak_reported(&self, label: LeakLabel) {
-        self.inner().leak_reports[label as usize] += 1;
+        self.leak_reports
+            .get_or_create(&Label {
+                label: label.as_str(),
+            })
+            .inc();
     }
 
-    pub fn render(&self, pool: PoolUse) -> String {
-        let inner = self.inner();
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# HELP apikey_shim_requests_total HTTP requests by route and status."
+    /// Everything `/metrics` shows: the shim's series, the pool's use, and the server's
+    /// `apikey_status()` as a JSON object when the database answered (`None` leaves its
+    /// series out: a scrape must not fail because of the database).
+    pub fn render(&self, pool: PoolUse, server_status: Option<&serde_json::Value>) -> String {
+        let mut registry = Registry::default();
+        registry.register(
+            "apikey_shim_requests",
+            "HTTP requests by route and status",
+            self.requests.clone(),
         );
-        let _ = writeln!(out, "# TYPE apikey_shim_requests_total counter");
-        for ((route, status), n) in &inner.requests {
-            let _ = writeln!(
-                out,
-                "apikey_shim_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP apikey_shim_verify_outcomes_total Key verifications by apikey_verify reason."
+        registry.register(
+            "apikey_shim_verify_outcomes",
+            "Key verifications by apikey_verify reason",
+            self.verify_outcomes.clone(),
         );
-        let _ = writeln!(out, "# TYPE apikey_shim_verify_outcomes_total counter");
-        for (reason, n) in &inner.verify_outcomes {
-            let _ = writeln!(
-                out,
-                "apikey_shim_verify_outcomes_total{{reason=\"{reason}\"}} {n}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP apikey_shim_request_duration_seconds Request latency by route."
+        registry.register(
+            "apikey_shim_request_duration_seconds",
+            "Request latency by route",
+            self.latency.clone(),
         );
-        let _ = writeln!(out, "# TYPE apikey_shim_request_duration_seconds histogram");
-        for (route, h) in &inner.latency {
-            for (bound, n) in BUCKETS.iter().zip(h.counts) {
-                let _ = writeln!(out, "apikey_shim_request_duration_seconds_bucket{{route=\"{route}\",le=\"{bound}\"}} {n}");
-            }
-            let _ = writeln!(
-                out,
-                "apikey_shim_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}",
-                h.count
-            );
-            let _ = writeln!(
-                out,
-                "apikey_shim_request_duration_seconds_sum{{route=\"{route}\"}} {}",
-                h.sum
-            );
-            let _ = writeln!(
-                out,
-                "apikey_shim_request_duration_seconds_count{{route=\"{route}\"}} {}",
-                h.count
-            );
-        }
-        // Every outcome, zeros included, so that a rate of failures exists before the first.
-        let _ = writeln!(
-            out,
-            "# HELP apikey_shim_webhook_attempts_total Webhook delivery attempts by outcome: \
-             delivered (2xx), retrying (failed, to be retried), failed (given up), error (not \
-             recorded, to be retried)."
+        registry.register(
+            "apikey_shim_webhook_attempts",
+            "Webhook delivery attempts by outcome: delivered (2xx), retrying (failed, to be \
+             retried), failed (given up), error (not recorded, to be retried)",
+            self.webhook_attempts.clone(),
         );
-        let _ = writeln!(out, "# TYPE apikey_shim_webhook_attempts_total counter");
-        for outcome in WebhookOutcome::ALL {
-            let _ = writeln!(
-                out,
-                "apikey_shim_webhook_attempts_total{{outcome=\"{}\"}} {}",
-                outcome.as_str(),
-                inner.webhook_attempts[outcome as usize]
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP apikey_shim_secret_scanning_tokens_total Tokens reported by GitHub secret \
-             scanning, by label: true_positive (a real key, revoked or flagged), false_positive."
+        registry.register(
+            "apikey_shim_secret_scanning_tokens",
+            "Tokens reported by GitHub secret scanning, by label: true_positive (a real key, \
+             revoked or flagged), false_positive",
+            self.leak_reports.clone(),
         );
-        let _ = writeln!(
-            out,
-            "# TYPE apikey_shim_secret_scanning_tokens_total counter"
-        );
-        for label in LeakLabel::ALL {
-            let _ = writeln!(
-                out,
-                "apikey_shim_secret_scanning_tokens_total{{label=\"{}\"}} {}",
-                label.as_str(),
-                inner.leak_reports[label as usize]
-            );
-        }
         for (name, help, value) in [
             (
                 "apikey_shim_pool_max_size",
-                "Largest number of database connections.",
+                "Largest number of database connections",
                 pool.max_size,
             ),
             (
                 "apikey_shim_pool_size",
-                "Database connections open.",
+                "Database connections open",
                 pool.size,
             ),
             (
                 "apikey_shim_pool_available",
-                "Open connections idle in the pool.",
+                "Open connections idle in the pool",
                 pool.available,
             ),
             (
                 "apikey_shim_pool_waiting",
-                "Requests waiting for a connection.",
+                "Requests waiting for a connection",
                 pool.waiting,
             ),
         ] {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
-            );
+            registry.register(name, help, ConstGauge::new(saturating_i64(value)));
         }
-        out
+        if let Some(status) = server_status {
+            register_server_status(&mut registry, status);
+        }
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &registry);
+        text
     }
 }
 
-/// `apikey_status()` as Prometheus text: counters for what only grows, gauges for the rest.
-/// Columns that are NULL (no shared memory) are left out, but `apikey_shared_memory` is
-/// always there.
-pub fn render_server_status(status: &serde_json::Value) -> String {
+fn saturating_i64(value: usize) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// `apikey_status()`'s columns: counters for what only grows, gauges for the rest. Columns
+/// that are NULL (no shared memory) are left out, but `apikey_shared_memory` is always there.
+fn register_server_status(registry: &mut Registry, status: &serde_json::Value) {
     const COUNTERS: [(&str, &str); 11] = [
         (
             "proof_hits",
-            "Verifications answered by a proof, without Argon2id.",
+            "Verifications answered by a proof, without Argon2id",
         ),
-        ("proof_misses", "Verifications that needed Argon2id."),
-        ("argon2_verified", "Argon2id verifications that matched."),
-        (
-            "argon2_failed",
-            "Argon2id verifications that did not match.",
-        ),
+        ("proof_misses", "Verifications that needed Argon2id"),
+        ("argon2_verified", "Argon2id verifications that matched"),
+        ("argon2_failed", "Argon2id verifications that did not match"),
         (
             "argon2_waits",
-            "Verifications that waited for the Argon2id gate.",
+            "Verifications that waited for the Argon2id gate",
         ),
         (
             "rate_limited",
-            "Verifications refused by a key's rate limit.",
+            "Verifications refused by a key's rate limit",
         ),
         (
             "usage_dropped",
-            "Usage counts dropped because shared memory was full.",
+            "Usage counts dropped because shared memory was full",
         ),
         (
             "audit_suppressed",
-            "Failure audit rows not written because shared memory was full.",
+            "Failure audit rows not written because shared memory was full",
         ),
-        ("keys_evicted", "Keys evicted from shared memory."),
-        ("flushes", "Background worker flushes."),
+        ("keys_evicted", "Keys evicted from shared memory"),
+        ("flushes", "Background worker flushes"),
         (
             "flush_failures",
-            "Background worker flushes that failed and will be retried.",
+            "Background worker flushes that failed and will be retried",
         ),
     ];
     const GAUGES: [(&str, &str); 6] = [
-        ("keys_in_use", "Keys held in shared memory."),
+        ("keys_in_use", "Keys held in shared memory"),
         (
             "keys_capacity",
-            "Keys shared memory can hold (apikey.max_keys).",
+            "Keys shared memory can hold (apikey.max_keys)",
         ),
-        ("usage_entries", "Usage counts waiting for the worker."),
+        ("usage_entries", "Usage counts waiting for the worker"),
         (
             "usage_capacity",
-            "Usage counts shared memory can hold (apikey.max_usage_entries).",
+            "Usage counts shared memory can hold (apikey.max_usage_entries)",
         ),
-        ("argon2_running", "Argon2id verifications running now."),
+        ("argon2_running", "Argon2id verifications running now"),
         (
             "argon2_max_concurrency",
-            "Argon2id verifications allowed at once.",
+            "Argon2id verifications allowed at once",
         ),
     ];
-    let mut out = String::new();
     let shared = status["shared_memory"].as_bool().unwrap_or(false);
-    let _ = writeln!(
-        out,
-        "# HELP apikey_shared_memory Whether the server runs apikey with shared memory (shared_preload_libraries).\n\
-         # TYPE apikey_shared_memory gauge\napikey_shared_memory {}",
-        u8::from(shared)
+    registry.register(
+        "apikey_shared_memory",
+        "Whether the server runs apikey with shared memory (shared_preload_libraries)",
+        ConstGauge::new(i64::from(shared)),
     );
-    for (kind, items) in [("counter", &COUNTERS[..]), ("gauge", &GAUGES[..])] {
-        for (column, help) in items {
-            let Some(value) = status[column].as_i64() else {
-                continue;
-            };
-            let name = if kind == "counter" {
-                format!("apikey_{column}_total")
-            } else {
-                format!("apikey_{column}")
-            };
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
+    for (column, help) in COUNTERS {
+        if let Some(value) = status[column].as_u64() {
+            registry.register(format!("apikey_{column}"), help, ConstCounter::new(value));
+        }
+    }
+    for (column, help) in GAUGES {
+        if let Some(value) = status[column].as_i64() {
+            registry.register(format!("apikey_{column}"), help, ConstGauge::new(value));
         }
     }
     if let Some(at) = status["last_flush"]
         .as_str()
         .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
     {
-        let _ = writeln!(
-            out,
-            "# HELP apikey_last_flush_timestamp_seconds When the background worker last flushed.\n\
-             # TYPE apikey_last_flush_timestamp_seconds gauge\napikey_last_flush_timestamp_seconds {}",
-            at.timestamp()
+        registry.register(
+            "apikey_last_flush_timestamp_seconds",
+            "When the background worker last flushed",
+            ConstGauge::new(at.timestamp()),
         );
     }
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const POOL: PoolUse = PoolUse {
+        max_size: 16,
+        size: 2,
+        available: 1,
+        waiting: 0,
+    };
+
     #[test]
     fn renders_the_servers_status() {
-        let text = render_server_status(&serde_json::json!({
+        let status = serde_json::json!({
             "shared_memory": true, "proof_hits": 7, "keys_in_use": 3, "argon2_running": 0,
             "last_flush": "2026-12-01T10:00:00+00:00", "note": null
-        }));
+        });
+        let text = Metrics::default().render(POOL, Some(&status));
         assert!(text.contains("\napikey_shared_memory 1\n"), "{text}");
         assert!(
-            text.contains("# TYPE apikey_proof_hits_total counter\napikey_proof_hits_total 7\n"),
+            text.contains(
+                "# HELP apikey_proof_hits_total Verifications answered by a proof, without \
+                 Argon2id.\n# TYPE apikey_proof_hits_total counter\napikey_proof_hits_total 7\n"
+            ),
             "{text}"
         );
         assert!(text.contains("\napikey_keys_in_use 3\n"), "{text}");
         assert!(text.contains("\napikey_argon2_running 0\n"), "{text}");
         assert!(
-            text.contains("apikey_last_flush_timestamp_seconds 1796119200\n"),
+            text.contains("\napikey_last_flush_timestamp_seconds 1796119200\n"),
             "{text}"
         );
-        let off = render_server_status(
-            &serde_json::json!({ "shared_memory": false, "proof_hits": null }),
+        let server_lines = |text: &str| {
+            text.lines()
+                .filter(|l| l.starts_with("apikey_") && !l.starts_with("apikey_shim_"))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        let off = serde_json::json!({ "shared_memory": false, "proof_hits": null });
+        assert_eq!(
+            server_lines(&Metrics::default().render(POOL, Some(&off))),
+            ["apikey_shared_memory 0"]
         );
         assert_eq!(
-            off.lines()
-                .filter(|l| !l.starts_with('#'))
-                .collect::<Vec<_>>(),
-            ["apikey_shared_memory 0"]
+            server_lines(&Metrics::default().render(POOL, None)),
+            Vec::<String>::new()
         );
     }
 
@@ -394,37 +408,38 @@ mod tests {
         m.webhook_attempt(WebhookOutcome::of_state("pending"));
         m.webhook_attempt(WebhookOutcome::of_state("delivered"));
         m.webhook_attempt(WebhookOutcome::of_state("pending"));
-        let text = m.render(PoolUse {
-            max_size: 16,
-            size: 2,
-            available: 1,
-            waiting: 0,
-        });
-        assert!(text.contains("apikey_shim_requests_total{route=\"/v1/verify\",status=\"200\"} 1"));
-        assert!(text.contains("apikey_shim_verify_outcomes_total{reason=\"ok\"} 1"));
-        assert!(text.contains(
-            "apikey_shim_request_duration_seconds_bucket{route=\"/v1/verify\",le=\"0.0025\"} 1"
-        ));
-        assert!(text.contains(
-            "apikey_shim_request_duration_seconds_bucket{route=\"/v1/verify\",le=\"+Inf\"} 2"
-        ));
-        assert!(text.contains("apikey_shim_pool_size 2"));
-        assert!(text.contains("apikey_shim_webhook_attempts_total{outcome=\"retrying\"} 2\n"));
-        assert!(text.contains("apikey_shim_webhook_attempts_total{outcome=\"delivered\"} 1\n"));
-        assert!(text.contains("apikey_shim_webhook_attempts_total{outcome=\"failed\"} 0\n"));
-        assert!(text.contains("apikey_shim_webhook_attempts_total{outcome=\"error\"} 0\n"));
-        assert!(
-            text.contains("apikey_shim_secret_scanning_tokens_total{label=\"true_positive\"} 0\n")
-        );
+        let text = m.render(POOL, None);
+        for line in [
+            "# HELP apikey_shim_requests_total HTTP requests by route and status.",
+            "# TYPE apikey_shim_requests_total counter",
+            "apikey_shim_requests_total{route=\"/v1/verify\",status=\"200\"} 1",
+            "apikey_shim_verify_outcomes_total{reason=\"ok\"} 1",
+            "# TYPE apikey_shim_request_duration_seconds histogram",
+            "apikey_shim_request_duration_seconds_bucket{route=\"/v1/verify\",le=\"0.001\"} 0",
+            "apikey_shim_request_duration_seconds_bucket{route=\"/v1/verify\",le=\"0.0025\"} 1",
+            "apikey_shim_request_duration_seconds_bucket{route=\"/v1/verify\",le=\"0.5\"} 2",
+            "apikey_shim_request_duration_seconds_bucket{route=\"/v1/verify\",le=\"+Inf\"} 2",
+            "apikey_shim_request_duration_seconds_sum{route=\"/v1/verify\"} 0.302",
+            "apikey_shim_request_duration_seconds_count{route=\"/v1/verify\"} 2",
+            "# TYPE apikey_shim_pool_size gauge",
+            "apikey_shim_pool_size 2",
+            "apikey_shim_pool_max_size 16",
+            "apikey_shim_webhook_attempts_total{outcome=\"retrying\"} 2",
+            "apikey_shim_webhook_attempts_total{outcome=\"delivered\"} 1",
+            "apikey_shim_webhook_attempts_total{outcome=\"failed\"} 0",
+            "apikey_shim_webhook_attempts_total{outcome=\"error\"} 0",
+            "apikey_shim_secret_scanning_tokens_total{label=\"true_positive\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} missing:\n{text}");
+        }
         m.leak_reported(LeakLabel::FalsePositive);
-        let text = m.render(PoolUse {
-            max_size: 1,
-            size: 0,
-            available: 0,
-            waiting: 0,
-        });
+        let text = m.render(POOL, None);
         assert!(
             text.contains("apikey_shim_secret_scanning_tokens_total{label=\"false_positive\"} 1\n")
+        );
+        assert!(
+            !text.contains(".."),
+            "help text ends in one period:\n{text}"
         );
     }
 

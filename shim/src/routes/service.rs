@@ -25,29 +25,29 @@ async fn healthz(State(state): State<AppState>) -> Result<impl IntoResponse, App
     Ok(axum::Json(json!({ "status": "ok" })))
 }
 
-/// The shim's own figures, then the server's (`apikey_status()`), which are left out when
-/// the database does not answer: a scrape must not fail because of it.
+/// The shim's own figures and the server's (`apikey_status()`), which are left out when the
+/// database does not answer: a scrape must not fail because of it.
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let status = state.pool.status();
-    let mut text = state.metrics.render(PoolUse {
-        max_size: status.max_size,
-        size: status.size,
-        available: status.available,
-        waiting: status.waiting,
-    });
-    if let Ok(server) = server_status(&state).await {
-        text.push_str(&server);
-    }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+    let server = server_status(&state).await.ok();
+    let pool = state.pool.status();
+    let text = state.metrics.render(
+        PoolUse {
+            max_size: pool.max_size,
+            size: pool.size,
+            available: pool.available,
+            waiting: pool.waiting,
+        },
+        server.as_ref(),
+    );
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text)
 }
 
-async fn server_status(state: &AppState) -> Result<String, AppError> {
+async fn server_status(state: &AppState) -> Result<serde_json::Value, AppError> {
     let client = state.pool.get().await?;
     let row = client
         .query_one("SELECT to_jsonb(s) FROM apikey_status() AS s", &[])
         .await?;
-    let status: serde_json::Value = row.try_get(0)?;
-    Ok(crate::metrics::render_server_status(&status))
+    Ok(row.try_get(0)?)
 }
 
 pub const OPENAPI: &str = include_str!("../../openapi.json");
