@@ -1,14 +1,19 @@
-//! A small W3C WebDriver client for the console's browser tests: it starts the system's
-//! `chromedriver`, opens one headless Chromium session and speaks the WebDriver protocol to it
-//! over plain HTTP (<https://www.w3.org/TR/webdriver2/>).
+//! The console's browser tests drive one headless Chromium through the system's
+//! `chromedriver` with `fantoccini`, a maintained W3C WebDriver client
+//! (<https://www.w3.org/TR/webdriver2/>).
 //!
-//! Only what the tests need is here: navigation, finding elements by CSS selector (with a wait),
-//! clicking, typing, reading text and attributes, running a script and taking screenshots.
-//! Every wait polls for at most [`WAIT`]; a timeout panics with the page's URL and the path of a
+//! What this module adds on top is what the tests need and WebDriver leaves to its users: a
+//! chromedriver process and a fresh browser profile per test, a blocking API (the tests are
+//! plain `#[test]` functions), waits that poll for at most [`WAIT`], clicks retried while a
+//! dialog is still opening, and failures that panic with the page's URL and the path of a
 //! screenshot of what the browser showed.
 
-use base64::Engine;
+use fantoccini::elements::Element as WebElement;
+use fantoccini::error::{CmdError, ErrorStatus};
+use fantoccini::wd::WebDriverCompatibleCommand;
+use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
+use std::future::Future;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -21,29 +26,13 @@ pub const CHROMIUM: &str = "/usr/bin/chromium";
 pub const WAIT: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(50);
 
-/// The key under which WebDriver returns an element reference.
-const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
-
 /// A chromedriver process and the one browser session it runs.
 pub struct Browser {
+    runtime: tokio::runtime::Runtime,
+    /// `None` only while the browser is dropped.
+    client: Option<Client>,
     driver: Child,
-    /// `http://127.0.0.1:<port>/session/<id>`: every command's URL starts with it.
-    session_url: String,
     user_data_dir: PathBuf,
-    agent: ureq::Agent,
-}
-
-/// A WebDriver error answer: `error` is the W3C error code, e.g. `no such element`.
-#[derive(Debug)]
-pub struct WebDriverError {
-    pub error: String,
-    pub message: String,
-}
-
-impl std::fmt::Display for WebDriverError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.error, self.message)
-    }
 }
 
 fn free_port() -> u16 {
@@ -77,47 +66,44 @@ pub fn screenshot_dir() -> PathBuf {
     dir.canonicalize().unwrap_or(dir)
 }
 
-/// Sends one WebDriver command and returns the answer's `value`, or the WebDriver error.
-fn command(
-    agent: &ureq::Agent,
-    method: &str,
-    url: &str,
-    body: Option<Value>,
-) -> Result<Value, WebDriverError> {
-    let request = agent.request(method, url);
-    let result = match body {
-        Some(body) => request
-            .set("Content-Type", "application/json")
-            .send_string(&body.to_string()),
-        None => request.call(),
-    };
-    let (ok, response) = match result {
-        Ok(r) => (true, r),
-        Err(ureq::Error::Status(_, r)) => (false, r),
-        Err(e) => {
-            return Err(WebDriverError {
-                error: "transport".into(),
-                message: format!("{method} {url}: {e}"),
-            })
-        }
-    };
-    let answer: Value = response
-        .into_string()
-        .map_err(|e| e.to_string())
-        .and_then(|text| serde_json::from_str(&text).map_err(|e| e.to_string()))
-        .map_err(|e| WebDriverError {
-            error: "transport".into(),
-            message: format!("{method} {url}: answer is not JSON: {e}"),
-        })?;
-    let value = answer.get("value").cloned().unwrap_or(Value::Null);
-    if ok {
-        Ok(value)
-    } else {
-        Err(WebDriverError {
-            error: value["error"].as_str().unwrap_or("unknown error").into(),
-            message: value["message"].as_str().unwrap_or_default().into(),
-        })
+/// Chromium's own command (`Emulation.setDeviceMetricsOverride` over chromedriver's CDP
+/// endpoint), which fantoccini, sticking to the standard, does not offer.
+#[derive(Debug)]
+struct SetDeviceMetrics {
+    width: u32,
+    height: u32,
+}
+
+impl WebDriverCompatibleCommand for SetDeviceMetrics {
+    fn endpoint(
+        &self,
+        base_url: &url::Url,
+        session_id: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base_url.join(&format!(
+            "session/{}/goog/cdp/execute",
+            session_id.unwrap_or_default()
+        ))
     }
+
+    fn method_and_body(&self, _request_url: &url::Url) -> (http::Method, Option<String>) {
+        let body = json!({
+            "cmd": "Emulation.setDeviceMetricsOverride",
+            "params": {
+                "width": self.width,
+                "height": self.height,
+                "deviceScaleFactor": 1,
+                "mobile": false,
+            },
+        });
+        (http::Method::POST, Some(body.to_string()))
+    }
+}
+
+/// A click that may succeed a moment later: the element is covered or not shown yet.
+fn is_transient_click_error(e: &CmdError) -> bool {
+    matches!(e, CmdError::Standard(w) if w.error == ErrorStatus::ElementClickIntercepted)
+        || e.is_element_not_interactable()
 }
 
 impl Browser {
@@ -142,118 +128,90 @@ impl Browser {
         // it started, even when the session could not be closed politely.
         std::os::unix::process::CommandExt::process_group(&mut launcher, 0);
         let driver = launcher.spawn().expect("start chromedriver");
-        let agent = ureq::AgentBuilder::new()
-            .timeout(Duration::from_secs(60))
-            .build();
-        let user_data_dir = fresh_temp_dir("apikey-chromium");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for the WebDriver client");
         // A Browser from here on, so that a failure below still cleans up in Drop.
         let mut browser = Browser {
+            runtime,
+            client: None,
             driver,
-            session_url: String::new(),
-            user_data_dir,
-            agent,
+            user_data_dir: fresh_temp_dir("apikey-chromium"),
         };
-        let base = format!("http://127.0.0.1:{port}");
 
+        let mut capabilities = serde_json::Map::new();
+        capabilities.insert("browserName".into(), json!("chrome"));
+        capabilities.insert("pageLoadStrategy".into(), json!("normal"));
+        capabilities.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": CHROMIUM,
+                "args": [
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--no-first-run",
+                    format!("--user-data-dir={}", browser.user_data_dir.display()),
+                    "--window-size=1280,800",
+                ],
+            }),
+        );
+        let mut builder =
+            ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new());
+        builder.capabilities(capabilities);
+        let url = format!("http://127.0.0.1:{port}");
+        // chromedriver takes a moment to listen: connecting is retried until it does.
         let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let status = command(&browser.agent, "GET", &format!("{base}/status"), None);
-            if status.is_ok_and(|s| s["ready"] == json!(true)) {
-                break;
+        let client = loop {
+            match browser.runtime.block_on(builder.connect(&url)) {
+                Ok(client) => break client,
+                Err(_) if Instant::now() < deadline => std::thread::sleep(POLL),
+                Err(e) => panic!("chromedriver could not start a Chromium session: {e}"),
             }
-            assert!(
-                Instant::now() < deadline,
-                "chromedriver did not become ready on port {port}"
-            );
-            std::thread::sleep(POLL);
-        }
-
-        let capabilities = json!({
-            "capabilities": {
-                "alwaysMatch": {
-                    "browserName": "chrome",
-                    "pageLoadStrategy": "normal",
-                    "goog:chromeOptions": {
-                        "binary": CHROMIUM,
-                        "args": [
-                            "--headless",
-                            "--no-sandbox",
-                            "--disable-gpu",
-                            "--disable-background-networking",
-                            "--disable-component-update",
-                            "--disable-sync",
-                            "--no-first-run",
-                            format!("--user-data-dir={}", browser.user_data_dir.display()),
-                            "--window-size=1280,800",
-                        ],
-                    },
-                },
-            },
-        });
-        let session = command(
-            &browser.agent,
-            "POST",
-            &format!("{base}/session"),
-            Some(capabilities),
-        )
-        .unwrap_or_else(|e| panic!("chromedriver could not start a Chromium session: {e}"));
-        let id = session["sessionId"]
-            .as_str()
-            .expect("a new session has a sessionId");
-        browser.session_url = format!("{base}/session/{id}");
+        };
+        browser.client = Some(client);
         browser
     }
 
-    /// A command on this session; `path` is relative to the session, e.g. `/url`.
-    fn try_cmd(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<Value, WebDriverError> {
-        command(
-            &self.agent,
-            method,
-            &format!("{}{path}", self.session_url),
-            body,
-        )
+    fn client(&self) -> &Client {
+        self.client.as_ref().expect("the browser's session is open")
     }
 
-    fn cmd(&self, method: &str, path: &str, body: Option<Value>) -> Value {
-        self.try_cmd(method, path, body)
-            .unwrap_or_else(|e| panic!("WebDriver {method} {path} failed: {e}"))
+    /// Runs one WebDriver command to its end.
+    fn run<T>(&self, command: impl Future<Output = Result<T, CmdError>>) -> Result<T, CmdError> {
+        self.runtime.block_on(command)
+    }
+
+    /// Runs one command that must succeed; `what` names it in the failure.
+    fn must<T>(&self, what: &str, command: impl Future<Output = Result<T, CmdError>>) -> T {
+        self.run(command)
+            .unwrap_or_else(|e| self.fail(&format!("{what} failed: {e}")))
     }
 
     /// Loads `url` and waits until the page has loaded.
     pub fn goto(&self, url: &str) {
-        self.cmd("POST", "/url", Some(json!({ "url": url })));
+        self.must(&format!("loading {url}"), self.client().goto(url));
     }
 
     /// The address of the page the browser shows now.
     pub fn current_url(&self) -> String {
-        self.cmd("GET", "/url", None)
-            .as_str()
-            .unwrap_or_default()
+        self.must("reading the URL", self.client().current_url())
             .to_string()
-    }
-
-    fn try_find(&self, css: &str) -> Option<Element<'_>> {
-        let value = self
-            .try_cmd(
-                "POST",
-                "/element",
-                Some(json!({ "using": "css selector", "value": css })),
-            )
-            .ok()?;
-        Some(Element::from_reference(self, &value))
     }
 
     /// The first element matching `css`, waiting up to [`WAIT`] for it to be in the page.
     pub fn find(&self, css: &str) -> Element<'_> {
         let deadline = Instant::now() + WAIT;
         loop {
-            if let Some(element) = self.try_find(css) {
-                return element;
+            if let Ok(element) = self.run(self.client().find(Locator::Css(css))) {
+                return Element {
+                    browser: self,
+                    element,
+                };
             }
             if Instant::now() >= deadline {
                 self.fail(&format!("no element matches {css:?}"));
@@ -268,13 +226,11 @@ impl Browser {
     pub fn click(&self, css: &str) {
         let deadline = Instant::now() + WAIT;
         loop {
-            let result = self.find(css).try_click();
-            match result {
+            match self.run(self.find(css).element.click()) {
                 Ok(()) => return,
                 Err(e)
                     if Instant::now() < deadline
-                        && (e.error == "stale element reference"
-                            || is_transient_click_error(&e)) =>
+                        && (e.is_stale_element_reference() || is_transient_click_error(&e)) =>
                 {
                     std::thread::sleep(POLL)
                 }
@@ -285,17 +241,16 @@ impl Browser {
 
     /// Every element matching `css` now (no wait; possibly none).
     pub fn find_all(&self, css: &str) -> Vec<Element<'_>> {
-        let value = self.cmd(
-            "POST",
-            "/elements",
-            Some(json!({ "using": "css selector", "value": css })),
-        );
-        value
-            .as_array()
-            .expect("find elements answers with an array")
-            .iter()
-            .map(|r| Element::from_reference(self, r))
-            .collect()
+        self.must(
+            &format!("finding {css:?}"),
+            self.client().find_all(Locator::Css(css)),
+        )
+        .into_iter()
+        .map(|element| Element {
+            browser: self,
+            element,
+        })
+        .collect()
     }
 
     /// Polls `f` until it is true, for up to [`WAIT`]; `what` names the awaited condition in
@@ -319,14 +274,12 @@ impl Browser {
         loop {
             // Elements can be replaced between finding and reading them: a stale one is
             // simply looked for again.
-            let found = self.try_cmd(
-                "POST",
-                "/elements",
-                Some(json!({ "using": "css selector", "value": css })),
-            );
-            if let Ok(Value::Array(references)) = found {
-                for reference in &references {
-                    let element = Element::from_reference(self, reference);
+            if let Ok(elements) = self.run(self.client().find_all(Locator::Css(css))) {
+                for element in elements {
+                    let element = Element {
+                        browser: self,
+                        element,
+                    };
                     if element.try_text().is_some_and(|t| t.contains(needle)) {
                         return element;
                     }
@@ -349,19 +302,12 @@ impl Browser {
     /// Runs `script` as the body of a function in the page (`arguments` holds `args`; an
     /// element is passed as [`Element::to_arg`]) and returns what it returns.
     pub fn exec(&self, script: &str, args: Vec<Value>) -> Value {
-        self.cmd(
-            "POST",
-            "/execute/sync",
-            Some(json!({ "script": script, "args": args })),
-        )
+        self.must("running a script", self.client().execute(script, args))
     }
 
     /// Saves a PNG of the viewport to `<repo>/target/console-screenshots/<name>.png`.
     pub fn screenshot(&self, name: &str) -> PathBuf {
-        let encoded = self.cmd("GET", "/screenshot", None);
-        let png = base64::engine::general_purpose::STANDARD
-            .decode(encoded.as_str().expect("a screenshot is a base64 string"))
-            .expect("a screenshot is valid base64");
+        let png = self.must("taking a screenshot", self.client().screenshot());
         let path = screenshot_dir().join(format!("{name}.png"));
         std::fs::write(&path, png).expect("write the screenshot");
         path
@@ -371,34 +317,24 @@ impl Browser {
     /// the window is resized and the viewport is pinned with Chromium's device-metrics
     /// override, because headless Chromium does not make a window narrower than 500 px.
     pub fn set_window_size(&self, width: u32, height: u32) {
-        self.cmd(
-            "POST",
-            "/window/rect",
-            Some(json!({ "width": width, "height": height })),
+        self.must(
+            "resizing the window",
+            self.client().set_window_size(width, height),
         );
-        self.cmd(
-            "POST",
-            "/goog/cdp/execute",
-            Some(json!({
-                "cmd": "Emulation.setDeviceMetricsOverride",
-                "params": {
-                    "width": width,
-                    "height": height,
-                    "deviceScaleFactor": 1,
-                    "mobile": false,
-                },
-            })),
+        self.must(
+            "overriding the device metrics",
+            self.client().issue_cmd(SetDeviceMetrics { width, height }),
         );
     }
 
     /// Accepts the open `alert`/`confirm` dialog.
     pub fn accept_alert(&self) {
-        self.cmd("POST", "/alert/accept", Some(json!({})));
+        self.must("accepting the dialog", self.client().accept_alert());
     }
 
     /// Dismisses the open `alert`/`confirm` dialog.
     pub fn dismiss_alert(&self) {
-        self.cmd("POST", "/alert/dismiss", Some(json!({})));
+        self.must("dismissing the dialog", self.client().dismiss_alert());
     }
 
     /// The page's visible text (`document.body.innerText`).
@@ -415,17 +351,23 @@ impl Browser {
     /// Panics with `message`, the page's URL and a screenshot of what the browser shows.
     pub fn fail(&self, message: &str) -> ! {
         static FAILURES: AtomicU32 = AtomicU32::new(0);
-        let url = self
-            .try_cmd("GET", "/url", None)
-            .map(|v| v.as_str().unwrap_or_default().to_string())
-            .unwrap_or_else(|e| format!("(unknown: {e})"));
+        let url = match self.run(self.client().current_url()) {
+            Ok(url) => url.to_string(),
+            Err(e) => format!("(unknown: {e})"),
+        };
         let name = format!(
             "failure-{}-{}",
             std::process::id(),
             FAILURES.fetch_add(1, Ordering::Relaxed)
         );
-        let shot = match self.try_cmd("GET", "/screenshot", None) {
-            Ok(_) => self.screenshot(&name).display().to_string(),
+        let shot = match self.run(self.client().screenshot()) {
+            Ok(png) => {
+                let path = screenshot_dir().join(format!("{name}.png"));
+                match std::fs::write(&path, png) {
+                    Ok(()) => path.display().to_string(),
+                    Err(e) => format!("(not saved: {e})"),
+                }
+            }
             Err(e) => format!("(no screenshot: {e})"),
         };
         panic!("{message}\n  page: {url}\n  screenshot: {shot}");
@@ -434,9 +376,9 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        if !self.session_url.is_empty() {
+        if let Some(client) = self.client.take() {
             // Closes Chromium; errors are of no use here.
-            let _ = self.try_cmd("DELETE", "", None);
+            let _ = self.runtime.block_on(client.close());
         }
         // The whole process group: chromedriver and any browser process still left.
         let _ = Command::new("kill")
@@ -451,33 +393,16 @@ impl Drop for Browser {
     }
 }
 
-/// A click that may succeed a moment later: the element is covered or not shown yet.
-fn is_transient_click_error(e: &WebDriverError) -> bool {
-    e.error == "element click intercepted" || e.error == "element not interactable"
-}
-
 /// An element of the page, valid until the page replaces it.
 pub struct Element<'b> {
     browser: &'b Browser,
-    id: String,
+    element: WebElement,
 }
 
 impl<'b> Element<'b> {
-    fn from_reference(browser: &'b Browser, reference: &Value) -> Element<'b> {
-        let id = reference[ELEMENT_KEY]
-            .as_str()
-            .unwrap_or_else(|| panic!("not an element reference: {reference}"))
-            .to_string();
-        Element { browser, id }
-    }
-
     /// This element as an argument of [`Browser::exec`].
     pub fn to_arg(&self) -> Value {
-        json!({ ELEMENT_KEY: self.id })
-    }
-
-    fn path(&self, rest: &str) -> String {
-        format!("/element/{}{rest}", self.id)
+        serde_json::to_value(&self.element).expect("an element reference is JSON")
     }
 
     /// Clicks the element. A click that something else would receive (a dialog still opening,
@@ -485,7 +410,7 @@ impl<'b> Element<'b> {
     pub fn click(&self) {
         let deadline = Instant::now() + WAIT;
         loop {
-            match self.try_click() {
+            match self.browser.run(self.element.click()) {
                 Ok(()) => return,
                 Err(e) if Instant::now() < deadline && is_transient_click_error(&e) => {
                     std::thread::sleep(POLL)
@@ -495,22 +420,13 @@ impl<'b> Element<'b> {
         }
     }
 
-    fn try_click(&self) -> Result<(), WebDriverError> {
-        self.browser
-            .try_cmd("POST", &self.path("/click"), Some(json!({})))
-            .map(|_| ())
-    }
-
     /// Types `text` into the element (after what it holds).
     pub fn send_keys(&self, text: &str) {
         let deadline = Instant::now() + WAIT;
         loop {
-            match self
-                .browser
-                .try_cmd("POST", &self.path("/value"), Some(json!({ "text": text })))
-            {
-                Ok(_) => return,
-                Err(e) if Instant::now() < deadline && e.error == "element not interactable" => {
+            match self.browser.run(self.element.send_keys(text)) {
+                Ok(()) => return,
+                Err(e) if Instant::now() < deadline && e.is_element_not_interactable() => {
                     std::thread::sleep(POLL)
                 }
                 Err(e) => self.browser.fail(&format!("typing failed: {e}")),
@@ -520,63 +436,51 @@ impl<'b> Element<'b> {
 
     /// Empties an input or textarea.
     pub fn clear(&self) {
-        self.browser
-            .cmd("POST", &self.path("/clear"), Some(json!({})));
+        self.browser.must("clearing a field", self.element.clear());
     }
 
     fn try_text(&self) -> Option<String> {
-        self.browser
-            .try_cmd("GET", &self.path("/text"), None)
-            .ok()
-            .map(|v| v.as_str().unwrap_or_default().to_string())
+        self.browser.run(self.element.text()).ok()
     }
 
     /// The element's rendered text (empty when it is not displayed).
     pub fn text(&self) -> String {
-        self.browser
-            .cmd("GET", &self.path("/text"), None)
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
+        self.browser.must("reading a text", self.element.text())
     }
 
     /// An attribute (or, as WebDriver's "get attribute" does for some names such as `value`,
     /// the current property); `None` when absent.
     pub fn attr(&self, name: &str) -> Option<String> {
-        self.browser
-            .cmd("GET", &self.path(&format!("/attribute/{name}")), None)
-            .as_str()
-            .map(str::to_string)
+        self.browser.must(
+            &format!("reading attribute {name}"),
+            self.element.attr(name),
+        )
     }
 
     /// The current `value` of an input, select or textarea.
     pub fn value(&self) -> String {
         self.browser
-            .cmd("GET", &self.path("/property/value"), None)
-            .as_str()
+            .must("reading a value", self.element.prop("value"))
             .unwrap_or_default()
-            .to_string()
     }
 
     pub fn is_displayed(&self) -> bool {
         self.browser
-            .cmd("GET", &self.path("/displayed"), None)
-            .as_bool()
-            .unwrap_or(false)
+            .must("reading visibility", self.element.is_displayed())
     }
 
     /// The first descendant matching `css`, waiting up to [`WAIT`] for it.
     pub fn find(&self, css: &str) -> Element<'b> {
         let deadline = Instant::now() + WAIT;
         loop {
-            let found = self.browser.try_cmd(
-                "POST",
-                &self.path("/element"),
-                Some(json!({ "using": "css selector", "value": css })),
-            );
-            match found {
-                Ok(reference) => return Element::from_reference(self.browser, &reference),
-                Err(e) if e.error == "stale element reference" => self
+            match self.browser.run(self.element.find(Locator::Css(css))) {
+                Ok(element) => {
+                    return Element {
+                        browser: self.browser,
+                        element,
+                    }
+                }
+                Err(e) if e.is_stale_element_reference() => self
                     .browser
                     .fail(&format!("looking for {css:?} in a stale element")),
                 Err(_) if Instant::now() < deadline => std::thread::sleep(POLL),
