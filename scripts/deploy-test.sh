@@ -13,7 +13,9 @@
 # free port instead of 8080.
 #
 # Env: APIKEY_SKIP_BUILD=1   package what is already built
-#      APIKEY_DEPLOY_PGPORT  the cluster's port (default 54335)
+#      APIKEY_DEPLOY_PGPORT  the cluster's port (default 25435; the shim takes the next one).
+#                            Below Linux's ephemeral range (32768-60999), where a client
+#                            socket of the test run before could still hold the port.
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -21,7 +23,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 root="$APIKEY_REPO_ROOT"
 cluster=apikeydeploy
-port="${APIKEY_DEPLOY_PGPORT:-54335}"
+port="${APIKEY_DEPLOY_PGPORT:-25435}"
 shim_port=$((port + 1))
 work="$(mktemp -d "${TMPDIR:-/tmp}/apikey-deploy.XXXXXX")"
 chmod 0755 "$work"
@@ -33,7 +35,8 @@ mkdir -p "$work/dev-files"
 cp -a "$libdir/apikey.so" "$extdir"/apikey* "$work/dev-files/" 2>/dev/null || true
 
 # stop_shim: TERM to the running service, then wait until it has exited (it lets its
-# requests and webhook attempts finish first), so that a new one can take the port.
+# requests and webhook attempts finish first, as under systemd) and its port is free, so
+# that a new one can take it.
 stop_shim() {
   if [ -f "$work/shim.pid" ]; then
     local pid
@@ -43,14 +46,32 @@ stop_shim() {
       kill -0 "$pid" 2>/dev/null || break
       sleep 0.1
     done
+    if kill -0 "$pid" 2>/dev/null; then
+      echo "the shim did not stop within 15 s of TERM: killing it" >&2
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
     rm -f "$work/shim.pid"
+    for _ in $(seq 1 50); do
+      [ -z "$(ss -Hltn "sport = :$shim_port" 2>/dev/null)" ] && return 0
+      sleep 0.1
+    done
+    echo "port $shim_port is still taken: $(ss -Hltnp "sport = :$shim_port" 2>/dev/null)" >&2
   fi
 }
+
+# A fresh machine's apt timers may hold the dpkg lock for a while: every apt-get here, the
+# guide's under sudo included, waits for it instead of failing at once.
+apt_wait="/etc/apt/apt.conf.d/99apikey-deploy-test-lock-wait"
 
 finish() {
   local rc=$?
   set +e
   trap '' INT TERM
+  if [ "$rc" -ne 0 ]; then
+    echo "---- the deploy test failed: the packaged shim's log, and the sockets on its ports"
+    tail -n 20 "$work/shim.log" 2>/dev/null
+    ss -Htan "( sport = :$port or sport = :$shim_port )" 2>/dev/null
+  fi
   stop_shim
   pg_dropcluster --stop 15 "$cluster" >/dev/null 2>&1
   if dpkg-query -W postgresql-15-apikey >/dev/null 2>&1 || dpkg-query -W apikey-shim >/dev/null 2>&1; then
@@ -60,6 +81,7 @@ finish() {
   cp -a "$work/dev-files/apikey.so" "$libdir/" 2>/dev/null
   find "$work/dev-files" -name 'apikey*' ! -name apikey.so -exec cp -a {} "$extdir/" \; 2>/dev/null
   rm -rf "$work"
+  rm -f "$apt_wait"
   if [ "$rc" -eq 0 ]; then echo "DEPLOY TEST PASSED"; else echo "DEPLOY TEST FAILED"; fi
   exit "$rc"
 }
@@ -69,9 +91,10 @@ trap 'exit 143' TERM
 
 command -v pg_createcluster >/dev/null || die "pg_createcluster (postgresql-common) is missing"
 pg_dropcluster --stop 15 "$cluster" >/dev/null 2>&1 || true
-if _apikey_port_in_use "$port" || _apikey_port_in_use "$shim_port"; then
-  die "port $port or $shim_port is in use; set APIKEY_DEPLOY_PGPORT"
+if [ -n "$(ss -Htan "( sport = :$port or sport = :$shim_port )" 2>/dev/null)" ]; then
+  die "port $port or $shim_port is in use: $(ss -Htan "( sport = :$port or sport = :$shim_port )"); set APIKEY_DEPLOY_PGPORT"
 fi
+echo 'DPkg::Lock::Timeout "600";' >"$apt_wait"
 log "pg_createcluster 15 $cluster on port $port"
 pg_createcluster 15 "$cluster" -p "$port" --start >/dev/null
 
@@ -87,13 +110,15 @@ awk '
 grep -q '^CLUSTER=main PGPORT=5432$' "$guide" || die "the guide no longer names its cluster as expected"
 [ "$(grep -c 'systemctl' "$guide")" -eq 2 ] || die "the guide's systemctl lines changed: update this script"
 
-# systemctl, as the unit would run the service.
+# systemctl, as the unit would run the service: the shim's own process as apikey_shim
+# (setpriv execs it, so the pid file names the shim and TERM reaches it as systemd's would).
 cat >"$work/preamble.sh" <<EOF
 set -euo pipefail
 cd "$root"
 export DEBIAN_FRONTEND=noninteractive
 export APIKEY_SKIP_BUILD="${APIKEY_SKIP_BUILD:-0}"
 work="$work"
+shim_port="$shim_port"
 $(declare -f stop_shim)
 start_shim() {
   stop_shim
@@ -103,13 +128,13 @@ start_shim() {
       export "\${line%%=*}=\${line#*=}"
     done </etc/apikey-shim/apikey-shim.env
     export APIKEY_SHIM_LISTEN=127.0.0.1:$shim_port
-    cd / && exec setsid runuser -u apikey_shim -- /usr/bin/apikey-shim
+    cd / && exec setsid setpriv --reuid=apikey_shim --regid=apikey_shim --init-groups -- /usr/bin/apikey-shim
   ) >"$work/shim.log" 2>&1 </dev/null &
   echo \$! >"$work/shim.pid"
   for _ in \$(seq 1 100); do
     # The new process, not one still going away, must be the one answering.
     kill -0 "\$(cat "$work/shim.pid")" 2>/dev/null || break
-    curl -s -o /dev/null "http://127.0.0.1:$shim_port/healthz" && return 0
+    curl -sf -o /dev/null "http://127.0.0.1:$shim_port/healthz" && return 0
     sleep 0.1
   done
   echo "the shim did not start; its log:" >&2
@@ -158,12 +183,14 @@ fi
 
 log "removing the packages: the database and the pepper file stay"
 stop_shim
-removal="$(DEBIAN_FRONTEND=noninteractive apt-get remove -y postgresql-15-apikey apikey-shim 2>&1)"
+removal="$(DEBIAN_FRONTEND=noninteractive apt-get remove -y postgresql-15-apikey apikey-shim 2>&1)" \
+  || die "apt-get remove failed: $removal"
 echo "$removal" | grep -q 'Left untouched: every database' || die "removal does not say what it leaves: $removal"
 [ -f "/etc/postgresql/15/$cluster/apikey-pepper" ] || die "removal took the pepper file"
 [ -f /etc/apikey-shim/apikey-shim.env ] || die "remove (not purge) deleted the configuration"
 [ "$(psql_deploy "SELECT count(*) FROM apikey.keys")" -ge 1 ] || die "the keys are gone"
-purge="$(DEBIAN_FRONTEND=noninteractive apt-get purge -y postgresql-15-apikey apikey-shim 2>&1)"
+purge="$(DEBIAN_FRONTEND=noninteractive apt-get purge -y postgresql-15-apikey apikey-shim 2>&1)" \
+  || die "apt-get purge failed: $purge"
 echo "$purge" | grep -q 'Left in place: the system user apikey_shim' || die "purge does not say what it leaves: $purge"
 [ ! -e /etc/apikey-shim/apikey-shim.env ] || die "purge left the environment file"
 [ -f "/etc/postgresql/15/$cluster/apikey-pepper" ] || die "purge took the pepper file"

@@ -12,6 +12,8 @@
 #
 # Env: APIKEY_SKIP_BUILD=1   package what is already built (no install-deps, no cargo build)
 set -euo pipefail
+# The files written below get the modes Debian expects whatever the caller's umask.
+umask 022
 
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
