@@ -5,6 +5,7 @@
 pub mod address;
 pub mod argument;
 pub mod key_state;
+pub mod limits;
 pub mod reason;
 pub mod redact;
 pub mod scope;

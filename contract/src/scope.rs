@@ -5,6 +5,11 @@
 pub const MAX_SCOPE_LEN: usize = 128;
 pub const MAX_SCOPES: usize = 64;
 
+/// A scope's resource, and an action other than `*`, as a regular expression (JavaScript and
+/// most other dialects read it alike): what [`validate`] accepts, for clients that check
+/// before sending.
+pub const WORD_PATTERN: &str = "^[A-Za-z0-9_.-]+$";
+
 /// Why a scope string was refused; the text completes "scope '...' is invalid: ".
 pub fn validate(scope: &str) -> Result<(), String> {
     if scope.len() > MAX_SCOPE_LEN {
@@ -165,5 +170,42 @@ mod tests {
             validate(&format!("{longest}r")),
             Err(format!("longer than {MAX_SCOPE_LEN} bytes"))
         );
+    }
+
+    /// `WORD_PATTERN`'s character class, read as a regular expression would, accepts exactly
+    /// the bytes `validate` does.
+    #[test]
+    fn the_word_pattern_says_what_validate_accepts() {
+        let class = WORD_PATTERN
+            .strip_prefix("^[")
+            .and_then(|rest| rest.strip_suffix("]+$"))
+            .expect("^[CLASS]+$")
+            .as_bytes();
+        let in_class = |byte: u8| {
+            let mut i = 0;
+            while i < class.len() {
+                // A '-' between two characters is a range; anywhere else, itself.
+                if i + 2 < class.len() && class[i + 1] == b'-' {
+                    if (class[i]..=class[i + 2]).contains(&byte) {
+                        return true;
+                    }
+                    i += 3;
+                } else {
+                    if class[i] == byte {
+                        return true;
+                    }
+                    i += 1;
+                }
+            }
+            false
+        };
+        for byte in 0..=255u8 {
+            let word = [byte];
+            let Ok(text) = std::str::from_utf8(&word) else {
+                continue;
+            };
+            assert_eq!(is_word(text), in_class(byte), "byte {byte:#04x}");
+        }
+        assert!(!is_word(""), "the pattern's + needs one character at least");
     }
 }

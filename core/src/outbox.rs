@@ -25,7 +25,7 @@ pub const WEBHOOK_TEST: &str = "webhook.test";
 
 /// Days before `expires_at` at which `key.expiring` is sent, once each. A key that enters a
 /// window already inside the next (issued to expire in 12 hours) gets only the later one.
-pub const EXPIRY_REMINDER_DAYS: [i32; 2] = [7, 1];
+pub const EXPIRY_REMINDER_DAYS: [i32; 2] = [apikey_contract::limits::EXPIRING_SOON_DAYS, 1];
 
 /// Seconds to wait after each failed attempt before the next, the schedule the Standard
 /// Webhooks specification suggests: eight attempts spread over 27.6 hours, so a receiver

@@ -13,10 +13,12 @@ use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use serde_json::json;
 
-/// More endpoints would make every key event a longer fan-out.
-pub const MAX_ENDPOINTS_PER_PARTNER: i64 = 16;
-/// A rotation's grace: long enough for a deploy, short enough that a leaked secret dies.
-const MAX_GRACE_SECONDS: i64 = 7 * 86_400;
+// More endpoints per partner would make every key event a longer fan-out; a secret's grace
+// is long enough for a deploy, short enough that a leaked secret dies.
+use apikey_contract::limits::{
+    MAX_WEBHOOK_ENDPOINTS_PER_PARTNER as MAX_ENDPOINTS_PER_PARTNER,
+    MAX_WEBHOOK_SECRET_GRACE_SECONDS as MAX_GRACE_SECONDS,
+};
 
 #[pg_extern(volatile, security_definer, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]

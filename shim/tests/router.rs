@@ -178,10 +178,23 @@ async fn every_console_response_carries_the_security_headers() {
         ("GET", "/console/", StatusCode::OK),
         ("GET", "/console/app.js", StatusCode::OK),
         ("GET", "/console/app.css", StatusCode::OK),
+        ("GET", "/console/js/api.js", StatusCode::OK),
+        ("GET", "/console/js/nope.js", StatusCode::NOT_FOUND),
+        ("GET", "/console/js/..%2Fapp.js", StatusCode::NOT_FOUND),
         ("POST", "/console", StatusCode::METHOD_NOT_ALLOWED),
     ] {
         let response = send(method, uri, None, vec![]).await;
         assert_eq!(response.status(), status, "{method} {uri}");
+        if uri.ends_with(".js") && status == StatusCode::OK {
+            assert_eq!(
+                response
+                    .headers()
+                    .get(header::CONTENT_TYPE)
+                    .map(|v| v.as_bytes()),
+                Some(&b"application/javascript; charset=utf-8"[..]),
+                "a module script must be served as JavaScript"
+            );
+        }
         for (name, value) in security_headers() {
             assert_eq!(
                 response.headers().get(&name),
@@ -213,6 +226,30 @@ async fn the_openapi_document_is_served_as_checked_in() {
     let checked_in: serde_json::Value =
         serde_json::from_str(include_str!("../openapi.json")).expect("openapi.json");
     assert_eq!(served, checked_in);
+}
+
+/// What the console and other clients check before sending, as the contract crate states it.
+#[tokio::test]
+async fn the_limits_are_served_without_a_key() {
+    let response = send("GET", "/v1/limits", None, vec![]).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        json_of(response).await,
+        serde_json::json!({
+            "scope_word_pattern": "^[A-Za-z0-9_.-]+$",
+            "scope_max_bytes": 128,
+            "scopes_max": 64,
+            "rotation_grace_seconds_max": 31_622_400,
+            "webhook_secret_grace_seconds_max": 604_800,
+            "webhook_endpoints_per_partner_max": 16,
+            "expiring_soon_days": 7,
+        })
+    );
+    let (status, reason) = refusal(send("POST", "/v1/limits", None, vec![]).await).await;
+    assert_eq!(
+        (status, reason.as_str()),
+        (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+    );
 }
 
 /// Method, URI, content type, body, expected status and `field`.
@@ -270,6 +307,31 @@ async fn webhook_routes_name_the_wrong_field_before_the_database() {
             format!("/v1/webhooks/{id}/rotate-secret"),
             json,
             br#"{"grace_seconds": -1}"#,
+            422,
+            Some("grace_seconds"),
+        ),
+        // One second over the limit GET /v1/limits states, and the limit itself.
+        (
+            "POST",
+            format!("/v1/webhooks/{id}/rotate-secret"),
+            json,
+            br#"{"grace_seconds": 604801}"#,
+            422,
+            Some("grace_seconds"),
+        ),
+        (
+            "POST",
+            format!("/v1/webhooks/{id}/rotate-secret"),
+            json,
+            br#"{"grace_seconds": 604800}"#,
+            503,
+            None,
+        ),
+        (
+            "POST",
+            "/v1/keys/ak_live_x/rotate".into(),
+            json,
+            br#"{"grace_seconds": 31622401}"#,
             422,
             Some("grace_seconds"),
         ),

@@ -834,6 +834,56 @@ fn a_bad_scope_is_refused_before_any_key_is_made() {
     );
 }
 
+/// The page learns the limits from `GET /v1/limits` (the contract crate's numbers), states them
+/// and checks input with them before sending anything.
+#[test]
+fn the_page_states_and_checks_the_servers_limits() {
+    let console = Console::start();
+    let limits = console.shim.get("/v1/limits");
+    assert_eq!(limits.status, 200);
+    let limits: Value = serde_json::from_str(&limits.body).expect("JSON limits");
+    let partner = console.partner();
+    console.sign_in_as_operator();
+    let browser = &console.browser;
+    let days = limits["expiring_soon_days"]
+        .as_i64()
+        .expect("expiring_soon_days");
+    assert_eq!(
+        browser.exec(
+            "return document.querySelector(\"#filter-status option[value='expiring']\").textContent;",
+            vec![]
+        ),
+        json!(format!("Expiring within {days} days"))
+    );
+    assert_eq!(
+        browser.find("#rotate-grace-custom").attr("max"),
+        Some(limits["rotation_grace_seconds_max"].to_string())
+    );
+
+    console.open_issue_dialog(&partner.id);
+    let max = limits["scope_max_bytes"].as_u64().expect("scope_max_bytes") as usize;
+    let too_long = format!("orders:{}", "r".repeat(max + 1 - "orders:".len()));
+    browser.find("#issue-scopes-extra").send_keys(&too_long);
+    browser.click("#issue-submit");
+    let error = issue_dialog_error(&console);
+    assert!(
+        error.contains(&format!("is longer than {max} bytes")),
+        "{error}"
+    );
+    assert!(
+        issue_requests(&console.shim).is_empty(),
+        "refused in the browser"
+    );
+
+    // One byte less is a scope the server takes.
+    let longest = &too_long[..max];
+    browser.find("#issue-scopes-extra").clear();
+    browser.find("#issue-scopes-extra").send_keys(longest);
+    browser.click("#issue-submit");
+    assert!(console.read_token_panel().starts_with("ak_live_"));
+    assert_eq!(console.key_count(partner.id), 1);
+}
+
 /// The shim's log lines of `POST /v1/keys` (issue) requests.
 fn issue_requests(shim: &Shim) -> Vec<String> {
     without_ansi_colours(&shim.log())

@@ -1,12 +1,13 @@
 //! The key console: one web page (`GET /console`) for operators and partners, which manages
 //! keys through the JSON API above and adds no route of its own besides its assets.
 //!
-//! The assets are plain HTML, CSS and one JavaScript file, embedded in the binary so the shim
-//! needs nothing next to it and the page fetches nothing from elsewhere. Every console
+//! The assets are plain HTML, CSS and JavaScript modules (`app.js` and `js/*.js`), embedded in
+//! the binary so the shim needs nothing next to it and the page fetches nothing from elsewhere. Every console
 //! response carries a strict Content-Security-Policy (no inline script or style, requests to
 //! this origin only) and refuses framing, caching and referrers: the page handles tokens.
 
 use crate::error::AppError;
+use crate::extract::Path;
 use crate::state::AppState;
 use axum::http::{header, HeaderName, HeaderValue};
 use axum::middleware;
@@ -18,6 +19,29 @@ const INDEX_HTML: &str = include_str!("../../console/index.html");
 const APP_JS: &str = include_str!("../../console/app.js");
 const APP_CSS: &str = include_str!("../../console/app.css");
 
+/// The modules `app.js` imports, served at `/console/js/<name>`.
+pub const MODULES: [(&str, &str); 13] = [
+    ("api.js", include_str!("../../console/js/api.js")),
+    ("dom.js", include_str!("../../console/js/dom.js")),
+    (
+        "key-dialogs.js",
+        include_str!("../../console/js/key-dialogs.js"),
+    ),
+    ("keys.js", include_str!("../../console/js/keys.js")),
+    ("limits.js", include_str!("../../console/js/limits.js")),
+    ("partners.js", include_str!("../../console/js/partners.js")),
+    (
+        "reminders.js",
+        include_str!("../../console/js/reminders.js"),
+    ),
+    ("session.js", include_str!("../../console/js/session.js")),
+    ("state.js", include_str!("../../console/js/state.js")),
+    ("time.js", include_str!("../../console/js/time.js")),
+    ("ui.js", include_str!("../../console/js/ui.js")),
+    ("usage.js", include_str!("../../console/js/usage.js")),
+    ("webhooks.js", include_str!("../../console/js/webhooks.js")),
+];
+
 /// `/console/` too, so a typed or bookmarked trailing slash does not fall to the API's 404.
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -25,6 +49,7 @@ pub fn router() -> Router<AppState> {
         .route("/console/", get(page))
         .route("/console/app.js", get(script))
         .route("/console/app.css", get(stylesheet))
+        .route("/console/js/{module}", get(module))
         // Answered here, under the layer below, so that the 405 of a wrong method carries the
         // security headers too (the application's own 405 fallback answers outside it).
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
@@ -39,13 +64,25 @@ async fn page() -> impl IntoResponse {
 }
 
 async fn script() -> impl IntoResponse {
+    javascript(APP_JS)
+}
+
+fn javascript(source: &'static str) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
             "application/javascript; charset=utf-8",
         )],
-        APP_JS,
+        source,
     )
+}
+
+async fn module(Path(name): Path<String>) -> Result<impl IntoResponse, AppError> {
+    MODULES
+        .iter()
+        .find(|(module, _)| *module == name)
+        .map(|(_, source)| javascript(source))
+        .ok_or_else(|| AppError::NotFound("no such console module".into()))
 }
 
 async fn stylesheet() -> impl IntoResponse {
@@ -87,11 +124,67 @@ async fn with_security_headers(mut response: Response) -> Response {
 mod tests {
     use super::*;
 
-    const ASSETS: [(&str, &str); 3] = [
-        ("index.html", INDEX_HTML),
-        ("app.js", APP_JS),
-        ("app.css", APP_CSS),
-    ];
+    /// Every asset, by file name under `shim/console/`.
+    fn assets() -> Vec<(String, &'static str)> {
+        let mut assets = vec![
+            ("index.html".to_string(), INDEX_HTML),
+            ("app.js".to_string(), APP_JS),
+            ("app.css".to_string(), APP_CSS),
+        ];
+        assets.extend(
+            MODULES
+                .iter()
+                .map(|(name, text)| (format!("js/{name}"), *text)),
+        );
+        assets
+    }
+
+    fn scripts() -> impl Iterator<Item = (String, &'static str)> {
+        assets()
+            .into_iter()
+            .filter(|(name, _)| name.ends_with(".js"))
+    }
+
+    /// A module added to `js/` and not to `MODULES` would be a 404 in the browser.
+    #[test]
+    fn every_module_in_the_directory_is_served() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("console/js");
+        let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+            .expect("shim/console/js")
+            .map(|entry| {
+                entry
+                    .expect("an entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        on_disk.sort();
+        let served: Vec<String> = MODULES.iter().map(|(name, _)| name.to_string()).collect();
+        assert_eq!(served, on_disk);
+    }
+
+    /// Every import names a module that is served, relative to where the importer is served.
+    #[test]
+    fn every_import_is_a_served_module() {
+        for (name, text) in scripts() {
+            for line in text.lines().filter(|l| l.starts_with("import ")) {
+                let target = line
+                    .rsplit_once(" from '")
+                    .and_then(|(_, rest)| rest.strip_suffix("';"))
+                    .unwrap_or_else(|| panic!("{name}: an import this test cannot read: {line}"));
+                let module = if name == "app.js" {
+                    target.strip_prefix("./js/")
+                } else {
+                    target.strip_prefix("./")
+                };
+                assert!(
+                    module.is_some_and(|m| MODULES.iter().any(|(served, _)| *served == m)),
+                    "{name} imports {target}, which is not served"
+                );
+            }
+        }
+    }
 
     #[test]
     fn every_security_header_is_set_as_specified() {
@@ -142,7 +235,7 @@ mod tests {
 
     #[test]
     fn no_asset_uses_inline_styles_or_the_internet() {
-        for (name, text) in ASSETS {
+        for (name, text) in assets() {
             // The SVG namespace is a name, never fetched: document.createElementNS needs it.
             let lower = text
                 .to_ascii_lowercase()
@@ -175,13 +268,17 @@ mod tests {
             "eval(",
             "new function",
         ] {
-            assert!(
-                !APP_JS.to_ascii_lowercase().contains(forbidden),
-                "app.js uses {forbidden}"
-            );
+            for (name, text) in scripts() {
+                assert!(
+                    !text.to_ascii_lowercase().contains(forbidden),
+                    "{name} uses {forbidden}"
+                );
+            }
         }
-        assert!(APP_JS.contains("sessionStorage"));
-        assert!(APP_JS.contains("'X-API-Key'"));
+        let session = MODULES.iter().find(|(name, _)| *name == "session.js");
+        assert!(session.is_some_and(|(_, text)| text.contains("sessionStorage")));
+        let api = MODULES.iter().find(|(name, _)| *name == "api.js");
+        assert!(api.is_some_and(|(_, text)| text.contains("'X-API-Key'")));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use crate::db;
 use crate::error::AppError;
 use crate::extract::{Json, OptionalJson, Path, Query};
 use crate::state::AppState;
+use apikey_contract::limits;
 use axum::extract::State;
 use axum::routing::{get, post};
 use axum::Router;
@@ -217,21 +218,13 @@ struct RotateRequest {
     scopes: Option<Vec<String>>,
 }
 
-const MAX_GRACE_SECONDS: i64 = 366 * 24 * 3600;
-
 async fn rotate(
     State(state): State<AppState>,
     caller: Caller,
     Path(key_id): Path<String>,
     OptionalJson(r): OptionalJson<RotateRequest>,
 ) -> Result<Managed, AppError> {
-    let grace = r.grace_seconds.unwrap_or(0);
-    if !(0..=MAX_GRACE_SECONDS).contains(&grace) {
-        return Err(AppError::invalid_field(
-            "grace_seconds",
-            format!("grace_seconds must be between 0 and {MAX_GRACE_SECONDS}"),
-        ));
-    }
+    let grace = super::grace_seconds(r.grace_seconds, 0, limits::MAX_ROTATION_GRACE_SECONDS)?;
     let mut conn = state.pool.get().await?;
     let tx = db::begin_as_key_holder(&mut conn, &state, &caller).await?;
     let row = tx

@@ -114,6 +114,20 @@ pub fn like_pattern(text: &str) -> String {
     format!("%{escaped}%")
 }
 
+/// A request's `grace_seconds` (`default` when absent), refused with a 422 on
+/// `grace_seconds` outside 0..=`max`.
+pub fn grace_seconds(value: Option<i64>, default: i64, max: i64) -> Result<i64, AppError> {
+    let grace = value.unwrap_or(default);
+    if (0..=max).contains(&grace) {
+        Ok(grace)
+    } else {
+        Err(AppError::invalid_field(
+            "grace_seconds",
+            format!("grace_seconds must be between 0 and {max}"),
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,6 +13,7 @@ use crate::db;
 use crate::error::AppError;
 use crate::extract::Query;
 use crate::state::AppState;
+use apikey_contract::limits;
 use axum::extract::State;
 use axum::routing::get;
 use axum::Router;
@@ -28,14 +29,15 @@ pub fn router() -> Router<AppState> {
 /// than this needs the keys table's filters, and `truncated` says so.
 const MAX_ITEMS: i64 = 200;
 
-/// A key as `GET /v1/keys` shows it (`apikey.key_info` and its partner's name). 7 days is
-/// the window of `key.expiring`'s first reminder and of the console's "expiring" status.
+/// A key as `GET /v1/keys` shows it (`apikey.key_info` and its partner's name), expiring
+/// within `EXPIRING_SOON_DAYS` ($3), the window of `key.expiring`'s first reminder and of the
+/// console's "expiring" status.
 /// Keys in a rotation's grace (`rotated_to` set) are left out of both lists: their successor
 /// exists, and the extension sends them no reminder either.
 const EXPIRING_SQL: &str = "SELECT to_jsonb(k) || jsonb_build_object('partner_name', p.name) \
      FROM apikey.key_info k JOIN apikey.partners p ON p.partner_id = k.partner_id \
      WHERE k.status = 'live' AND k.rotated_to IS NULL \
-       AND k.expires_at <= now() + interval '7 days' \
+       AND k.expires_at <= now() + make_interval(days => $3) \
        AND ($1::uuid IS NULL OR k.partner_id = $1) \
      ORDER BY k.expires_at, k.key_id LIMIT $2";
 
@@ -66,7 +68,10 @@ async fn reminders(
     let mut conn = state.pool.get().await?;
     let tx = db::begin_as_key_holder(&mut conn, &state, &caller).await?;
     let expiring = tx
-        .query(EXPIRING_SQL, &[&f.partner_id, &(MAX_ITEMS + 1)])
+        .query(
+            EXPIRING_SQL,
+            &[&f.partner_id, &(MAX_ITEMS + 1), &limits::EXPIRING_SOON_DAYS],
+        )
         .await?;
     let rotation_due = tx
         .query(ROTATION_DUE_SQL, &[&f.partner_id, &(MAX_ITEMS + 1)])

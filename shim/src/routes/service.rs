@@ -1,4 +1,4 @@
-//! `GET /healthz`, `GET /metrics`, `GET /openapi.json`: no key needed.
+//! `GET /healthz`, `GET /metrics`, `GET /openapi.json`, `GET /v1/limits`: no key needed.
 
 use crate::error::AppError;
 use crate::metrics::PoolUse;
@@ -15,6 +15,7 @@ pub fn router() -> Router<AppState> {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
+        .route("/v1/limits", get(limits))
 }
 
 /// One round trip through the pool: healthy means the database answers.
@@ -54,4 +55,23 @@ pub const OPENAPI: &str = include_str!("../../openapi.json");
 
 async fn openapi() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
+/// The limits the API enforces, for clients that check input before sending it (the
+/// console does, instead of repeating them).
+pub fn limits_document() -> serde_json::Value {
+    use apikey_contract::{limits, scope};
+    json!({
+        "scope_word_pattern": scope::WORD_PATTERN,
+        "scope_max_bytes": scope::MAX_SCOPE_LEN,
+        "scopes_max": scope::MAX_SCOPES,
+        "rotation_grace_seconds_max": limits::MAX_ROTATION_GRACE_SECONDS,
+        "webhook_secret_grace_seconds_max": limits::MAX_WEBHOOK_SECRET_GRACE_SECONDS,
+        "webhook_endpoints_per_partner_max": limits::MAX_WEBHOOK_ENDPOINTS_PER_PARTNER,
+        "expiring_soon_days": limits::EXPIRING_SOON_DAYS,
+    })
+}
+
+async fn limits() -> impl IntoResponse {
+    axum::Json(limits_document())
 }

@@ -9,6 +9,7 @@ use crate::db;
 use crate::error::AppError;
 use crate::extract::{Json, OptionalJson, Path, Query};
 use crate::state::AppState;
+use apikey_contract::limits;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -143,7 +144,6 @@ struct RotateSecretRequest {
 }
 
 const DEFAULT_GRACE_SECONDS: i64 = 24 * 3600;
-const MAX_GRACE_SECONDS: i64 = 366 * 24 * 3600;
 
 async fn rotate_secret(
     State(state): State<AppState>,
@@ -152,13 +152,11 @@ async fn rotate_secret(
     OptionalJson(r): OptionalJson<RotateSecretRequest>,
 ) -> Result<Managed, AppError> {
     let id = endpoint_id(&raw)?;
-    let grace = r.grace_seconds.unwrap_or(DEFAULT_GRACE_SECONDS);
-    if !(0..=MAX_GRACE_SECONDS).contains(&grace) {
-        return Err(AppError::invalid_field(
-            "grace_seconds",
-            format!("grace_seconds must be between 0 and {MAX_GRACE_SECONDS}"),
-        ));
-    }
+    let grace = super::grace_seconds(
+        r.grace_seconds,
+        DEFAULT_GRACE_SECONDS,
+        limits::MAX_WEBHOOK_SECRET_GRACE_SECONDS,
+    )?;
     let mut conn = state.pool.get().await?;
     let tx = db::begin_as_key_holder(&mut conn, &state, &caller).await?;
     let row = tx
