@@ -164,9 +164,10 @@ mod tests {
         assert_eq!(served, on_disk);
     }
 
-    /// Every import names a module that is served, relative to where the importer is served.
+    /// Every import names a module that is served, relative to where the importer is served,
+    /// and names only what that module exports: a browser refuses the whole page otherwise.
     #[test]
-    fn every_import_is_a_served_module() {
+    fn every_import_is_a_served_module_and_export() {
         for (name, text) in scripts() {
             for line in text.lines().filter(|l| l.starts_with("import ")) {
                 let target = line
@@ -178,10 +179,29 @@ mod tests {
                 } else {
                     target.strip_prefix("./")
                 };
-                assert!(
-                    module.is_some_and(|m| MODULES.iter().any(|(served, _)| *served == m)),
-                    "{name} imports {target}, which is not served"
-                );
+                let exporter = MODULES
+                    .iter()
+                    .find(|(served, _)| module == Some(*served))
+                    .unwrap_or_else(|| panic!("{name} imports {target}, which is not served"));
+                let names = line
+                    .strip_prefix("import { ")
+                    .and_then(|rest| rest.split_once(" }"))
+                    .map(|(names, _)| names)
+                    .unwrap_or_else(|| panic!("{name}: an import this test cannot read: {line}"));
+                for imported in names.split(", ") {
+                    let exported = ["function", "async function", "const", "let", "class"]
+                        .iter()
+                        .any(|kind| {
+                            exporter.1.lines().any(|l| {
+                                l.strip_prefix(&format!("export {kind} {imported}"))
+                                    .is_some_and(|rest| rest.starts_with([' ', '(', '=']))
+                            })
+                        });
+                    assert!(
+                        exported,
+                        "{name} imports {imported} from {target}, which does not export it"
+                    );
+                }
             }
         }
     }
