@@ -397,7 +397,7 @@ fn a_flood_of_forged_tokens_writes_almost_nothing() {
 }
 
 #[test]
-fn counts_survive_a_clean_restart_and_the_worker_recovers_from_a_crash() {
+fn counts_and_proofs_survive_a_clean_restart_and_the_worker_recovers_from_a_crash() {
     let cluster = PrivateCluster::start(&[
         "shared_preload_libraries = 'apikey'",
         "apikey.usage_flush_interval = '1h'",
@@ -434,6 +434,19 @@ fn counts_survive_a_clean_restart_and_the_worker_recovers_from_a_crash() {
         last_used_at(&mut c, &key.key_id).is_some(),
         "and last_used_at"
     );
+    // The key's proof came back with the counts: no Argon2id for it after the restart.
+    assert_eq!(reason(&mut c, &key.token), "ok");
+    assert_eq!(
+        (
+            status(&mut c, "argon2_verified"),
+            status(&mut c, "proof_hits")
+        ),
+        (0, 1),
+        "the saved proof answered"
+    );
+    // A proof proves only what it proved: a wrong secret for the key is still refused.
+    let wrong = forge(&key.key_id, &"W".repeat(43));
+    assert_eq!(reason(&mut c, &wrong.token), "secret_mismatch");
 
     // A crash: every backend is reset, shared memory with it (what it held is lost); the
     // server and the worker come back and count again.
@@ -449,6 +462,11 @@ fn counts_survive_a_clean_restart_and_the_worker_recovers_from_a_crash() {
     drop(c);
     let mut c = cluster.wait_until_up();
     assert_eq!(reason(&mut c, &key.token), "ok");
+    assert_eq!(
+        status(&mut c, "argon2_verified"),
+        1,
+        "a crash saves nothing: the key paid Argon2id again"
+    );
     let shared: bool = c
         .query_one("SELECT shared_memory FROM apikey_status()", &[])
         .expect("status")

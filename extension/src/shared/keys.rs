@@ -165,6 +165,42 @@ pub fn unwritten_uses_everywhere() -> Vec<(u32, String, i64)> {
         .collect()
 }
 
+/// Every proof, in every database: `(db, key id, when last touched, stored-hash fingerprint,
+/// proven digest)`, what a clean shutdown saves.
+pub fn proofs_everywhere() -> Vec<(u32, String, i64, Digest, Digest)> {
+    let Some(handles) = handles() else {
+        return Vec::new();
+    };
+    let table = handles.keys.shared();
+    table
+        .entries()
+        .into_iter()
+        .filter_map(|e| {
+            let state = *e.state.lock();
+            state.proven.then(|| {
+                (
+                    e.tag.db,
+                    e.tag.key_id(),
+                    state.touched,
+                    state.proof_of,
+                    state.proof,
+                )
+            })
+        })
+        .collect()
+}
+
+/// Brings back a proof the last clean shutdown saved. It proves what it proved before: a
+/// digest matching the stored hash fingerprinted `stored`, and nothing once that hash
+/// changes.
+pub fn proven_in(db: u32, key_id: &str, touched: i64, stored: &Digest, digest: &Digest) {
+    with_key_in(db, key_id, touched, |state| {
+        state.proof_of = *stored;
+        state.proof = *digest;
+        state.proven = true;
+    });
+}
+
 /// A minute, in `TimestampTz` units.
 pub const MINUTE: i64 = 60_000_000;
 

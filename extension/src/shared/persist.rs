@@ -1,11 +1,15 @@
 //! What shared memory holds that no flusher wrote before a clean shutdown (a database whose
 //! flusher had not started yet, counts made after its last round) is saved to a file by the
 //! postmaster as it exits and loaded back at the next start, for the flushers to write then,
-//! as `pg_stat_statements` keeps its counts across a restart. A crash saves nothing.
+//! as `pg_stat_statements` keeps its counts across a restart. The keys' proofs are saved too,
+//! so that a restart does not make every key pay Argon2id again. A crash saves nothing.
 //!
 //! The file is text, one entry a line: `u <db> <minute> <reason code> <count> <partner or ->
-//! <key id or ->` for usage counts and `l <db> <last used> <key id>` for unwritten uses. Key
-//! ids are `[A-Za-z0-9_]`, so nothing needs quoting.
+//! <key id or ->` for usage counts, `l <db> <last used> <key id>` for unwritten uses, and
+//! `p <db> <touched> <key id> <stored-hash fingerprint> <digest>` (hex) for proofs. Key ids
+//! are `[A-Za-z0-9_]`, so nothing needs quoting. It lives in the data directory (only the
+//! server's OS user reads it) between a shutdown and the next start, which removes it. A
+//! proof is HMAC-SHA256 under the pepper, which is not in the data directory.
 
 use super::{keys, usage};
 use crate::reason::Reason;
@@ -18,10 +22,7 @@ const FILE: &str = "pg_stat/apikey.pending";
 pub fn save() {
     let mut text = String::new();
     for (db, row) in usage::pending_everywhere() {
-        let partner = row
-            .partner
-            .map(|p| p.iter().map(|b| format!("{b:02x}")).collect::<String>())
-            .unwrap_or_else(|| "-".into());
+        let partner = row.partner.map(|p| hex(&p)).unwrap_or_else(|| "-".into());
         text.push_str(&format!(
             "u {db} {} {} {} {partner} {}\n",
             row.minute,
@@ -32,6 +33,13 @@ pub fn save() {
     }
     for (db, key_id, at) in keys::unwritten_uses_everywhere() {
         text.push_str(&format!("l {db} {at} {key_id}\n"));
+    }
+    for (db, key_id, touched, stored, digest) in keys::proofs_everywhere() {
+        text.push_str(&format!(
+            "p {db} {touched} {key_id} {} {}\n",
+            hex(&stored),
+            hex(&digest)
+        ));
     }
     if text.is_empty() {
         return;
@@ -63,7 +71,7 @@ pub fn load() {
                 let row = usage::UsageRow {
                     minute,
                     key_id: (*key_id != "-").then(|| key_id.to_string()),
-                    partner: parse_partner(partner),
+                    partner: parse_hex(partner),
                     reason,
                     count,
                 };
@@ -74,16 +82,31 @@ pub fn load() {
                     keys::used_in(db, key_id, at);
                 }
             }
+            ["p", db, touched, key_id, stored, digest] => {
+                if let (Ok(db), Ok(touched), Some(stored), Some(digest)) = (
+                    db.parse::<u32>(),
+                    touched.parse::<i64>(),
+                    parse_hex(stored),
+                    parse_hex(digest),
+                ) {
+                    keys::proven_in(db, key_id, touched, &stored, &digest);
+                }
+            }
             _ => {}
         }
     }
 }
 
-fn parse_partner(hex: &str) -> Option<[u8; 16]> {
-    if hex.len() != 32 {
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `N` bytes from `2 * N` hex digits; `None` for anything else (a `-`, a cut line).
+fn parse_hex<const N: usize>(hex: &str) -> Option<[u8; N]> {
+    if hex.len() != 2 * N {
         return None;
     }
-    let mut out = [0u8; 16];
+    let mut out = [0u8; N];
     for (i, byte) in out.iter_mut().enumerate() {
         *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
     }
@@ -95,11 +118,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn partners_round_trip_through_hex() {
+    fn bytes_round_trip_through_hex() {
         let partner = [0xab; 16];
-        let hex: String = partner.iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(parse_partner(&hex), Some(partner));
-        assert_eq!(parse_partner("-"), None);
-        assert_eq!(parse_partner(&"zz".repeat(16)), None);
+        assert_eq!(parse_hex(&hex(&partner)), Some(partner));
+        let digest: [u8; 32] = std::array::from_fn(|i| i as u8 * 7);
+        assert_eq!(parse_hex(&hex(&digest)), Some(digest));
+        assert_eq!(parse_hex::<16>("-"), None);
+        assert_eq!(parse_hex::<16>(&"zz".repeat(16)), None);
+        assert_eq!(
+            parse_hex::<32>(&hex(&partner)),
+            None,
+            "a partner is no digest"
+        );
     }
 }
