@@ -45,6 +45,11 @@ pub fn fingerprint(phc: &str) -> Digest {
     Sha256::digest(phc.as_bytes()).into()
 }
 
+/// Lower-case hex of `bytes`, as fingerprints and saved digests are written.
+pub fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 pub fn digests_equal(a: &Digest, b: &Digest) -> bool {
     a.ct_eq(b).into()
 }
@@ -160,9 +165,8 @@ mod tests {
 
     #[test]
     fn a_fingerprint_is_the_sha256_of_the_stored_string() {
-        let hex = |d: Digest| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
         assert_eq!(
-            hex(fingerprint("abc")),
+            to_hex(&fingerprint("abc")),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         assert_ne!(fingerprint("$argon2id$a"), fingerprint("$argon2id$b"));

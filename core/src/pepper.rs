@@ -23,7 +23,7 @@ impl Pepper {
         let mut mac = crate::hash::hmac_sha256(&bytes);
         mac.update(b"apikey pepper fingerprint v1");
         let digest = mac.finalize().into_bytes();
-        let fingerprint = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let fingerprint = crate::hash::to_hex(&digest[..8]);
         Pepper { bytes, fingerprint }
     }
 

@@ -148,8 +148,9 @@ pub fn used_in(db: u32, key_id: &str, at: i64) {
     });
 }
 
-/// Every use not yet written, in every database: `(db, key id, last used)`.
-pub fn unwritten_uses_everywhere() -> Vec<(u32, String, i64)> {
+/// What `pick` takes from each key's entry, in every database, read under the table's
+/// shared lock. Empty without shared memory.
+fn collect<T>(mut pick: impl FnMut(&KeyTag, KeyState) -> Option<T>) -> Vec<T> {
     let Some(handles) = handles() else {
         return Vec::new();
     };
@@ -157,37 +158,31 @@ pub fn unwritten_uses_everywhere() -> Vec<(u32, String, i64)> {
     table
         .entries()
         .into_iter()
-        .filter_map(|e| {
-            let state = *e.state.lock();
-            (state.last_used > state.written_used)
-                .then(|| (e.tag.db, e.tag.key_id(), state.last_used))
-        })
+        .filter_map(|e| pick(&e.tag, *e.state.lock()))
         .collect()
+}
+
+/// Every use not yet written, in every database: `(db, key id, last used)`.
+pub fn unwritten_uses_everywhere() -> Vec<(u32, String, i64)> {
+    collect(|tag, state| {
+        (state.last_used > state.written_used).then(|| (tag.db, tag.key_id(), state.last_used))
+    })
 }
 
 /// Every proof, in every database: `(db, key id, when last touched, stored-hash fingerprint,
 /// proven digest)`, what a clean shutdown saves.
 pub fn proofs_everywhere() -> Vec<(u32, String, i64, Digest, Digest)> {
-    let Some(handles) = handles() else {
-        return Vec::new();
-    };
-    let table = handles.keys.shared();
-    table
-        .entries()
-        .into_iter()
-        .filter_map(|e| {
-            let state = *e.state.lock();
-            state.proven.then(|| {
-                (
-                    e.tag.db,
-                    e.tag.key_id(),
-                    state.touched,
-                    state.proof_of,
-                    state.proof,
-                )
-            })
+    collect(|tag, state| {
+        state.proven.then(|| {
+            (
+                tag.db,
+                tag.key_id(),
+                state.touched,
+                state.proof_of,
+                state.proof,
+            )
         })
-        .collect()
+    })
 }
 
 /// Brings back a proof the last clean shutdown saved. It proves what it proved before: a
@@ -433,21 +428,12 @@ pub mod bucket {
 /// Keys of database `db` whose `last_used_at` is due to be written: used since it was last
 /// written, and at least a minute later than that (so a busy key is written once a minute).
 pub fn unwritten_uses(db: u32) -> Vec<(String, i64)> {
-    let Some(handles) = handles() else {
-        return Vec::new();
-    };
-    let table = handles.keys.shared();
-    table
-        .entries()
-        .into_iter()
-        .filter(|e| e.tag.db == db)
-        .filter_map(|e| {
-            let state = *e.state.lock();
-            let due = state.last_used > 0
-                && (state.written_used == 0 || state.last_used >= state.written_used + MINUTE);
-            due.then(|| (e.tag.key_id(), state.last_used))
-        })
-        .collect()
+    collect(|tag, state| {
+        let due = tag.db == db
+            && state.last_used > 0
+            && (state.written_used == 0 || state.last_used >= state.written_used + MINUTE);
+        due.then(|| (tag.key_id(), state.last_used))
+    })
 }
 
 /// Notes that `last_used_at` of `key_id` in `db` now holds `at`.
@@ -464,19 +450,7 @@ pub fn written(db: u32, key_id: &str, at: i64) {
 
 /// The databases that have keys with unwritten uses.
 pub fn databases_with_uses() -> Vec<u32> {
-    let Some(handles) = handles() else {
-        return Vec::new();
-    };
-    let table = handles.keys.shared();
-    let mut dbs: Vec<u32> = table
-        .entries()
-        .into_iter()
-        .filter(|e| {
-            let state = e.state.lock();
-            state.last_used > state.written_used
-        })
-        .map(|e| e.tag.db)
-        .collect();
+    let mut dbs = collect(|tag, state| (state.last_used > state.written_used).then_some(tag.db));
     dbs.sort_unstable();
     dbs.dedup();
     dbs

@@ -12,6 +12,7 @@
 //! proof is HMAC-SHA256 under the pepper, which is not in the data directory.
 
 use super::{keys, usage};
+use crate::hash::to_hex as hex;
 use crate::reason::Reason;
 use std::io::Write;
 
@@ -95,10 +96,6 @@ pub fn load() {
             _ => {}
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `N` bytes from `2 * N` hex digits; `None` for anything else (a `-`, a cut line).

@@ -136,13 +136,21 @@ export async function submitSignIn(event) {
     return;
   }
   $('#signin-submit').disabled = true;
-  setText($('#signin-status'), 'Checking the key…');
+  try {
+    await signInSaying(token, 'Checking the key…');
+  } finally {
+    $('#signin-submit').disabled = false;
+  }
+}
+
+// Signs in with `token`, saying `status` meanwhile; a failure is reported, never thrown.
+async function signInSaying(token, status) {
+  setText($('#signin-status'), status);
   try {
     await signIn(token);
   } catch (err) {
     reportSignInFailure(err);
   } finally {
-    $('#signin-submit').disabled = false;
     setText($('#signin-status'), '');
   }
 }
@@ -165,12 +173,5 @@ export async function resumeSession() {
     showSignedOut();
     return;
   }
-  setText($('#signin-status'), 'Signing in with the key saved in this tab…');
-  try {
-    await signIn(saved);
-  } catch (err) {
-    reportSignInFailure(err);
-  } finally {
-    setText($('#signin-status'), '');
-  }
+  await signInSaying(saved, 'Signing in with the key saved in this tab…');
 }

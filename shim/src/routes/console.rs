@@ -2,9 +2,10 @@
 //! keys through the JSON API above and adds no route of its own besides its assets.
 //!
 //! The assets are plain HTML, CSS and JavaScript modules (`app.js` and `js/*.js`), embedded in
-//! the binary so the shim needs nothing next to it and the page fetches nothing from elsewhere. Every console
-//! response carries a strict Content-Security-Policy (no inline script or style, requests to
-//! this origin only) and refuses framing, caching and referrers: the page handles tokens.
+//! the binary so the shim needs nothing next to it and the page fetches nothing from
+//! elsewhere. Every console response carries a strict Content-Security-Policy (no inline
+//! script or style, requests to this origin only) and refuses framing, caching and
+//! referrers: the page handles tokens.
 
 use crate::error::AppError;
 use crate::extract::Path;
