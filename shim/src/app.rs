@@ -15,19 +15,11 @@ use axum::Router;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+use utoipa::openapi::path::{Parameter, ParameterIn};
+use utoipa::IntoParams;
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .merge(routes::verify::router())
-        .merge(routes::keys::router())
-        .merge(routes::partners::router())
-        .merge(routes::audit::router())
-        .merge(routes::usage::router())
-        .merge(routes::reminders::router())
-        .merge(routes::webhooks::router())
-        .merge(routes::secret_scanning::router())
-        .merge(routes::service::router())
-        .merge(routes::console::router())
+    Router::from(routes::all())
         .fallback(|| async { AppError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         // Enforced by the body extractors (Json, RawBody), whose rejection is our JSON 413.
@@ -104,6 +96,19 @@ pub struct Caller {
     pub key: PresentedKey,
     pub ip: IpAddr,
     pub note: RequestNote,
+}
+
+/// The key itself is one of the document's security schemes; the header described here is
+/// where the client's address comes from.
+impl IntoParams for Caller {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        vec![crate::openapi::optional_text(
+            "X-Forwarded-For",
+            ParameterIn::Header,
+            "Believed only from peers in `APIKEY_SHIM_TRUSTED_PROXIES`: the client address is \
+             the right-most address not in that list.",
+        )]
+    }
 }
 
 impl FromRequestParts<AppState> for Caller {

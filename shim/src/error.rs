@@ -44,6 +44,22 @@ pub enum AppError {
     Internal(String),
 }
 
+/// The reasons the shim answers with besides those of `apikey_verify`
+/// (`apikey_contract::reason::Reason`); the OpenAPI document lists both.
+pub const SHIM_REASONS: [&str; 11] = [
+    "bad_request",
+    "invalid_field",
+    "not_found",
+    "conflict",
+    "forbidden",
+    "payload_too_large",
+    "unsupported_media_type",
+    "unavailable",
+    "internal",
+    "method_not_allowed",
+    "invalid_signature",
+];
+
 impl AppError {
     pub fn bad_request(message: impl Into<String>) -> Self {
         AppError::BadRequest {
@@ -281,6 +297,64 @@ impl From<deadpool_postgres::PoolError> for AppError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Names every variant: a new one does not compile until it is added here and to
+    /// `one_of_each` below.
+    fn variant_name(error: &AppError) -> &'static str {
+        match error {
+            AppError::Unauthorized { .. } => "Unauthorized",
+            AppError::Forbidden { .. } => "Forbidden",
+            AppError::RateLimited(_) => "RateLimited",
+            AppError::BadSignature(_) => "BadSignature",
+            AppError::BadRequest { .. } => "BadRequest",
+            AppError::Unprocessable { .. } => "Unprocessable",
+            AppError::NotFound(_) => "NotFound",
+            AppError::MethodNotAllowed => "MethodNotAllowed",
+            AppError::Conflict(_) => "Conflict",
+            AppError::PayloadTooLarge => "PayloadTooLarge",
+            AppError::TooManyItems(_) => "TooManyItems",
+            AppError::UnsupportedMediaType(_) => "UnsupportedMediaType",
+            AppError::Unavailable(_) => "Unavailable",
+            AppError::TimedOut => "TimedOut",
+            AppError::Internal(_) => "Internal",
+        }
+    }
+
+    #[test]
+    fn every_variant_answers_a_reason_the_document_lists() {
+        let one_of_each = [
+            AppError::from_reason("revoked"),
+            AppError::from_sqlstate("42501", "permission denied", None),
+            AppError::from_reason("rate_limited"),
+            AppError::BadSignature("no signature"),
+            AppError::bad_request("bad"),
+            AppError::invalid_field("limit", "bad"),
+            AppError::NotFound("gone".into()),
+            AppError::MethodNotAllowed,
+            AppError::Conflict("taken".into()),
+            AppError::PayloadTooLarge,
+            AppError::TooManyItems("many".into()),
+            AppError::UnsupportedMediaType("text/plain".into()),
+            AppError::Unavailable("down".into()),
+            AppError::TimedOut,
+            AppError::Internal("bug".into()),
+        ];
+        let names: std::collections::BTreeSet<_> = one_of_each.iter().map(variant_name).collect();
+        assert_eq!(
+            names.len(),
+            one_of_each.len(),
+            "one of each variant: {names:?}"
+        );
+        for error in &one_of_each {
+            let reason = error.parts().1;
+            assert!(
+                apikey_contract::reason::Reason::parse(reason).is_some()
+                    || SHIM_REASONS.contains(&reason),
+                "{} answers {reason}, which SHIM_REASONS does not list",
+                variant_name(error)
+            );
+        }
+    }
 
     #[test]
     fn the_field_comes_from_the_detail_never_from_the_message() {

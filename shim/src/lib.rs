@@ -5,6 +5,7 @@
 //! the key holder), `rate` (rate-limit headers), `metrics`, `error` (one error type),
 //! `extract` (extractors with that error as rejection), `app` (router + middleware), `serve`
 //! (the accept loop and its connection limits), `routes/` one module per resource,
+//! `openapi` (the OpenAPI document, generated from the routes),
 //! `delivery` (the task that sends webhooks from the outbox), `github_signature` (the
 //! signatures and key list of GitHub's secret scanning reports).
 
@@ -17,6 +18,7 @@ pub mod error;
 pub mod extract;
 pub mod github_signature;
 pub mod metrics;
+pub mod openapi;
 pub mod rate;
 pub mod routes;
 pub mod serve;

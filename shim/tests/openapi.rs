@@ -1,260 +1,36 @@
-//! `GET /openapi.json` must describe exactly the routes the router registers.
+//! The OpenAPI document the shim generates from its router (`apikey_shim::openapi`).
 //!
-//! The routes are read from the shim's own source at test time: every
-//! `.route("PATH", get(a).post(b))` in `src/**/*.rs` (outside `#[cfg(test)]` code). A route
-//! added without documentation, or documentation left behind for a removed route, fails here.
+//! Routes are registered only through `utoipa_axum::routes!`, so the document lists every
+//! route by construction; these tests check that what it says is complete and consistent,
+//! and that `shim/openapi.json`, the copy kept for readers and reviews, is the current one.
+//! After changing a route: `APIKEY_WRITE_OPENAPI=1 cargo test -p apikey-shim --test openapi`.
 
-use apikey_shim::routes::service::OPENAPI;
+use apikey_shim::openapi;
 use serde_json::Value;
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 const METHODS: [&str; 8] = [
     "get", "put", "post", "delete", "options", "head", "patch", "trace",
 ];
 
 fn document() -> Value {
-    serde_json::from_str(OPENAPI).expect("shim/openapi.json is not valid JSON")
-}
-
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
-        .map(|e| e.expect("directory entry").path())
-        .collect();
-    entries.sort();
-    for path in entries {
-        if path.is_dir() {
-            rust_files(&path, out);
-        } else if path.extension().is_some_and(|x| x == "rs") {
-            out.push(path);
-        }
-    }
-}
-
-/// The source with comments blanked out (string literals kept), cut at the first
-/// `#[cfg(test)]`: test modules may build routers of their own.
-fn code_of(source: &str) -> String {
-    let b = source.as_bytes();
-    let mut out = String::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i..].starts_with(b"//") {
-            while i < b.len() && b[i] != b'\n' {
-                i += 1;
-            }
-        } else if b[i..].starts_with(b"/*") {
-            let mut depth = 0;
-            while i < b.len() {
-                if b[i..].starts_with(b"/*") {
-                    depth += 1;
-                    i += 2;
-                } else if b[i..].starts_with(b"*/") {
-                    depth -= 1;
-                    i += 2;
-                    if depth == 0 {
-                        break;
-                    }
-                } else {
-                    i += 1;
-                }
-            }
-            out.push(' ');
-        } else if b[i] == b'\'' && (b.get(i + 2) == Some(&b'\'') || b.get(i + 1) == Some(&b'\\')) {
-            // A char literal such as '"' or '\'': copied whole, so its quote starts no string.
-            let start = i;
-            i += if b[i + 1] == b'\\' { 3 } else { 2 };
-            while i < b.len() && b[i] != b'\'' {
-                i += 1;
-            }
-            i += 1;
-            out.push_str(&source[start..i.min(b.len())]);
-        } else if b[i] == b'"' {
-            let start = i;
-            i += 1;
-            while i < b.len() && b[i] != b'"' {
-                i += if b[i] == b'\\' { 2 } else { 1 };
-            }
-            i += 1;
-            out.push_str(&source[start..i.min(b.len())]);
-        } else {
-            let c = source[i..].chars().next().unwrap();
-            out.push(c);
-            i += c.len_utf8();
-        }
-    }
-    match out.find("#[cfg(test)]") {
-        Some(cut) => out[..cut].to_string(),
-        None => out,
-    }
-}
-
-/// The methods of an axum method router expression such as `post(issue).get(list)`: the
-/// calls at its top nesting level.
-fn methods_of(expr: &str, context: &str) -> Vec<&'static str> {
-    let b = expr.as_bytes();
-    let mut methods = Vec::new();
-    let mut depth = 0;
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'(' | b'[' | b'{' => depth += 1,
-            b')' | b']' | b'}' => depth -= 1,
-            b'"' => {
-                i += 1;
-                while i < b.len() && b[i] != b'"' {
-                    i += if b[i] == b'\\' { 2 } else { 1 };
-                }
-            }
-            c if depth == 0 && (c.is_ascii_alphabetic() || c == b'_') => {
-                let start = i;
-                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b':')
-                {
-                    i += 1;
-                }
-                let name = &expr[start..i];
-                let rest = expr[i..].trim_start();
-                if rest.starts_with('(') {
-                    let bare = name.rsplit("::").next().unwrap_or(name);
-                    let bare = bare.strip_suffix("_service").unwrap_or(bare);
-                    if bare == "any" {
-                        methods.extend(METHODS);
-                    } else if let Some(m) = METHODS.iter().find(|m| **m == bare) {
-                        methods.push(*m);
-                    } else {
-                        panic!(
-                            "{context}: cannot tell the HTTP methods of `{name}(...)` in `{expr}`; \
-                             teach shim/tests/openapi.rs this form"
-                        );
-                    }
-                }
-                continue;
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    assert!(
-        !methods.is_empty(),
-        "{context}: no method in route expression `{expr}`"
-    );
-    methods
-}
-
-/// Every (method, OpenAPI path) the router registers, read from the source.
-fn routes_in_source() -> BTreeSet<(String, String)> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut files = Vec::new();
-    rust_files(&src, &mut files);
-    let mut routes = BTreeSet::new();
-    for file in files {
-        let source = std::fs::read_to_string(&file)
-            .unwrap_or_else(|e| panic!("read {}: {e}", file.display()));
-        routes.extend(routes_in_code(
-            &code_of(&source),
-            &file.display().to_string(),
-        ));
-    }
-    routes
-}
-
-/// The (method, OpenAPI path) pairs of the `.route(...)` calls in `code` (comments removed).
-fn routes_in_code(code: &str, context: &str) -> BTreeSet<(String, String)> {
-    let mut routes = BTreeSet::new();
-    for forbidden in [".nest(", ".nest_service(", ".route_service("] {
-        assert!(
-            !code.contains(forbidden),
-            "{context}: `{forbidden}` is not understood by shim/tests/openapi.rs; teach it"
-        );
-    }
-    let mut rest = code;
-    while let Some(at) = rest.find(".route(") {
-        rest = &rest[at + ".route(".len()..];
-        let after_quote = rest
-            .trim_start()
-            .strip_prefix('"')
-            .unwrap_or_else(|| panic!("{context}: .route( without a string literal path"));
-        let end = after_quote.find('"').expect("unterminated route path");
-        let axum_path = &after_quote[..end];
-        let tail = after_quote[end + 1..]
-            .trim_start()
-            .strip_prefix(',')
-            .unwrap_or_else(|| panic!("{context}: no method router after {axum_path}"));
-        // The method router runs to the parenthesis that closes `.route(`.
-        let close = closing_bracket(tail)
-            .unwrap_or_else(|| panic!("{context}: unbalanced .route(\"{axum_path}\""));
-        let expr = tail[..close].trim();
-        let expr = expr.strip_suffix(',').unwrap_or(expr).trim();
-        let path = openapi_path(axum_path);
-        for method in methods_of(expr, &format!("{context} {axum_path}")) {
-            routes.insert((method.to_string(), path.clone()));
-        }
-    }
-    routes
-}
-
-/// Index of the first closing bracket in `s` that closes nothing opened in `s`, skipping
-/// string literals.
-fn closing_bracket(s: &str) -> Option<usize> {
-    let b = s.as_bytes();
-    let mut depth = 0;
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'(' | b'[' | b'{' => depth += 1,
-            b')' | b']' | b'}' if depth == 0 => return Some(i),
-            b')' | b']' | b'}' => depth -= 1,
-            b'"' => {
-                i += 1;
-                while i < b.len() && b[i] != b'"' {
-                    i += if b[i] == b'\\' { 2 } else { 1 };
-                }
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    None
+    openapi::document()
 }
 
 #[test]
-fn route_reader_understands_formatting_comments_and_tests() {
-    let source = r#"
-        // .route("/commented", get(x))
-        Router::new()
-            .route(
-                "/a/{id}",
-                post(create)
-                    .get(list), // trailing comment
-            )
-            .route("/b/{*rest}", axum::routing::any(|| async { "(" }))
-            .route("/c", get_service(ServeDir::new(".")).head(h));
-        let quote = '"'; let escaped = '\''; let r#static: &'static str = "x";
-        Router::new().route("/d", delete(d));
-        #[cfg(test)]
-        mod tests { fn t() { Router::new().route("/test-only", get(t)); } }
-    "#;
-    let routes = routes_in_code(&code_of(source), "example");
-    let has = |m: &str, p: &str| routes.contains(&(m.to_string(), p.to_string()));
+fn the_checked_in_copy_is_the_generated_document() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi.json");
+    let generated = openapi::json();
+    if std::env::var_os("APIKEY_WRITE_OPENAPI").is_some() {
+        std::fs::write(&path, generated).expect("write shim/openapi.json");
+    }
+    let checked_in = std::fs::read_to_string(&path).expect("read shim/openapi.json");
     assert!(
-        has("post", "/a/{id}") && has("get", "/a/{id}"),
-        "{routes:?}"
+        checked_in == generated,
+        "shim/openapi.json is not what the router generates; after changing a route run \
+         `APIKEY_WRITE_OPENAPI=1 cargo test -p apikey-shim --test openapi` and review the diff"
     );
-    assert!(METHODS.iter().all(|m| has(m, "/b/{rest}")), "{routes:?}");
-    assert!(has("get", "/c") && has("head", "/c"), "{routes:?}");
-    assert!(!routes
-        .iter()
-        .any(|(_, p)| p == "/commented" || p == "/test-only"));
-    assert!(
-        has("delete", "/d"),
-        "char literals must not start strings: {routes:?}"
-    );
-    assert_eq!(routes.len(), 2 + METHODS.len() + 3, "{routes:?}");
-}
-
-/// axum's `/v1/keys/{key_id}` and `/v1/verify/{*rest}` in OpenAPI's template syntax.
-fn openapi_path(axum_path: &str) -> String {
-    axum_path.replace("{*", "{")
 }
 
 fn routes_in_document(doc: &Value) -> BTreeSet<(String, String)> {
@@ -272,31 +48,135 @@ fn routes_in_document(doc: &Value) -> BTreeSet<(String, String)> {
 }
 
 #[test]
-fn every_registered_route_is_documented_and_nothing_else() {
-    let source = routes_in_source();
-    assert!(
-        source.len() >= 17,
-        "found only {} routes in the source; is the route reader broken? {source:?}",
-        source.len()
-    );
-    for expected in [
+fn the_document_has_every_kind_of_route() {
+    let routes = routes_in_document(&document());
+    for (method, path) in [
         ("get", "/v1/verify"),
+        ("delete", "/v1/verify/{rest}"),
         ("post", "/v1/keys"),
+        ("get", "/v1/keys"),
+        ("post", "/v1/keys/{key_id}/revoke"),
+        ("delete", "/v1/webhooks/{endpoint_id}"),
+        ("post", "/v1/secret-scanning"),
         ("get", "/openapi.json"),
+        ("get", "/console/"),
+        ("get", "/console/js/{module}"),
     ] {
         assert!(
-            source.contains(&(expected.0.to_string(), expected.1.to_string())),
-            "route reader missed {expected:?}: {source:?}"
+            routes.contains(&(method.to_string(), path.to_string())),
+            "{method} {path} missing from {routes:?}"
         );
     }
-    let documented = routes_in_document(&document());
-    let undocumented: Vec<_> = source.difference(&documented).collect();
-    let stale: Vec<_> = documented.difference(&source).collect();
-    assert!(
-        undocumented.is_empty() && stale.is_empty(),
-        "shim/openapi.json is out of date.\n  registered but not documented: {undocumented:?}\n  \
-         documented but not registered: {stale:?}"
+}
+
+#[test]
+fn operation_ids_are_unique() {
+    let doc = document();
+    let mut ids = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in METHODS {
+            if let Some(op) = item.get(method) {
+                let id = op["operationId"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{method} {path} has no operationId"));
+                assert!(ids.insert(id.to_string()), "operationId {id} is used twice");
+            }
+        }
+    }
+}
+
+#[test]
+fn routes_with_a_key_list_their_rate_limit_headers() {
+    let doc = document();
+    let revoke = &doc["paths"]["/v1/keys/{key_id}/revoke"]["post"]["responses"]["200"];
+    assert_eq!(
+        revoke["headers"]["RateLimit"]["$ref"],
+        "#/components/headers/RateLimit"
     );
+    let health = &doc["paths"]["/healthz"]["get"]["responses"]["200"];
+    assert!(health.get("headers").is_none(), "{health}");
+}
+
+#[test]
+fn optional_bodies_are_optional_and_never_null() {
+    let doc = document();
+    let body = &doc["paths"]["/v1/keys/{key_id}/rotate"]["post"]["requestBody"];
+    assert_ne!(body["required"], true, "{body}");
+    assert_eq!(
+        body["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/RotateKeyRequest"
+    );
+    let issue = &doc["paths"]["/v1/keys"]["post"]["requestBody"];
+    assert_eq!(issue["required"], true, "{issue}");
+}
+
+#[test]
+fn request_bodies_refuse_unknown_fields_as_the_handlers_do() {
+    let doc = document();
+    for name in [
+        "CreatePartnerRequest",
+        "IssueKeyRequest",
+        "RotateKeyRequest",
+        "RevokeKeyRequest",
+        "CreateWebhookRequest",
+        "RotateWebhookSecretRequest",
+    ] {
+        let schema = &doc["components"]["schemas"][name];
+        assert_eq!(schema["additionalProperties"], false, "{name}: {schema}");
+    }
+}
+
+/// utoipa's attributes take literal numbers only: the limits written there must be the ones
+/// the code enforces.
+#[test]
+fn documented_limits_are_the_enforced_ones() {
+    use apikey_contract::{limits, scope};
+    use apikey_shim::routes::{DEFAULT_PAGE, MAX_PAGE};
+    let doc = document();
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(
+        schemas["IssueKeyRequest"]["properties"]["scopes"]["maxItems"],
+        scope::MAX_SCOPES
+    );
+    assert_eq!(
+        schemas["RotateKeyRequest"]["properties"]["scopes"]["maxItems"],
+        scope::MAX_SCOPES
+    );
+    assert_eq!(
+        schemas["RotateKeyRequest"]["properties"]["grace_seconds"]["maximum"],
+        limits::MAX_ROTATION_GRACE_SECONDS
+    );
+    assert_eq!(
+        schemas["RotateWebhookSecretRequest"]["properties"]["grace_seconds"]["maximum"],
+        limits::MAX_WEBHOOK_SECRET_GRACE_SECONDS
+    );
+    let mut pages = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        let Some(parameters) = item["get"]["parameters"].as_array() else {
+            continue;
+        };
+        for limit in parameters.iter().filter(|p| p["name"] == "limit") {
+            if path == "/v1/usage" {
+                continue;
+            }
+            assert_eq!(limit["schema"]["maximum"], MAX_PAGE, "{path}");
+            assert_eq!(limit["schema"]["default"], DEFAULT_PAGE, "{path}");
+            pages += 1;
+        }
+    }
+    assert!(pages >= 5, "found only {pages} paged routes");
+}
+
+#[test]
+fn no_schema_is_only_a_reference_to_itself() {
+    let doc = document();
+    for (name, schema) in doc["components"]["schemas"].as_object().unwrap() {
+        assert_ne!(
+            schema["$ref"],
+            format!("#/components/schemas/{name}"),
+            "{name} refers to itself"
+        );
+    }
 }
 
 #[test]
@@ -399,77 +279,23 @@ fn operations_declare_their_path_parameters_and_responses() {
 
 #[test]
 fn error_schema_lists_every_reason() {
+    use apikey_contract::reason::Reason;
     let doc = document();
-    let reasons: BTreeSet<&str> = doc["components"]["schemas"]["Reason"]["enum"]
+    let listed: Vec<&str> = doc["components"]["schemas"]["Reason"]["enum"]
         .as_array()
         .expect("Reason enum")
         .iter()
         .filter_map(Value::as_str)
         .collect();
-    for r in [
-        "ok",
-        "missing_key",
-        "malformed",
-        "unknown_key",
-        "secret_mismatch",
-        "revoked",
-        "disabled",
-        "expired",
-        "not_yet_valid",
-        "partner_inactive",
-        "ip_not_allowed",
-        "insufficient_scope",
-        "rate_limited",
-        "bad_request",
-        "invalid_field",
-        "not_found",
-        "conflict",
-        "forbidden",
-        "payload_too_large",
-        "unsupported_media_type",
-        "unavailable",
-        "internal",
-    ] {
-        assert!(reasons.contains(r), "Reason enum lacks {r}");
-    }
-    // And every reason the shim's error type can answer with, read from its source, so a new
-    // error variant cannot go undocumented.
-    for r in reasons_in_error_rs() {
-        assert!(
-            reasons.contains(r.as_str()),
-            "Reason enum lacks {r} (from src/error.rs)"
-        );
-    }
+    let expected: Vec<&str> = Reason::ALL
+        .iter()
+        .map(|r| r.as_str())
+        .chain(apikey_shim::error::SHIM_REASONS)
+        .collect();
+    assert_eq!(listed, expected);
+    let unique: BTreeSet<&str> = listed.iter().copied().collect();
+    assert_eq!(unique.len(), listed.len(), "a reason is listed twice");
     let error = &doc["components"]["schemas"]["Error"];
     assert_eq!(error["required"], serde_json::json!(["error", "reason"]));
     assert!(error["properties"]["field"].is_object());
-}
-
-/// The reason codes in `src/error.rs`: the string right after each `StatusCode::NAME,`.
-fn reasons_in_error_rs() -> Vec<String> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/error.rs");
-    let source = std::fs::read_to_string(&path).expect("read src/error.rs");
-    let mut found = Vec::new();
-    for (_, rest) in source
-        .match_indices("StatusCode::")
-        .map(|(i, _)| ((), &source[i..]))
-    {
-        let Some((_, after_comma)) = rest.split_once(',') else {
-            continue;
-        };
-        let after_comma = after_comma.trim_start();
-        if let Some(literal) = after_comma.strip_prefix('"') {
-            if let Some((reason, _)) = literal.split_once('"') {
-                if !reason.is_empty() && reason.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
-                {
-                    found.push(reason.to_string());
-                }
-            }
-        }
-    }
-    assert!(
-        found.len() >= 10,
-        "expected to find the reason codes in src/error.rs, found {found:?}"
-    );
-    found
 }

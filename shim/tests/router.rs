@@ -99,6 +99,18 @@ async fn unknown_routes_are_404_and_wrong_methods_405() {
             "/v1/keys",
             (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
         ),
+        // The gateway form takes every method, those the document does not list included: the
+        // request goes on to the database (unreachable here), it is not refused with 405.
+        (
+            "PROPFIND",
+            "/v1/verify/dav/folder",
+            (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        ),
+        (
+            "DELETE",
+            "/v1/verify/orders/7",
+            (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        ),
     ] {
         let got = refusal(send(method, uri, None, vec![]).await).await;
         assert_eq!((got.0, got.1.as_str()), expected, "{method} {uri}");
@@ -212,7 +224,7 @@ async fn every_console_response_carries_the_security_headers() {
 }
 
 #[tokio::test]
-async fn the_openapi_document_is_served_as_checked_in() {
+async fn the_generated_openapi_document_is_served() {
     let response = send("GET", "/openapi.json", None, vec![]).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(
@@ -222,10 +234,10 @@ async fn the_openapi_document_is_served_as_checked_in() {
             .map(|v| v.as_bytes()),
         Some(&b"application/json"[..])
     );
-    let served = json_of(response).await;
-    let checked_in: serde_json::Value =
-        serde_json::from_str(include_str!("../openapi.json")).expect("openapi.json");
-    assert_eq!(served, checked_in);
+    let served = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .expect("body");
+    assert_eq!(served, apikey_shim::openapi::json().as_bytes());
 }
 
 /// What the console and other clients check before sending, as the contract crate states it.

@@ -6,30 +6,56 @@ use crate::app::Caller;
 use crate::db;
 use crate::error::AppError;
 use crate::extract::Query;
+use crate::openapi::{schemas, CallerErrors, InvalidInput};
 use crate::state::AppState;
 use axum::extract::State;
-use axum::routing::get;
-use axum::Router;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/audit", get(list))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListAudit {
+    /// Only rows about this key id.
     key_id: Option<String>,
+    /// Only rows about this partner.
     partner_id: Option<Uuid>,
+    /// Only this action, e.g. `revoke` or `verify_failed`.
     action: Option<String>,
+    /// Only rows at or after this time (RFC 3339).
     from: Option<DateTime<Utc>>,
+    /// Only rows before this time (RFC 3339).
     to: Option<DateTime<Utc>>,
+    /// Page size (out of range: 422).
+    #[param(minimum = 1, maximum = 500, default = 50)]
     limit: Option<i64>,
+    /// `next_cursor` of the previous page (one this API did not return: 422).
     cursor: Option<String>,
 }
 
+/// Read the audit log
+///
+/// Lifecycle events and failed verifications, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/audit",
+    tag = "audit",
+    operation_id = "listAudit",
+    params(ListAudit),
+    responses(
+        (status = 200, description = "One page of audit rows.", body = schemas::AuditList),
+        CallerErrors,
+        InvalidInput,
+    ),
+)]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,

@@ -9,12 +9,16 @@
 
 use crate::error::AppError;
 use crate::extract::Path;
+use crate::openapi::NotFound;
 use crate::state::AppState;
 use axum::http::{header, HeaderName, HeaderValue};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
+use std::collections::BTreeMap;
+use utoipa::openapi::{ContentBuilder, RefOr, ResponseBuilder};
+use utoipa::{IntoResponses, PartialSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 const INDEX_HTML: &str = include_str!("../../console/index.html");
 const APP_JS: &str = include_str!("../../console/app.js");
@@ -43,41 +47,118 @@ pub const MODULES: [(&str, &str); 13] = [
     ("webhooks.js", include_str!("../../console/js/webhooks.js")),
 ];
 
-/// `/console/` too, so a typed or bookmarked trailing slash does not fall to the API's 404.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/console", get(page))
-        .route("/console/", get(page))
-        .route("/console/app.js", get(script))
-        .route("/console/app.css", get(stylesheet))
-        .route("/console/js/{module}", get(module))
+const HTML: &str = "text/html; charset=utf-8";
+const JAVASCRIPT: &str = "application/javascript; charset=utf-8";
+const CSS: &str = "text/css; charset=utf-8";
+
+/// The answer of a console file's route: its text, of the content type its handler sends.
+macro_rules! console_files {
+    ($($name:ident: $description:literal, $content_type:expr;)+) => {$(
+        struct $name;
+
+        impl IntoResponses for $name {
+            fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
+                let file = ResponseBuilder::new()
+                    .description($description)
+                    .content(
+                        $content_type,
+                        ContentBuilder::new().schema(Some(String::schema())).build(),
+                    )
+                    .build();
+                BTreeMap::from([("200".to_string(), file.into())])
+            }
+        }
+    )+};
+}
+
+console_files! {
+    Page: "The console page.", HTML;
+    Script: "The script.", JAVASCRIPT;
+    Module: "The module.", JAVASCRIPT;
+    Stylesheet: "The stylesheet.", CSS;
+}
+
+pub fn router() -> OpenApiRouter<AppState> {
+    let (pages, described) = OpenApiRouter::new()
+        .routes(routes!(page))
+        .routes(routes!(page_with_slash))
+        .routes(routes!(script))
+        .routes(routes!(stylesheet))
+        .routes(routes!(module))
+        .split_for_parts();
+    let pages = pages
         // Answered here, under the layer below, so that the 405 of a wrong method carries the
         // security headers too (the application's own 405 fallback answers outside it).
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
-        .layer(middleware::map_response(with_security_headers))
+        .layer(middleware::map_response(with_security_headers));
+    OpenApiRouter::with_openapi(described).merge(pages.into())
 }
 
+/// Key console page
+///
+/// The key console (HTML), embedded in the binary. It signs in with a pasted key (kept in the tab's
+/// sessionStorage, sent only in `X-API-Key`) and calls the JSON API of this document; it adds no
+/// API of its own.
+#[utoipa::path(
+    get,
+    path = "/console",
+    tag = "console",
+    operation_id = "consolePage",
+    responses(Page),
+    security(()),
+)]
 async fn page() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        INDEX_HTML,
-    )
+    ([(header::CONTENT_TYPE, HTML)], INDEX_HTML)
 }
 
+/// Key console page (trailing slash)
+///
+/// The same page as `GET /console`.
+#[utoipa::path(
+    get,
+    path = "/console/",
+    tag = "console",
+    operation_id = "consolePageSlash",
+    responses(Page),
+    security(()),
+)]
+async fn page_with_slash() -> impl IntoResponse {
+    page().await
+}
+
+/// Key console script
+///
+/// The console's entry script, an ES module that imports the modules under `/console/js/` (plain
+/// JavaScript, no external code).
+#[utoipa::path(
+    get,
+    path = "/console/app.js",
+    tag = "console",
+    operation_id = "consoleScript",
+    responses(Script),
+    security(()),
+)]
 async fn script() -> impl IntoResponse {
     javascript(APP_JS)
 }
 
 fn javascript(source: &'static str) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/javascript; charset=utf-8",
-        )],
-        source,
-    )
+    ([(header::CONTENT_TYPE, JAVASCRIPT)], source)
 }
 
+/// Key console module
+///
+/// A JavaScript module of the console, imported by `/console/app.js` (plain JavaScript, no external
+/// code); an unknown name is 404.
+#[utoipa::path(
+    get,
+    path = "/console/js/{module}",
+    tag = "console",
+    operation_id = "consoleModule",
+    params(("module" = String, Path, description = "The module's file name, e.g. `api.js`.")),
+    responses(Module, NotFound),
+    security(()),
+)]
 async fn module(Path(name): Path<String>) -> Result<impl IntoResponse, AppError> {
     MODULES
         .iter()
@@ -86,8 +167,19 @@ async fn module(Path(name): Path<String>) -> Result<impl IntoResponse, AppError>
         .ok_or_else(|| AppError::NotFound("no such console module".into()))
 }
 
+/// Key console stylesheet
+///
+/// The console's stylesheet.
+#[utoipa::path(
+    get,
+    path = "/console/app.css",
+    tag = "console",
+    operation_id = "consoleStylesheet",
+    responses(Stylesheet),
+    security(()),
+)]
 async fn stylesheet() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], APP_CSS)
+    ([(header::CONTENT_TYPE, CSS)], APP_CSS)
 }
 
 /// Same origin only, nothing inline: a script injected into the page could neither run nor

@@ -7,45 +7,86 @@ use crate::app::Caller;
 use crate::db;
 use crate::error::AppError;
 use crate::extract::{Json, OptionalJson, Path, Query};
+use crate::openapi::{
+    self, schemas, BodyErrors, CallerErrors, Conflict, InvalidInput, KeyIdPath, NotFound,
+};
 use crate::state::AppState;
 use apikey_contract::limits;
 use axum::extract::State;
-use axum::routing::{get, post};
-use axum::Router;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/keys", post(issue).get(list))
-        .route("/v1/keys/{key_id}", get(show))
-        .route("/v1/keys/{key_id}/rotate", post(rotate))
-        .route("/v1/keys/{key_id}/revoke", post(revoke))
-        .route("/v1/keys/{key_id}/enable", post(enable))
-        .route("/v1/keys/{key_id}/disable", post(disable))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(issue, list))
+        .routes(routes!(show))
+        .routes(routes!(rotate))
+        .routes(routes!(revoke))
+        .routes(routes!(enable))
+        .routes(routes!(disable))
 }
 
 /// A key as `apikey.key_info` shows it, with its partner's name.
 const KEY_JSON: &str = "to_jsonb(k) || jsonb_build_object('partner_name', p.name)";
 
-#[derive(Deserialize)]
+/// The arguments of `apikey_issue`. Omitted and `null` fields take the defaults shown.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = IssueKeyRequest)]
 struct IssueRequest {
     partner_id: Uuid,
+    #[schema(value_type = Vec<schemas::Scope>, max_items = 64)]
     scopes: Vec<String>,
+    #[schema(max_length = 200)]
     name: Option<String>,
+    /// Must be in the future.
     expires_at: Option<DateTime<Utc>>,
     not_before: Option<DateTime<Utc>>,
+    #[schema(minimum = 1, default = 300)]
     rate_per_minute: Option<i32>,
+    /// CIDRs the key may be used from; `null` (default) means any address.
+    #[schema(min_items = 1, example = json!(["203.0.113.0/24", "2001:db8::/32"]))]
     allowed_cidrs: Option<Vec<String>>,
+    #[schema(schema_with = openapi::environment_schema)]
     environment: Option<String>,
+    #[schema(max_items = 32, default = json!([]))]
     tags: Option<Vec<String>>,
+    /// A JSON object of at most 16 KiB; default `{}`.
+    #[schema(value_type = Option<Object>)]
     metadata: Option<Value>,
+    /// Token prefix; default from the GUC `apikey.default_prefix` (`ak`).
+    #[schema(pattern = "^[a-z][a-z0-9]{0,15}$")]
     prefix: Option<String>,
 }
 
+/// Issue a key
+///
+/// Calls `apikey_issue(...)`. The response is the only time the token exists.
+///
+/// Needs an operator key (`admin:*`).
+#[utoipa::path(
+    post,
+    path = "/v1/keys",
+    tag = "keys",
+    operation_id = "issueKey",
+    request_body = IssueRequest,
+    responses(
+        (
+            status = 201,
+            description = "The new key and its token (shown once).",
+            body = schemas::IssuedKey,
+        ),
+        CallerErrors,
+        BodyErrors,
+        NotFound,
+        Conflict,
+    ),
+)]
 async fn issue(
     State(state): State<AppState>,
     caller: Caller,
@@ -142,19 +183,43 @@ fn printable(key_id: &str) -> String {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListKeys {
+    /// Only this partner's keys.
     partner_id: Option<Uuid>,
+    /// Text search in key id, key name and partner name (case-insensitive substring).
     q: Option<String>,
+    /// Only keys carrying this tag.
     tag: Option<String>,
+    /// Only keys in this status (another value: 422).
+    #[param(value_type = Option<schemas::KeyStatus>)]
     status: Option<String>,
+    /// Page size (out of range: 422).
+    #[param(minimum = 1, maximum = 500, default = 50)]
     limit: Option<i64>,
+    /// `next_cursor` of the previous page (one this API did not return: 422).
     cursor: Option<String>,
 }
 
 const STATUSES: [&str; 5] = ["live", "disabled", "revoked", "expired", "not_yet_valid"];
 
+/// List keys
+///
+/// Newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/keys",
+    tag = "keys",
+    operation_id = "listKeys",
+    params(ListKeys),
+    responses(
+        (status = 200, description = "One page of keys.", body = schemas::KeyList),
+        CallerErrors,
+        InvalidInput,
+    ),
+)]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -198,6 +263,21 @@ async fn list(
     })
 }
 
+/// Show a key
+///
+/// One row of `apikey.key_info`.
+#[utoipa::path(
+    get,
+    path = "/v1/keys/{key_id}",
+    tag = "keys",
+    operation_id = "getKey",
+    params(KeyIdPath),
+    responses(
+        (status = 200, description = "The key.", body = schemas::Key),
+        CallerErrors,
+        NotFound,
+    ),
+)]
 async fn show(
     State(state): State<AppState>,
     caller: Caller,
@@ -210,14 +290,42 @@ async fn show(
     Ok(Managed::ok(key))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = RotateKeyRequest)]
 struct RotateRequest {
-    /// Seconds the old key stays valid (capped at its own expiry by the database).
+    /// How long the old key keeps working (never past its own expiry).
+    #[schema(minimum = 0, maximum = 31_622_400, default = 0)]
     grace_seconds: Option<i64>,
+    /// Scopes of the new key; default: the old key's.
+    #[schema(value_type = Option<Vec<schemas::Scope>>, max_items = 64)]
     scopes: Option<Vec<String>>,
 }
 
+/// Rotate a key
+///
+/// Calls `apikey_rotate(key_id, grace, scopes)`: a new key inherits partner, name, scopes (unless
+/// given), expiry, rate, CIDRs, tags and metadata; the old one keeps working for `grace_seconds`.
+/// The body is optional: empty means the defaults.
+#[utoipa::path(
+    post,
+    path = "/v1/keys/{key_id}/rotate",
+    tag = "keys",
+    operation_id = "rotateKey",
+    params(KeyIdPath),
+    request_body = Option<RotateRequest>,
+    responses(
+        (
+            status = 201,
+            description = "The new key and its token (shown once).",
+            body = schemas::RotatedKey,
+        ),
+        CallerErrors,
+        BodyErrors,
+        NotFound,
+        Conflict,
+    ),
+)]
 async fn rotate(
     State(state): State<AppState>,
     caller: Caller,
@@ -242,12 +350,36 @@ async fn rotate(
     ))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = RevokeKeyRequest)]
 struct RevokeRequest {
+    /// Stored as `revoke_reason` and in the audit log.
     reason: Option<String>,
 }
 
+/// Revoke a key
+///
+/// Calls `apikey_revoke(key_id, reason)`. Idempotent: revoking a revoked key answers 200 with
+/// `revoked: false`. The body is optional: empty means no reason.
+#[utoipa::path(
+    post,
+    path = "/v1/keys/{key_id}/revoke",
+    tag = "keys",
+    operation_id = "revokeKey",
+    params(KeyIdPath),
+    request_body = Option<RevokeRequest>,
+    responses(
+        (
+            status = 200,
+            description = "Whether this call revoked it, and the key.",
+            body = schemas::RevokeResult,
+        ),
+        CallerErrors,
+        BodyErrors,
+        NotFound,
+    ),
+)]
 async fn revoke(
     State(state): State<AppState>,
     caller: Caller,
@@ -265,6 +397,23 @@ async fn revoke(
     Ok(Managed::ok(json!({ "revoked": was_live, "key": key })))
 }
 
+/// Enable a key
+///
+/// Calls `apikey_set_enabled(key_id, true)`: a revoked key cannot be enabled (409). No request
+/// body.
+#[utoipa::path(
+    post,
+    path = "/v1/keys/{key_id}/enable",
+    tag = "keys",
+    operation_id = "enableKey",
+    params(KeyIdPath),
+    responses(
+        (status = 200, description = "The key after the change.", body = schemas::Key),
+        CallerErrors,
+        NotFound,
+        Conflict,
+    ),
+)]
 async fn enable(
     state: State<AppState>,
     caller: Caller,
@@ -273,6 +422,22 @@ async fn enable(
     set_enabled(state, caller, key_id, true).await
 }
 
+/// Disable a key
+///
+/// Calls `apikey_set_enabled(key_id, false)`: a temporary switch; the key fails with `disabled`
+/// until enabled. No request body.
+#[utoipa::path(
+    post,
+    path = "/v1/keys/{key_id}/disable",
+    tag = "keys",
+    operation_id = "disableKey",
+    params(KeyIdPath),
+    responses(
+        (status = 200, description = "The key after the change.", body = schemas::Key),
+        CallerErrors,
+        NotFound,
+    ),
+)]
 async fn disable(
     state: State<AppState>,
     caller: Caller,

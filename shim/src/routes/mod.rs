@@ -1,4 +1,6 @@
-//! One module per resource, each with its own `router()`.
+//! One module per resource, each with its own `router()`. Routes are registered only with
+//! `utoipa_axum::routes!`, from the handlers' `#[utoipa::path]`: that is what puts them in
+//! the OpenAPI document (see `crate::openapi`).
 
 pub mod audit;
 pub mod console;
@@ -12,11 +14,28 @@ pub mod verify;
 pub mod webhooks;
 
 use crate::error::AppError;
+use crate::state::AppState;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use utoipa_axum::router::OpenApiRouter;
+
+/// Every route of the shim, with its description.
+pub fn all() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .merge(verify::router())
+        .merge(keys::router())
+        .merge(partners::router())
+        .merge(audit::router())
+        .merge(usage::router())
+        .merge(reminders::router())
+        .merge(webhooks::router())
+        .merge(secret_scanning::router())
+        .merge(service::router())
+        .merge(console::router())
+}
 
 /// A management response. The acting key's rate-limit headers are added by the request
 /// middleware (see `app::RequestNote`), to errors as well.

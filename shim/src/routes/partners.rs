@@ -6,26 +6,34 @@ use crate::app::Caller;
 use crate::db;
 use crate::error::AppError;
 use crate::extract::{Json, Path, Query};
+use crate::openapi::{
+    schemas, BodyErrors, CallerErrors, Conflict, InvalidInput, NotFound, PartnerIdPath,
+};
 use crate::state::AppState;
 use axum::extract::State;
-use axum::routing::post;
-use axum::Router;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/partners", post(create).get(list))
-        .route("/v1/partners/{partner_id}/activate", post(activate))
-        .route("/v1/partners/{partner_id}/deactivate", post(deactivate))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(activate))
+        .routes(routes!(deactivate))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = CreatePartnerRequest)]
 struct CreatePartner {
+    /// Unique, case-insensitively.
+    #[schema(min_length = 1, max_length = 200)]
     name: String,
+    #[schema(max_length = 254, format = Email)]
     contact_email: Option<String>,
 }
 
@@ -43,6 +51,24 @@ async fn fetch_partner(
     .ok_or_else(|| AppError::NotFound(format!("partner {partner_id} does not exist")))
 }
 
+/// Create a partner
+///
+/// Calls `apikey_partner_create(name, contact_email)`.
+///
+/// Needs an operator key (`admin:*`).
+#[utoipa::path(
+    post,
+    path = "/v1/partners",
+    tag = "partners",
+    operation_id = "createPartner",
+    request_body = CreatePartner,
+    responses(
+        (status = 201, description = "The new partner.", body = schemas::Partner),
+        CallerErrors,
+        BodyErrors,
+        Conflict,
+    ),
+)]
 async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -61,15 +87,36 @@ async fn create(
     Ok(Managed::created(partner))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListPartners {
+    /// Text search in name and contact email (case-insensitive substring).
     q: Option<String>,
+    /// Only active (`true`) or inactive (`false`) partners.
     active: Option<bool>,
+    /// Page size (out of range: 422).
+    #[param(minimum = 1, maximum = 500, default = 50)]
     limit: Option<i64>,
+    /// `next_cursor` of the previous page (one this API did not return: 422).
     cursor: Option<String>,
 }
 
+/// List partners
+///
+/// Newest first, with each partner's key count.
+#[utoipa::path(
+    get,
+    path = "/v1/partners",
+    tag = "partners",
+    operation_id = "listPartners",
+    params(ListPartners),
+    responses(
+        (status = 200, description = "One page of partners.", body = schemas::PartnerList),
+        CallerErrors,
+        InvalidInput,
+    ),
+)]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -103,6 +150,23 @@ async fn list(
     })
 }
 
+/// Activate a partner
+///
+/// Calls `apikey_partner_set_active(partner_id, true)`. No request body.
+///
+/// Needs an operator key (`admin:*`).
+#[utoipa::path(
+    post,
+    path = "/v1/partners/{partner_id}/activate",
+    tag = "partners",
+    operation_id = "activatePartner",
+    params(PartnerIdPath),
+    responses(
+        (status = 200, description = "The partner after the change.", body = schemas::Partner),
+        CallerErrors,
+        NotFound,
+    ),
+)]
 async fn activate(
     state: State<AppState>,
     caller: Caller,
@@ -111,6 +175,24 @@ async fn activate(
     set_active(state, caller, id, true).await
 }
 
+/// Deactivate a partner
+///
+/// Calls `apikey_partner_set_active(partner_id, false)`. Keys of an inactive partner fail
+/// verification with `partner_inactive`. No request body.
+///
+/// Needs an operator key (`admin:*`).
+#[utoipa::path(
+    post,
+    path = "/v1/partners/{partner_id}/deactivate",
+    tag = "partners",
+    operation_id = "deactivatePartner",
+    params(PartnerIdPath),
+    responses(
+        (status = 200, description = "The partner after the change.", body = schemas::Partner),
+        CallerErrors,
+        NotFound,
+    ),
+)]
 async fn deactivate(
     state: State<AppState>,
     caller: Caller,

@@ -12,17 +12,19 @@ use crate::app::Caller;
 use crate::db;
 use crate::error::AppError;
 use crate::extract::Query;
+use crate::openapi::{schemas, CallerErrors, InvalidInput};
 use crate::state::AppState;
 use apikey_contract::limits;
 use axum::extract::State;
-use axum::routing::get;
-use axum::Router;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/reminders", get(reminders))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(reminders))
 }
 
 /// Most keys in each list. The panel is a to-do list, not a report: a partner with more
@@ -54,12 +56,34 @@ const ROTATION_DUE_SQL: &str = "SELECT to_jsonb(k) || jsonb_build_object('partne
      WHERE k.status = 'live' AND k.rotated_to IS NULL \
      ORDER BY e.due_since, k.key_id LIMIT $2";
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListReminders {
+    /// Only this partner's keys.
     partner_id: Option<Uuid>,
 }
 
+/// Keys expiring soon and keys due for rotation
+///
+/// Live keys that need attention, for the console's Reminders panel: `expiring`, keys whose
+/// `expires_at` is within 7 days, soonest first; `rotation_due`, keys for which the extension wrote
+/// a `key.rotation_due` event (`apikey_send_reminders`, when a key is older than
+/// `apikey.rotation_period`), with `due_since`, that event's time, oldest first. Keys in a
+/// rotation's grace (`rotated_to` set) are in neither list. Each list holds at most 200 keys;
+/// `truncated` says whether one was cut.
+#[utoipa::path(
+    get,
+    path = "/v1/reminders",
+    tag = "keys",
+    operation_id = "listReminders",
+    params(ListReminders),
+    responses(
+        (status = 200, description = "The two lists.", body = schemas::Reminders),
+        CallerErrors,
+        InvalidInput,
+    ),
+)]
 async fn reminders(
     State(state): State<AppState>,
     caller: Caller,

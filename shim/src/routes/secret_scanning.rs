@@ -11,12 +11,13 @@
 use crate::error::AppError;
 use crate::extract::RawBody;
 use crate::metrics::LeakLabel;
+use crate::openapi::{schemas, BadRequest, InvalidInput, ServerErrors};
 use crate::state::AppState;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName};
-use axum::routing::post;
-use axum::Router;
 use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 const KEY_IDENTIFIER: HeaderName = HeaderName::from_static("github-public-key-identifier");
 const KEY_SIGNATURE: HeaderName = HeaderName::from_static("github-public-key-signature");
@@ -27,8 +28,8 @@ const KEY_SIGNATURE: HeaderName = HeaderName::from_static("github-public-key-sig
 /// token is looked up.
 pub const MAX_TOKENS: usize = 100;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/secret-scanning", post(report))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(report))
 }
 
 /// One match as GitHub sends it. Fields GitHub may add are ignored; `url` may be empty.
@@ -53,6 +54,77 @@ struct Labelled {
     label: &'static str,
 }
 
+/// Report leaked tokens (GitHub secret scanning)
+///
+/// The endpoint of GitHub's secret scanning partner program. No API key: the raw body must be
+/// signed by GitHub (ECDSA P-256 over SHA-256; `Github-Public-Key-Signature` is base64 of the DER
+/// signature) with a key that `Github-Public-Key-Identifier` names in the file given by
+/// `APIKEY_SHIM_SECRET_SCANNING_KEYS` (GitHub's list from
+/// https://api.github.com/meta/public_keys/secret_scanning; re-read when it changes). Without that
+/// setting the route answers 404.
+///
+/// Checked in this order, nothing looked up before the last: configured (404), signature (401),
+/// JSON (400, or 422 for the wrong shape), at most 100 matches (413). Then each match is given to
+/// `apikey_leak_report(token, url, source, revoke)`, one after the other: a real key of this
+/// database is revoked (`APIKEY_SHIM_SECRET_SCANNING_ACTION=revoke`, the default) or only flagged
+/// (`flag`), with a `leak_reported` audit row and a `key.leaked` event for its partner. The answer
+/// labels every match, in order, in GitHub's feedback format. Any database failure is 503, so that
+/// GitHub retries; a retry is harmless (a key already revoked is still a true positive). Tokens are
+/// never logged: the shim logs counts, labels and the key ids of real keys.
+#[utoipa::path(
+    post,
+    path = "/v1/secret-scanning",
+    tag = "secret-scanning",
+    operation_id = "reportLeakedTokens",
+    params(
+        (
+            "Github-Public-Key-Identifier" = String,
+            Header,
+            description = "The `key_identifier` of the GitHub key that signed the body.",
+        ),
+        (
+            "Github-Public-Key-Signature" = String,
+            Header,
+            description = "Base64 of the DER-encoded ECDSA P-256 / SHA-256 signature over the raw \
+                body.",
+        ),
+    ),
+    request_body = schemas::SecretScanningReport,
+    responses(
+        (
+            status = 200,
+            description = "Every match, labelled, in the order reported.",
+            body = schemas::SecretScanningLabels,
+            example = json!([ { "token_raw": "ak_live_3xF0q9LmZ2bT7cYw_…", "token_type": "apikey_token", "label": "true_positive", }, { "token_raw": "ak_live_notakeyatall", "token_type": "apikey_token", "label": "false_positive", }, ]),
+        ),
+        (
+            status = 401,
+            description = "The signature is missing, names no configured key, is not base64 of a \
+                DER ECDSA signature, or does not match the body (`reason: invalid_signature`). \
+                Nothing was looked up or changed.",
+            body = schemas::Error,
+            example = json!({ "error": "the signature does not match the body", "reason": "invalid_signature", }),
+        ),
+        (
+            status = 404,
+            description = "Secret scanning is not configured (`APIKEY_SHIM_SECRET_SCANNING_KEYS` \
+                unset).",
+            body = schemas::Error,
+            example = json!({ "error": "secret scanning is not configured on this server (APIKEY_SHIM_SECRET_SCANNING_KEYS)", "reason": "not_found", }),
+        ),
+        (
+            status = 413,
+            description = "More than 100 matches in one report, or a body larger than \
+                `APIKEY_SHIM_MAX_BODY_BYTES`. Nothing was looked up.",
+            body = schemas::Error,
+            example = json!({ "error": "a report may hold at most 100 tokens; this one holds 101", "reason": "payload_too_large", }),
+        ),
+        InvalidInput,
+        ServerErrors,
+        BadRequest,
+    ),
+    security(()),
+)]
 async fn report(
     State(state): State<AppState>,
     headers: HeaderMap,

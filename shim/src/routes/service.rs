@@ -2,23 +2,37 @@
 
 use crate::error::AppError;
 use crate::metrics::PoolUse;
+use crate::openapi::{schemas, ServerErrors};
 use crate::state::AppState;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .route("/openapi.json", get(openapi))
-        .route("/v1/limits", get(limits))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi))
+        .routes(routes!(limits))
 }
 
-/// One round trip through the pool: healthy means the database answers.
+/// Health
+///
+/// One round trip through the connection pool: healthy means the database answers. No key needed.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "service",
+    operation_id = "health",
+    responses(
+        (status = 200, description = "The database answers.", body = schemas::Health),
+        ServerErrors,
+    ),
+    security(()),
+)]
 async fn healthz(State(state): State<AppState>) -> Result<impl IntoResponse, AppError> {
     let client = state.pool.get().await?;
     let statement = client.prepare_cached("SELECT 1").await?;
@@ -26,9 +40,33 @@ async fn healthz(State(state): State<AppState>) -> Result<impl IntoResponse, App
     Ok(axum::Json(json!({ "status": "ok" })))
 }
 
-/// The shim's own figures and the server's (`apikey_status()`), which are left out when the
-/// database does not answer: a scrape must not fail because of it.
+/// Prometheus metrics
+///
+/// Prometheus text format: `apikey_shim_requests_total{route,status}`,
+/// `apikey_shim_verify_outcomes_total{reason}`, `apikey_shim_request_duration_seconds{route}`
+/// (histogram) `apikey_shim_webhook_attempts_total{outcome}`,
+/// `apikey_shim_secret_scanning_tokens_total{label}` (tokens reported by GitHub secret scanning:
+/// `true_positive`, `false_positive`) and the pool gauges `apikey_shim_pool_max_size`,
+/// `apikey_shim_pool_size`, `apikey_shim_pool_available`, `apikey_shim_pool_waiting`. No key
+/// needed: do not expose it publicly.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "service",
+    operation_id = "metrics",
+    responses(
+        (
+            status = 200,
+            description = "Metrics.",
+            body = String,
+            content_type = "text/plain; version=0.0.4",
+        ),
+    ),
+    security(()),
+)]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    // The server's figures (`apikey_status()`) are left out when the database does not
+    // answer: a scrape must not fail because of it.
     let server = server_status(&state).await.ok();
     let pool = state.pool.status();
     let text = state.metrics.render(
@@ -51,10 +89,27 @@ async fn server_status(state: &AppState) -> Result<serde_json::Value, AppError> 
     Ok(row.try_get(0)?)
 }
 
-pub const OPENAPI: &str = include_str!("../../openapi.json");
-
+/// This document
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "service",
+    operation_id = "openapi",
+    responses(
+        (
+            status = 200,
+            description = "The OpenAPI 3.1 description of this API.",
+            body = serde_json::Value,
+            content_type = "application/json",
+        ),
+    ),
+    security(()),
+)]
 async fn openapi() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::openapi::json(),
+    )
 }
 
 /// The limits the API enforces, for clients that check input before sending it (the
@@ -72,6 +127,18 @@ pub fn limits_document() -> serde_json::Value {
     })
 }
 
+/// Limits
+///
+/// The limits this API enforces on what it is sent, for clients that check input before sending it
+/// (the key console does). No key needed; nothing here is secret.
+#[utoipa::path(
+    get,
+    path = "/v1/limits",
+    tag = "service",
+    operation_id = "limits",
+    responses((status = 200, description = "The limits.", body = schemas::Limits)),
+    security(()),
+)]
 async fn limits() -> impl IntoResponse {
     axum::Json(limits_document())
 }

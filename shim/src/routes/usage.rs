@@ -8,26 +8,36 @@ use crate::app::Caller;
 use crate::db;
 use crate::error::AppError;
 use crate::extract::Query;
+use crate::openapi::{schemas, CallerErrors, InvalidInput};
 use crate::state::AppState;
 use axum::extract::State;
-use axum::routing::get;
-use axum::Router;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::json;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/usage", get(usage))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(usage))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct UsageQuery {
+    /// Only this key.
     key_id: Option<String>,
+    /// Only this partner's keys.
     partner_id: Option<Uuid>,
+    /// From this time (RFC 3339); default 24 hours ago.
     since: Option<DateTime<Utc>>,
+    /// Bucket size: a whole number of `s`, `m`, `h` or `d`, from `1m` to `366d`; default `1h`.
+    #[param(pattern = "^[0-9]+[smhd]$", default = "1h")]
     bucket: Option<String>,
+    /// Most rows returned (1 to 50000, default 5000); `truncated` says whether there were more.
+    #[param(minimum = 1, maximum = 50_000, default = 5_000)]
     limit: Option<i64>,
 }
 
@@ -59,6 +69,23 @@ fn bucket_seconds(text: &str) -> Result<i64, AppError> {
     }
 }
 
+/// Verification counts per bucket, key and reason
+///
+/// Counts of every `apikey_verify` outcome (`apikey_usage`), counts not yet written by the
+/// background worker included; `key_id` is null for tokens that named no existing key. Buckets are
+/// aligned to UTC; `since` is rounded down to the start of its bucket.
+#[utoipa::path(
+    get,
+    path = "/v1/usage",
+    tag = "usage",
+    operation_id = "getUsage",
+    params(UsageQuery),
+    responses(
+        (status = 200, description = "The counts, oldest bucket first.", body = schemas::Usage),
+        CallerErrors,
+        InvalidInput,
+    ),
+)]
 async fn usage(
     State(state): State<AppState>,
     caller: Caller,

@@ -4,6 +4,7 @@
 use crate::app::Caller;
 use crate::db;
 use crate::error::AppError;
+use crate::openapi::{self, schemas, CallerErrors};
 use crate::state::AppState;
 use apikey_contract::{redact, scope};
 use axum::body::Body;
@@ -12,9 +13,15 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::Response;
-use axum::routing::{any, get};
-use axum::Router;
+use axum::routing::any;
 use serde::Serialize;
+use std::collections::BTreeMap;
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::path::{Parameter, ParameterIn, ParameterStyle};
+use utoipa::openapi::{ContentBuilder, RefOr, ResponseBuilder};
+use utoipa::{IntoParams, IntoResponses, PartialSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 const KEY_ID: HeaderName = HeaderName::from_static("x-apikey-key-id");
@@ -34,16 +41,98 @@ struct Verified<'a> {
 
 /// `/v1/verify/{*rest}` too, with any method: Envoy's ext_authz appends the original path to
 /// its `path_prefix` and keeps the original method, so `DELETE /orders/7` is checked as
-/// `DELETE /v1/verify/orders/7`.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/verify", get(verify))
-        .route("/v1/verify/{*rest}", any(verify))
+/// `DELETE /v1/verify/orders/7`. The document lists the standard methods; the route takes
+/// every method, WebDAV's and other extensions' included.
+pub fn router() -> OpenApiRouter<AppState> {
+    let (schemas, described, _) = routes!(verify_with_path);
+    OpenApiRouter::new()
+        .routes(routes!(verify))
+        .routes((schemas, described, any(verify_with_path)))
 }
 
 /// The scopes a request requires, read from the request in place (a `HeaderMap` extractor
 /// would copy every header of every request).
 struct RequiredScopes(Vec<String>);
+
+/// The answer of both verify routes to a valid key: the row, and the identity in headers
+/// for the gateway to pass upstream.
+struct Verification;
+
+impl IntoResponses for Verification {
+    fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
+        let header = |description: &str| {
+            HeaderBuilder::new()
+                .schema(String::schema())
+                .description(Some(description))
+                .build()
+        };
+        let valid = ResponseBuilder::new()
+            .description("Valid key with every required scope, within its rate limit.")
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(schemas::VerifyResult::schema()))
+                    .build(),
+            )
+            .header(
+                KEY_ID.as_str(),
+                header("Key id of the verified key (for the upstream's logs and policies)."),
+            )
+            .header(PARTNER.as_str(), header("Partner id of the verified key."))
+            .header(
+                SCOPES.as_str(),
+                header("The key's granted scopes, comma separated."),
+            )
+            .build();
+        BTreeMap::from([("200".to_string(), valid.into())])
+    }
+}
+
+/// What `required_scopes` reads.
+impl IntoParams for RequiredScopes {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let mut scope = openapi::optional_text(
+            "scope",
+            ParameterIn::Query,
+            "Required scope; repeat the parameter or separate with commas \
+             (`scope=orders:read&scope=orders:write`). All are required.",
+        );
+        scope.schema = Some(Vec::<String>::schema());
+        scope.style = Some(ParameterStyle::Form);
+        scope.explode = Some(true);
+        vec![
+            scope,
+            openapi::optional_text(
+                "resource",
+                ParameterIn::Query,
+                "Protected resource: adds the required scope `<resource>:<action>`, the action \
+                 from the original method (`X-Forwarded-Method`, `X-Original-Method` or \
+                 `X-Envoy-Original-Method`): GET/HEAD/OPTIONS `read`, POST/PUT/PATCH `write`, \
+                 DELETE `delete`. Without one of those headers, or with another method: 400.",
+            ),
+            openapi::optional_text(
+                "X-Required-Scopes",
+                ParameterIn::Header,
+                "Required scopes, comma separated (added to `scope=`).",
+            ),
+            openapi::optional_text(
+                "X-Forwarded-Method",
+                ParameterIn::Header,
+                "Original request method (Traefik ForwardAuth sends it); used with `resource=`.",
+            ),
+            openapi::optional_text(
+                "X-Original-Method",
+                ParameterIn::Header,
+                "Original request method (set it in nginx `auth_request`); used with `resource=`.",
+            ),
+            openapi::optional_text(
+                "X-Envoy-Original-Method",
+                ParameterIn::Header,
+                "Original request method as Envoy names it; used with `resource=`.",
+            ),
+        ]
+    }
+}
 
 impl FromRequestParts<AppState> for RequiredScopes {
     type Rejection = AppError;
@@ -53,6 +142,19 @@ impl FromRequestParts<AppState> for RequiredScopes {
     }
 }
 
+/// Verify the presented key
+///
+/// Calls `apikey_verify(token, required_scopes, client_ip)`. For partners checking a key, and for
+/// gateways: nginx `auth_request`, Traefik ForwardAuth, Envoy ext_authz. Only requests the database
+/// accepted use up the key's rate limit.
+#[utoipa::path(
+    get,
+    path = "/v1/verify",
+    tag = "verify",
+    operation_id = "verifyKey",
+    params(RequiredScopes, Caller),
+    responses(Verification, CallerErrors)
+)]
 async fn verify(
     State(state): State<AppState>,
     caller: Caller,
@@ -108,6 +210,26 @@ async fn verify(
     let mut response = Response::new(Body::from(body));
     *response.headers_mut() = headers;
     Ok(response)
+}
+
+/// Verify the presented key (gateway path form)
+///
+/// Same as `GET /v1/verify`; the rest of the path is ignored. For Envoy ext_authz, whose HTTP
+/// service appends the original request path to its `path_prefix` (`/v1/verify` + `/orders/7`).
+#[utoipa::path(
+    method(get, post, put, patch, delete, head, options, trace),
+    path = "/v1/verify/{*rest}",
+    tag = "verify",
+    operation_id = "verifyKeyWithPath",
+    params(("rest" = String, Path, description = "Any path (ignored)."), RequiredScopes, Caller),
+    responses(Verification, CallerErrors),
+)]
+async fn verify_with_path(
+    state: State<AppState>,
+    caller: Caller,
+    required: RequiredScopes,
+) -> Result<Response, AppError> {
+    verify(state, caller, required).await
 }
 
 /// Headers that carry the original request's method, as gateways name them.

@@ -8,30 +8,29 @@ use crate::app::Caller;
 use crate::db;
 use crate::error::AppError;
 use crate::extract::{Json, OptionalJson, Path, Query};
+use crate::openapi::{schemas, BodyErrors, CallerErrors, EndpointIdPath, InvalidInput, NotFound};
 use crate::state::AppState;
 use apikey_contract::limits;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::Router;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/webhooks", post(create).get(list))
-        .route("/v1/webhooks/{endpoint_id}", get(show).delete(remove))
-        .route(
-            "/v1/webhooks/{endpoint_id}/rotate-secret",
-            post(rotate_secret),
-        )
-        .route("/v1/webhooks/{endpoint_id}/enable", post(enable))
-        .route("/v1/webhooks/{endpoint_id}/disable", post(disable))
-        .route("/v1/webhooks/{endpoint_id}/test", post(send_test))
-        .route("/v1/webhooks/{endpoint_id}/deliveries", get(deliveries))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(show, remove))
+        .routes(routes!(rotate_secret))
+        .routes(routes!(enable))
+        .routes(routes!(disable))
+        .routes(routes!(send_test))
+        .routes(routes!(deliveries))
 }
 
 /// The endpoint id of a path, or 422 naming the field. The text is not echoed: it may be
@@ -54,15 +53,46 @@ async fn fetch_endpoint(tx: &Transaction<'_>, endpoint_id: Uuid) -> Result<Value
     .ok_or_else(|| AppError::NotFound(format!("webhook endpoint {endpoint_id} does not exist")))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = CreateWebhookRequest)]
 struct CreateRequest {
+    /// The partner whose key events the endpoint receives.
     partner_id: Uuid,
+    /// http or https URL the events are POSTed to. Private, loopback and reserved addresses
+    /// are refused unless the server allows them.
+    #[schema(format = "uri")]
     url: String,
-    /// Event types to receive; `["*"]` (everything) when left out.
+    /// Event types to receive (see `WebhookEvents`); default every event.
+    #[schema(default = json!(["*"]))]
     events: Option<Vec<String>>,
 }
 
+/// Create a webhook endpoint
+///
+/// Calls `apikey_webhook_create(partner_id, url, events)`. The response is the only time the
+/// signing secret (`whsec_...`) is shown; the database keeps it encrypted. Messages follow Standard
+/// Webhooks: headers `webhook-id`, `webhook-timestamp`, `webhook-signature` (`v1,<base64
+/// HMAC-SHA256 of id.timestamp.body>`).
+///
+/// An invalid `url` or `events` is 422 naming the field; an unknown partner is 404.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks",
+    tag = "webhooks",
+    operation_id = "createWebhook",
+    request_body = CreateRequest,
+    responses(
+        (
+            status = 201,
+            description = "The endpoint and its secret (shown once).",
+            body = schemas::CreatedWebhook,
+        ),
+        CallerErrors,
+        BodyErrors,
+        NotFound,
+    ),
+)]
 async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -86,14 +116,34 @@ async fn create(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListEndpoints {
+    /// Only this partner's endpoints.
     partner_id: Option<Uuid>,
+    /// Page size (out of range: 422).
+    #[param(minimum = 1, maximum = 500, default = 50)]
     limit: Option<i64>,
+    /// `next_cursor` of the previous page (one this API did not return: 422).
     cursor: Option<String>,
 }
 
+/// List webhook endpoints
+///
+/// Newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks",
+    tag = "webhooks",
+    operation_id = "listWebhooks",
+    params(ListEndpoints),
+    responses(
+        (status = 200, description = "One page of endpoints.", body = schemas::WebhookList),
+        CallerErrors,
+        InvalidInput,
+    ),
+)]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -123,6 +173,22 @@ async fn list(
     })
 }
 
+/// Show a webhook endpoint
+///
+/// A row of `apikey.webhook_endpoint_info` (never a secret).
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks/{endpoint_id}",
+    tag = "webhooks",
+    operation_id = "getWebhook",
+    params(EndpointIdPath),
+    responses(
+        (status = 200, description = "The endpoint.", body = schemas::WebhookEndpoint),
+        CallerErrors,
+        InvalidInput,
+        NotFound,
+    ),
+)]
 async fn show(
     State(state): State<AppState>,
     caller: Caller,
@@ -136,15 +202,41 @@ async fn show(
     Ok(Managed::ok(endpoint))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = RotateWebhookSecretRequest)]
 struct RotateSecretRequest {
-    /// Seconds the previous secret keeps signing next to the new one.
+    /// How long the previous secret keeps signing next to the new one.
+    #[schema(minimum = 0, maximum = 604_800, default = 86_400)]
     grace_seconds: Option<i64>,
 }
 
 const DEFAULT_GRACE_SECONDS: i64 = 24 * 3600;
 
+/// Rotate an endpoint's signing secret
+///
+/// Calls `apikey_webhook_rotate_secret(endpoint_id, grace)`. The response is the only time the new
+/// secret is shown. Until `previous_secret_until` messages carry two signatures, one with each
+/// secret, so the receiver can switch at its own pace. The body is optional: empty means the
+/// defaults.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/{endpoint_id}/rotate-secret",
+    tag = "webhooks",
+    operation_id = "rotateWebhookSecret",
+    params(EndpointIdPath),
+    request_body = Option<RotateSecretRequest>,
+    responses(
+        (
+            status = 200,
+            description = "The new secret (shown once).",
+            body = schemas::RotatedWebhookSecret,
+        ),
+        CallerErrors,
+        BodyErrors,
+        NotFound,
+    ),
+)]
 async fn rotate_secret(
     State(state): State<AppState>,
     caller: Caller,
@@ -175,6 +267,17 @@ async fn rotate_secret(
     })))
 }
 
+/// Delete a webhook endpoint
+///
+/// Calls `apikey_webhook_delete(endpoint_id)`: nothing more is sent to it.
+#[utoipa::path(
+    delete,
+    path = "/v1/webhooks/{endpoint_id}",
+    tag = "webhooks",
+    operation_id = "deleteWebhook",
+    params(EndpointIdPath),
+    responses((status = 204, description = "Deleted."), CallerErrors, InvalidInput, NotFound),
+)]
 async fn remove(
     State(state): State<AppState>,
     caller: Caller,
@@ -189,6 +292,27 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Enable a webhook endpoint
+///
+/// Calls `apikey_webhook_set_enabled(endpoint_id, true)`. No request body. Enabling also clears
+/// `failing_since` and `disabled_*` (an endpoint the database disabled after failing for too long).
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/{endpoint_id}/enable",
+    tag = "webhooks",
+    operation_id = "enableWebhook",
+    params(EndpointIdPath),
+    responses(
+        (
+            status = 200,
+            description = "The endpoint after the change.",
+            body = schemas::WebhookEndpoint,
+        ),
+        CallerErrors,
+        InvalidInput,
+        NotFound,
+    ),
+)]
 async fn enable(
     state: State<AppState>,
     caller: Caller,
@@ -197,6 +321,27 @@ async fn enable(
     set_enabled(state, caller, raw, true).await
 }
 
+/// Disable a webhook endpoint
+///
+/// Calls `apikey_webhook_set_enabled(endpoint_id, false)`. No request body. Events are no longer
+/// queued for it; deliveries already queued are not sent.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/{endpoint_id}/disable",
+    tag = "webhooks",
+    operation_id = "disableWebhook",
+    params(EndpointIdPath),
+    responses(
+        (
+            status = 200,
+            description = "The endpoint after the change.",
+            body = schemas::WebhookEndpoint,
+        ),
+        CallerErrors,
+        InvalidInput,
+        NotFound,
+    ),
+)]
 async fn disable(
     state: State<AppState>,
     caller: Caller,
@@ -224,7 +369,24 @@ async fn set_enabled(
     Ok(Managed::ok(endpoint))
 }
 
-/// Queues a `webhook.test` event for this endpoint only; the delivery task sends it.
+/// Send a test event
+///
+/// Calls `apikey_webhook_send_test(endpoint_id)`: queues a `webhook.test` event for this endpoint
+/// only. It is delivered like any event; follow it in `GET /v1/webhooks/{endpoint_id}/deliveries`.
+/// No request body.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/{endpoint_id}/test",
+    tag = "webhooks",
+    operation_id = "testWebhook",
+    params(EndpointIdPath),
+    responses(
+        (status = 202, description = "Queued.", body = schemas::WebhookTestQueued),
+        CallerErrors,
+        InvalidInput,
+        NotFound,
+    ),
+)]
 async fn send_test(
     State(state): State<AppState>,
     caller: Caller,
@@ -244,10 +406,14 @@ async fn send_test(
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListDeliveries {
+    /// Page size (out of range: 422).
+    #[param(minimum = 1, maximum = 500, default = 50)]
     limit: Option<i64>,
+    /// `next_cursor` of the previous page (one this API did not return: 422).
     cursor: Option<String>,
 }
 
@@ -258,6 +424,26 @@ const DELIVERY_JSON: &str = "to_jsonb(d) || jsonb_build_object('attempts', coale
                           ORDER BY a.attempt) \
          FROM apikey.webhook_attempts a WHERE a.delivery_id = d.delivery_id), '[]'::jsonb))";
 
+/// List an endpoint's deliveries
+///
+/// Newest first, each with its attempts (oldest first): status code, latency and error of each.
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks/{endpoint_id}/deliveries",
+    tag = "webhooks",
+    operation_id = "listWebhookDeliveries",
+    params(ListDeliveries, EndpointIdPath),
+    responses(
+        (
+            status = 200,
+            description = "One page of deliveries.",
+            body = schemas::WebhookDeliveryList,
+        ),
+        CallerErrors,
+        InvalidInput,
+        NotFound,
+    ),
+)]
 async fn deliveries(
     State(state): State<AppState>,
     caller: Caller,
