@@ -117,6 +117,18 @@ if [ "$#" -eq 0 ]; then
   (cd "$APIKEY_REPO_ROOT" && cargo test --release -p apikey-contract -p apikey-core -p apikey-shim 2>&1 \
     | tee -a "$cargo_output") || rc=$?
   if [ "$rc" -eq 0 ]; then record "unit tests" ok; else record "unit tests" FAIL; fi
+  # Routes registered past utoipa_axum::routes! would be served without being in
+  # /openapi.json: shim/clippy.toml forbids the calls that do it.
+  if cargo clippy --version >/dev/null 2>&1; then
+    rc=0
+    log "routes only through routes!: cargo clippy -p apikey-shim -- -D clippy::disallowed_methods"
+    (cd "$APIKEY_REPO_ROOT" && cargo clippy --release -p apikey-shim --lib --bins -- \
+      -D clippy::disallowed_methods 2>&1 | tee -a "$cargo_output") || rc=$?
+    if [ "$rc" -eq 0 ]; then record "routes only through routes! (clippy)" ok
+    else record "routes only through routes! (clippy)" FAIL; fi
+  else
+    record "routes only through routes! (cargo clippy is not installed)" skip
+  fi
 else
   record "unit tests (only end-to-end files asked for)" skip
 fi

@@ -19,6 +19,7 @@ use utoipa::openapi::path::{Parameter, ParameterIn};
 use utoipa::IntoParams;
 
 pub fn router(state: AppState) -> Router {
+    crate::openapi::json();
     Router::from(routes::all())
         .fallback(|| async { AppError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
@@ -102,7 +103,7 @@ pub struct Caller {
 /// where the client's address comes from.
 impl IntoParams for Caller {
     fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
-        vec![crate::openapi::optional_text(
+        vec![crate::openapi::parameters::optional_text(
             "X-Forwarded-For",
             ParameterIn::Header,
             "Believed only from peers in `APIKEY_SHIM_TRUSTED_PROXIES`: the client address is \

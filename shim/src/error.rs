@@ -345,6 +345,16 @@ mod tests {
             one_of_each.len(),
             "one of each variant: {names:?}"
         );
+        let answered: std::collections::BTreeSet<&str> = one_of_each
+            .iter()
+            .map(|error| error.parts().1)
+            .filter(|reason| apikey_contract::reason::Reason::parse(reason).is_none())
+            .collect();
+        assert_eq!(
+            answered,
+            SHIM_REASONS.into_iter().collect(),
+            "SHIM_REASONS lists a reason no variant answers"
+        );
         for error in &one_of_each {
             let reason = error.parts().1;
             assert!(

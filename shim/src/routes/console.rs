@@ -9,14 +9,11 @@
 
 use crate::error::AppError;
 use crate::extract::Path;
-use crate::openapi::NotFound;
+use crate::openapi::answers::NotFound;
 use crate::state::AppState;
 use axum::http::{header, HeaderName, HeaderValue};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use std::collections::BTreeMap;
-use utoipa::openapi::{ContentBuilder, RefOr, ResponseBuilder};
-use utoipa::{IntoResponses, PartialSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -51,33 +48,6 @@ const HTML: &str = "text/html; charset=utf-8";
 const JAVASCRIPT: &str = "application/javascript; charset=utf-8";
 const CSS: &str = "text/css; charset=utf-8";
 
-/// The answer of a console file's route: its text, of the content type its handler sends.
-macro_rules! console_files {
-    ($($name:ident: $description:literal, $content_type:expr;)+) => {$(
-        struct $name;
-
-        impl IntoResponses for $name {
-            fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
-                let file = ResponseBuilder::new()
-                    .description($description)
-                    .content(
-                        $content_type,
-                        ContentBuilder::new().schema(Some(String::schema())).build(),
-                    )
-                    .build();
-                BTreeMap::from([("200".to_string(), file.into())])
-            }
-        }
-    )+};
-}
-
-console_files! {
-    Page: "The console page.", HTML;
-    Script: "The script.", JAVASCRIPT;
-    Module: "The module.", JAVASCRIPT;
-    Stylesheet: "The stylesheet.", CSS;
-}
-
 pub fn router() -> OpenApiRouter<AppState> {
     let (pages, described) = OpenApiRouter::new()
         .routes(routes!(page))
@@ -104,7 +74,9 @@ pub fn router() -> OpenApiRouter<AppState> {
     path = "/console",
     tag = "console",
     operation_id = "consolePage",
-    responses(Page),
+    responses(
+        (status = 200, description = "The console page.", body = String, content_type = HTML),
+    ),
     security(()),
 )]
 async fn page() -> impl IntoResponse {
@@ -119,9 +91,12 @@ async fn page() -> impl IntoResponse {
     path = "/console/",
     tag = "console",
     operation_id = "consolePageSlash",
-    responses(Page),
+    responses(
+        (status = 200, description = "The console page.", body = String, content_type = HTML),
+    ),
     security(()),
 )]
+// A typed or bookmarked trailing slash must not fall to the API's 404.
 async fn page_with_slash() -> impl IntoResponse {
     page().await
 }
@@ -135,7 +110,9 @@ async fn page_with_slash() -> impl IntoResponse {
     path = "/console/app.js",
     tag = "console",
     operation_id = "consoleScript",
-    responses(Script),
+    responses(
+        (status = 200, description = "The script.", body = String, content_type = JAVASCRIPT),
+    ),
     security(()),
 )]
 async fn script() -> impl IntoResponse {
@@ -156,7 +133,10 @@ fn javascript(source: &'static str) -> impl IntoResponse {
     tag = "console",
     operation_id = "consoleModule",
     params(("module" = String, Path, description = "The module's file name, e.g. `api.js`.")),
-    responses(Module, NotFound),
+    responses(
+        (status = 200, description = "The module.", body = String, content_type = JAVASCRIPT),
+        NotFound,
+    ),
     security(()),
 )]
 async fn module(Path(name): Path<String>) -> Result<impl IntoResponse, AppError> {
@@ -175,7 +155,7 @@ async fn module(Path(name): Path<String>) -> Result<impl IntoResponse, AppError>
     path = "/console/app.css",
     tag = "console",
     operation_id = "consoleStylesheet",
-    responses(Stylesheet),
+    responses((status = 200, description = "The stylesheet.", body = String, content_type = CSS)),
     security(()),
 )]
 async fn stylesheet() -> impl IntoResponse {

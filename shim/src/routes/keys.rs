@@ -7,9 +7,9 @@ use crate::app::Caller;
 use crate::db;
 use crate::error::AppError;
 use crate::extract::{Json, OptionalJson, Path, Query};
-use crate::openapi::{
-    self, schemas, BodyErrors, CallerErrors, Conflict, InvalidInput, KeyIdPath, NotFound,
-};
+use crate::openapi::answers::{BodyErrors, CallerErrors, Conflict, InvalidInput, NotFound};
+use crate::openapi::parameters::KeyIdPath;
+use crate::openapi::schemas;
 use crate::state::AppState;
 use apikey_contract::limits;
 use axum::extract::State;
@@ -49,10 +49,11 @@ struct IssueRequest {
     not_before: Option<DateTime<Utc>>,
     #[schema(minimum = 1, default = 300)]
     rate_per_minute: Option<i32>,
-    /// CIDRs the key may be used from; `null` (default) means any address.
-    #[schema(min_items = 1, example = json!(["203.0.113.0/24", "2001:db8::/32"]))]
+    /// CIDRs the key may be used from, e.g. `["203.0.113.0/24", "2001:db8::/32"]`; `null`
+    /// (default) means any address.
+    #[schema(min_items = 1)]
     allowed_cidrs: Option<Vec<String>>,
-    #[schema(schema_with = openapi::environment_schema)]
+    #[schema(schema_with = schemas::environment_schema)]
     environment: Option<String>,
     #[schema(max_items = 32, default = json!([]))]
     tags: Option<Vec<String>>,
@@ -68,7 +69,7 @@ struct IssueRequest {
 ///
 /// Calls `apikey_issue(...)`. The response is the only time the token exists.
 ///
-/// Needs an operator key (`admin:*`).
+/// Needs an operator key (`admin:*`); a partner's key gets 403 `forbidden` from the database.
 #[utoipa::path(
     post,
     path = "/v1/keys",

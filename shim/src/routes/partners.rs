@@ -6,9 +6,9 @@ use crate::app::Caller;
 use crate::db;
 use crate::error::AppError;
 use crate::extract::{Json, Path, Query};
-use crate::openapi::{
-    schemas, BodyErrors, CallerErrors, Conflict, InvalidInput, NotFound, PartnerIdPath,
-};
+use crate::openapi::answers::{BodyErrors, CallerErrors, Conflict, InvalidInput, NotFound};
+use crate::openapi::parameters::PartnerIdPath;
+use crate::openapi::schemas;
 use crate::state::AppState;
 use axum::extract::State;
 use chrono::{DateTime, Utc};
@@ -55,7 +55,7 @@ async fn fetch_partner(
 ///
 /// Calls `apikey_partner_create(name, contact_email)`.
 ///
-/// Needs an operator key (`admin:*`).
+/// Needs an operator key (`admin:*`); a partner's key gets 403 `forbidden` from the database.
 #[utoipa::path(
     post,
     path = "/v1/partners",
@@ -154,7 +154,7 @@ async fn list(
 ///
 /// Calls `apikey_partner_set_active(partner_id, true)`. No request body.
 ///
-/// Needs an operator key (`admin:*`).
+/// Needs an operator key (`admin:*`); a partner's key gets 403 `forbidden` from the database.
 #[utoipa::path(
     post,
     path = "/v1/partners/{partner_id}/activate",
@@ -180,7 +180,7 @@ async fn activate(
 /// Calls `apikey_partner_set_active(partner_id, false)`. Keys of an inactive partner fail
 /// verification with `partner_inactive`. No request body.
 ///
-/// Needs an operator key (`admin:*`).
+/// Needs an operator key (`admin:*`); a partner's key gets 403 `forbidden` from the database.
 #[utoipa::path(
     post,
     path = "/v1/partners/{partner_id}/deactivate",

@@ -11,7 +11,8 @@
 use crate::error::AppError;
 use crate::extract::RawBody;
 use crate::metrics::LeakLabel;
-use crate::openapi::{schemas, BadRequest, InvalidInput, ServerErrors};
+use crate::openapi::answers::{BadRequest, InvalidInput, ServerErrors};
+use crate::openapi::schemas;
 use crate::state::AppState;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName};
@@ -95,7 +96,18 @@ struct Labelled {
             status = 200,
             description = "Every match, labelled, in the order reported.",
             body = schemas::SecretScanningLabels,
-            example = json!([ { "token_raw": "ak_live_3xF0q9LmZ2bT7cYw_…", "token_type": "apikey_token", "label": "true_positive", }, { "token_raw": "ak_live_notakeyatall", "token_type": "apikey_token", "label": "false_positive", }, ]),
+            example = json!([
+                {
+                    "token_raw": "ak_live_3xF0q9LmZ2bT7cYw_…",
+                    "token_type": "apikey_token",
+                    "label": "true_positive",
+                },
+                {
+                    "token_raw": "ak_live_notakeyatall",
+                    "token_type": "apikey_token",
+                    "label": "false_positive",
+                },
+            ]),
         ),
         (
             status = 401,
@@ -103,21 +115,31 @@ struct Labelled {
                 DER ECDSA signature, or does not match the body (`reason: invalid_signature`). \
                 Nothing was looked up or changed.",
             body = schemas::Error,
-            example = json!({ "error": "the signature does not match the body", "reason": "invalid_signature", }),
+            example = json!({
+                "error": "the signature does not match the body",
+                "reason": "invalid_signature",
+            }),
         ),
         (
             status = 404,
             description = "Secret scanning is not configured (`APIKEY_SHIM_SECRET_SCANNING_KEYS` \
                 unset).",
             body = schemas::Error,
-            example = json!({ "error": "secret scanning is not configured on this server (APIKEY_SHIM_SECRET_SCANNING_KEYS)", "reason": "not_found", }),
+            example = json!({
+                "error": "secret scanning is not configured on this server \
+                    (APIKEY_SHIM_SECRET_SCANNING_KEYS)",
+                "reason": "not_found",
+            }),
         ),
         (
             status = 413,
             description = "More than 100 matches in one report, or a body larger than \
                 `APIKEY_SHIM_MAX_BODY_BYTES`. Nothing was looked up.",
             body = schemas::Error,
-            example = json!({ "error": "a report may hold at most 100 tokens; this one holds 101", "reason": "payload_too_large", }),
+            example = json!({
+                "error": "a report may hold at most 100 tokens; this one holds 101",
+                "reason": "payload_too_large",
+            }),
         ),
         InvalidInput,
         ServerErrors,

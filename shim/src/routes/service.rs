@@ -2,7 +2,8 @@
 
 use crate::error::AppError;
 use crate::metrics::PoolUse;
-use crate::openapi::{schemas, ServerErrors};
+use crate::openapi::answers::ServerErrors;
+use crate::openapi::schemas;
 use crate::state::AppState;
 use axum::extract::State;
 use axum::http::header;
@@ -59,7 +60,7 @@ async fn healthz(State(state): State<AppState>) -> Result<impl IntoResponse, App
             status = 200,
             description = "Metrics.",
             body = String,
-            content_type = "text/plain; version=0.0.4",
+            content_type = crate::metrics::CONTENT_TYPE,
         ),
     ),
     security(()),
@@ -99,7 +100,7 @@ async fn server_status(state: &AppState) -> Result<serde_json::Value, AppError> 
         (
             status = 200,
             description = "The OpenAPI 3.1 description of this API.",
-            body = serde_json::Value,
+            body = Object,
             content_type = "application/json",
         ),
     ),

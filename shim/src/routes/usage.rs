@@ -8,7 +8,8 @@ use crate::app::Caller;
 use crate::db;
 use crate::error::AppError;
 use crate::extract::Query;
-use crate::openapi::{schemas, CallerErrors, InvalidInput};
+use crate::openapi::answers::{CallerErrors, InvalidInput};
+use crate::openapi::schemas;
 use crate::state::AppState;
 use axum::extract::State;
 use chrono::{DateTime, Utc};
@@ -41,8 +42,8 @@ struct UsageQuery {
     limit: Option<i64>,
 }
 
-const DEFAULT_ROWS: i64 = 5_000;
-const MAX_ROWS: i64 = 50_000;
+pub const DEFAULT_ROWS: i64 = 5_000;
+pub const MAX_ROWS: i64 = 50_000;
 
 /// `60s`, `5m`, `1h`, `1d`: a whole number of seconds, minutes, hours or days, from a
 /// minute to 366 days.

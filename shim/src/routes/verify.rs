@@ -4,7 +4,8 @@
 use crate::app::Caller;
 use crate::db;
 use crate::error::AppError;
-use crate::openapi::{self, schemas, CallerErrors};
+use crate::openapi::answers::CallerErrors;
+use crate::openapi::{parameters, schemas};
 use crate::state::AppState;
 use apikey_contract::{redact, scope};
 use axum::body::Body;
@@ -18,6 +19,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::path::{Parameter, ParameterIn, ParameterStyle};
+use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, Schema, SchemaFormat, Type};
 use utoipa::openapi::{ContentBuilder, RefOr, ResponseBuilder};
 use utoipa::{IntoParams, IntoResponses, PartialSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -44,10 +46,12 @@ struct Verified<'a> {
 /// `DELETE /v1/verify/orders/7`. The document lists the standard methods; the route takes
 /// every method, WebDAV's and other extensions' included.
 pub fn router() -> OpenApiRouter<AppState> {
-    let (schemas, described, _) = routes!(verify_with_path);
-    OpenApiRouter::new()
-        .routes(routes!(verify))
-        .routes((schemas, described, any(verify_with_path)))
+    let (collected, described, _) = routes!(verify_with_path);
+    OpenApiRouter::new().routes(routes!(verify)).routes((
+        collected,
+        described,
+        any(verify_with_path),
+    ))
 }
 
 /// The scopes a request requires, read from the request in place (a `HeaderMap` extractor
@@ -60,12 +64,20 @@ struct Verification;
 
 impl IntoResponses for Verification {
     fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
-        let header = |description: &str| {
+        let header = |schema: RefOr<Schema>, description: &str| {
             HeaderBuilder::new()
-                .schema(String::schema())
+                .schema(schema)
                 .description(Some(description))
                 .build()
         };
+        let partner_id = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Uuid)))
+            .into();
+        let scopes = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .examples(["orders:read,orders:write"])
+            .into();
         let valid = ResponseBuilder::new()
             .description("Valid key with every required scope, within its rate limit.")
             .content(
@@ -75,13 +87,19 @@ impl IntoResponses for Verification {
                     .build(),
             )
             .header(
-                KEY_ID.as_str(),
-                header("Key id of the verified key (for the upstream's logs and policies)."),
+                "X-Apikey-Key-Id",
+                header(
+                    schemas::KeyId::schema(),
+                    "Key id of the verified key (for the upstream's logs and policies).",
+                ),
             )
-            .header(PARTNER.as_str(), header("Partner id of the verified key."))
             .header(
-                SCOPES.as_str(),
-                header("The key's granted scopes, comma separated."),
+                "X-Apikey-Partner",
+                header(partner_id, "Partner id of the verified key."),
+            )
+            .header(
+                "X-Apikey-Scopes",
+                header(scopes, "The key's granted scopes, comma separated."),
             )
             .build();
         BTreeMap::from([("200".to_string(), valid.into())])
@@ -91,7 +109,7 @@ impl IntoResponses for Verification {
 /// What `required_scopes` reads.
 impl IntoParams for RequiredScopes {
     fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
-        let mut scope = openapi::optional_text(
+        let mut scope = parameters::optional_text(
             "scope",
             ParameterIn::Query,
             "Required scope; repeat the parameter or separate with commas \
@@ -100,9 +118,9 @@ impl IntoParams for RequiredScopes {
         scope.schema = Some(Vec::<String>::schema());
         scope.style = Some(ParameterStyle::Form);
         scope.explode = Some(true);
-        vec![
+        let mut read = vec![
             scope,
-            openapi::optional_text(
+            parameters::optional_text(
                 "resource",
                 ParameterIn::Query,
                 "Protected resource: adds the required scope `<resource>:<action>`, the action \
@@ -110,27 +128,16 @@ impl IntoParams for RequiredScopes {
                  `X-Envoy-Original-Method`): GET/HEAD/OPTIONS `read`, POST/PUT/PATCH `write`, \
                  DELETE `delete`. Without one of those headers, or with another method: 400.",
             ),
-            openapi::optional_text(
+            parameters::optional_text(
                 "X-Required-Scopes",
                 ParameterIn::Header,
                 "Required scopes, comma separated (added to `scope=`).",
             ),
-            openapi::optional_text(
-                "X-Forwarded-Method",
-                ParameterIn::Header,
-                "Original request method (Traefik ForwardAuth sends it); used with `resource=`.",
-            ),
-            openapi::optional_text(
-                "X-Original-Method",
-                ParameterIn::Header,
-                "Original request method (set it in nginx `auth_request`); used with `resource=`.",
-            ),
-            openapi::optional_text(
-                "X-Envoy-Original-Method",
-                ParameterIn::Header,
-                "Original request method as Envoy names it; used with `resource=`.",
-            ),
-        ]
+        ];
+        read.extend(METHOD_HEADERS.map(|(name, description)| {
+            parameters::optional_text(name, ParameterIn::Header, description)
+        }));
+        read
     }
 }
 
@@ -232,11 +239,21 @@ async fn verify_with_path(
     verify(state, caller, required).await
 }
 
-/// Headers that carry the original request's method, as gateways name them.
-const METHOD_HEADERS: [&str; 3] = [
-    "x-forwarded-method",
-    "x-original-method",
-    "x-envoy-original-method",
+/// Headers that carry the original request's method, as gateways name them, with what the
+/// document says of each.
+const METHOD_HEADERS: [(&str, &str); 3] = [
+    (
+        "X-Forwarded-Method",
+        "Original request method (Traefik ForwardAuth sends it); used with `resource=`.",
+    ),
+    (
+        "X-Original-Method",
+        "Original request method (set it in nginx `auth_request`); used with `resource=`.",
+    ),
+    (
+        "X-Envoy-Original-Method",
+        "Original request method as Envoy names it; used with `resource=`.",
+    ),
 ];
 
 /// Required scopes: every `scope=` parameter (comma-separated lists allowed), the
@@ -292,7 +309,7 @@ fn required_scopes(query: Option<&str>, headers: &HeaderMap) -> Result<Vec<Strin
 /// refused: deciding by either would let the client choose which scope is checked.
 fn original_method(headers: &HeaderMap) -> Result<Option<String>, AppError> {
     let mut method: Option<String> = None;
-    for name in METHOD_HEADERS {
+    for (name, _) in METHOD_HEADERS {
         for value in headers.get_all(name) {
             let value = value
                 .to_str()

@@ -8,7 +8,9 @@ use crate::app::Caller;
 use crate::db;
 use crate::error::AppError;
 use crate::extract::{Json, OptionalJson, Path, Query};
-use crate::openapi::{schemas, BodyErrors, CallerErrors, EndpointIdPath, InvalidInput, NotFound};
+use crate::openapi::answers::{BodyErrors, CallerErrors, InvalidInput, NotFound};
+use crate::openapi::parameters::EndpointIdPath;
+use crate::openapi::schemas;
 use crate::state::AppState;
 use apikey_contract::limits;
 use axum::extract::State;
@@ -432,7 +434,7 @@ const DELIVERY_JSON: &str = "to_jsonb(d) || jsonb_build_object('attempts', coale
     path = "/v1/webhooks/{endpoint_id}/deliveries",
     tag = "webhooks",
     operation_id = "listWebhookDeliveries",
-    params(ListDeliveries, EndpointIdPath),
+    params(EndpointIdPath, ListDeliveries),
     responses(
         (
             status = 200,

@@ -11,21 +11,20 @@
 use crate::error::SHIM_REASONS;
 use crate::routes;
 use apikey_contract::reason::Reason;
-use apikey_contract::token;
 use serde_json::{json, Map, Value};
-use std::collections::BTreeMap;
 use std::sync::LazyLock;
-use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
-use utoipa::openapi::{Ref, RefOr, Required, Response, Schema};
-use utoipa::{IntoParams, IntoResponses};
-use uuid::Uuid;
 
-const BASE: &str = include_str!("../openapi/base.json");
+pub mod answers;
+pub mod parameters;
+pub mod schemas;
 
-/// The document, pretty-printed as `shim/openapi.json` holds it.
+const BASE: &str = include_str!("../../openapi/base.json");
+
+/// The document, pretty-printed as `shim/openapi.json` holds it. Built once, when the router
+/// is (`app::router`), so that a broken `base.json` stops the shim at its start.
 pub fn json() -> &'static str {
     static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
-        let mut text = serde_json::to_string_pretty(&document()).unwrap_or_default();
+        let mut text = serde_json::to_string_pretty(&document()).expect("a JSON value serializes");
         text.push('\n');
         text
     });
@@ -87,7 +86,7 @@ fn openapi_template(axum_path: &str) -> String {
     axum_path.replace("{*", "{")
 }
 
-const METHODS: [&str; 8] = [
+pub const METHODS: [&str; 8] = [
     "get", "put", "post", "delete", "options", "head", "patch", "trace",
 ];
 
@@ -97,7 +96,9 @@ const METHODS: [&str; 8] = [
 /// - a body that may be left out is written `Option<T>`, which utoipa describes as
 ///   "T or JSON null"; the shim takes no `null`, only an empty body, and says so;
 /// - every route that takes a key answers with its rate-limit headers (`app::observe` adds
-///   them), errors included; on its success answers they are listed.
+///   them), errors included; on its success answers they are listed;
+/// - a route that needs no key says `security(())`, which utoipa writes `[{}]` ("a key is
+///   optional"); the API means `[]`, no key at all.
 fn normalize_path_item(item: &mut Value) {
     let mut seen_ids = Vec::new();
     for method in METHODS {
@@ -126,6 +127,9 @@ fn normalize_path_item(item: &mut Value) {
                 body["description"] = json!(OPTIONAL_BODY);
             }
         }
+        if operation["security"] == json!([{}]) {
+            operation["security"] = json!([]);
+        }
         let keyed = operation["responses"].get("429").is_some();
         if let (true, Some(responses)) = (keyed, operation["responses"].as_object_mut()) {
             for (status, response) in responses.iter_mut() {
@@ -152,147 +156,6 @@ fn optional_body_schema(schema: &Value) -> Option<Value> {
         return None;
     };
     (first == &json!({ "type": "null" })).then(|| second.clone())
-}
-
-/// Error answers a handler lists in `responses(...)`, each a reference to a response of
-/// `openapi/base.json`.
-macro_rules! error_answers {
-    ($($(#[$doc:meta])* $name:ident: $($status:literal => $component:literal),+;)+) => {$(
-        $(#[$doc])*
-        pub struct $name;
-
-        impl IntoResponses for $name {
-            fn responses() -> BTreeMap<String, RefOr<Response>> {
-                BTreeMap::from([$((
-                    $status.to_string(),
-                    RefOr::Ref(Ref::from_response_name($component)),
-                )),+])
-            }
-        }
-    )+};
-}
-
-error_answers! {
-    /// Every route that takes a key: bad or refused key, missing scope, rate limit, and the
-    /// database failing or unreachable.
-    CallerErrors: "400" => "BadRequest", "401" => "Unauthorized", "403" => "Forbidden",
-        "429" => "TooManyRequests", "500" => "InternalError", "503" => "Unavailable";
-    /// A route that takes a JSON body.
-    BodyErrors: "413" => "PayloadTooLarge", "415" => "UnsupportedMediaType",
-        "422" => "Unprocessable";
-    /// A route whose query string or path names something that must be well formed.
-    InvalidInput: "422" => "Unprocessable";
-    NotFound: "404" => "NotFound";
-    Conflict: "409" => "Conflict";
-    /// A route that needs the database but no key.
-    ServerErrors: "500" => "InternalError", "503" => "Unavailable";
-    BadRequest: "400" => "BadRequest";
-}
-
-/// The path parameters of the routes that name one key, partner or webhook endpoint. The
-/// handlers read them as plain `Path<String>` / `Path<Uuid>`, so that a bad one gets their
-/// own error (which never echoes it); these types only describe them.
-#[derive(IntoParams)]
-#[into_params(parameter_in = Path)]
-pub struct KeyIdPath {
-    /// The key's public id (not the token).
-    #[param(value_type = schemas::KeyId)]
-    pub key_id: String,
-}
-
-#[derive(IntoParams)]
-#[into_params(parameter_in = Path)]
-pub struct PartnerIdPath {
-    /// Partner id (not a UUID: 400).
-    pub partner_id: Uuid,
-}
-
-#[derive(IntoParams)]
-#[into_params(parameter_in = Path)]
-pub struct EndpointIdPath {
-    /// Webhook endpoint id (not a UUID: 422 naming `endpoint_id`).
-    pub endpoint_id: Uuid,
-}
-
-/// Names of schemas in `openapi/base.json`, for a handler's `body = schemas::Key` and for
-/// fields whose Rust type says less than the API checks (`value_type = schemas::KeyId`). Only
-/// their names are used: the schemas themselves are in base.json.
-pub mod schemas {
-    use utoipa::openapi::{Ref, RefOr, Schema};
-    use utoipa::{PartialSchema, ToSchema};
-
-    macro_rules! base_schemas {
-        ($($name:ident),+ $(,)?) => {$(
-            pub struct $name;
-
-            impl PartialSchema for $name {
-                fn schema() -> RefOr<Schema> {
-                    Ref::from_schema_name(stringify!($name)).into()
-                }
-            }
-
-            impl ToSchema for $name {}
-        )+};
-    }
-
-    base_schemas!(
-        AuditList,
-        CreatedWebhook,
-        Error,
-        Health,
-        IssuedKey,
-        Key,
-        KeyId,
-        KeyList,
-        KeyStatus,
-        Limits,
-        Partner,
-        PartnerList,
-        Reminders,
-        RevokeResult,
-        RotatedKey,
-        RotatedWebhookSecret,
-        Scope,
-        SecretScanningLabels,
-        SecretScanningReport,
-        Usage,
-        VerifyResult,
-        WebhookDeliveryList,
-        WebhookEndpoint,
-        WebhookList,
-        WebhookTestQueued,
-    );
-}
-
-fn schema(value: Value) -> RefOr<Schema> {
-    serde_json::from_value(value).expect("a valid JSON schema")
-}
-
-pub fn environment_schema() -> RefOr<Schema> {
-    let mut environments = json!(token::ENVIRONMENTS);
-    if let Some(values) = environments.as_array_mut() {
-        values.push(Value::Null);
-    }
-    schema(json!({
-        "type": ["string", "null"],
-        "enum": environments,
-        "default": token::ENVIRONMENTS[0],
-    }))
-}
-
-/// An optional string parameter, for extractors that read the request themselves and
-/// describe what they read by implementing `IntoParams` by hand.
-pub fn optional_text(name: &str, location: ParameterIn, description: &str) -> Parameter {
-    ParameterBuilder::new()
-        .name(name)
-        .parameter_in(location)
-        .required(Required::False)
-        .description(Some(description))
-        .schema(Some(
-            utoipa::openapi::ObjectBuilder::new()
-                .schema_type(utoipa::openapi::schema::Type::String),
-        ))
-        .build()
 }
 
 #[cfg(test)]
