@@ -305,11 +305,7 @@ async fn remove(
     operation_id = "enableWebhook",
     params(EndpointIdPath),
     responses(
-        (
-            status = 200,
-            description = "The endpoint after the change.",
-            body = schemas::WebhookEndpoint,
-        ),
+        (status = 200, description = "The endpoint, enabled.", body = schemas::WebhookEndpoint),
         CallerErrors,
         InvalidInput,
         NotFound,
@@ -334,11 +330,7 @@ async fn enable(
     operation_id = "disableWebhook",
     params(EndpointIdPath),
     responses(
-        (
-            status = 200,
-            description = "The endpoint after the change.",
-            body = schemas::WebhookEndpoint,
-        ),
+        (status = 200, description = "The endpoint, disabled.", body = schemas::WebhookEndpoint),
         CallerErrors,
         InvalidInput,
         NotFound,
