@@ -6,8 +6,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Whether `ip` is a globally routed unicast address: not loopback, private (RFC 1918),
 /// shared (CGNAT, 100.64/10), link-local, unique-local, unspecified, multicast, broadcast,
-/// reserved, benchmarking or documentation space, and not an IPv4 address of those kinds
-/// wrapped in IPv6 (mapped, compatible, NAT64 well-known prefix, 6to4).
+/// reserved, benchmarking, documentation or protocol-assignment space, a cloud's host-internal
+/// service address, and not an IPv4 address of those kinds wrapped in IPv6 (mapped, SIIT
+/// translated, compatible, NAT64 well-known prefix, 6to4). NAT64 local-use space is refused
+/// whatever it embeds: its translator is inside the sender's own network.
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_public_v4(v4),
@@ -27,6 +29,11 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
         || a == 0
         || (a == 100 && (64..128).contains(&b))
         || (a == 192 && b == 0 && c == 0)
+        // The former 6to4 relay anycast (RFC 7526): whichever relay answers is not the
+        // endpoint's owner.
+        || (a == 192 && b == 88 && c == 99)
+        // Azure's wire server: reachable from every Azure VM, it hands out the VM's secrets.
+        || ip == Ipv4Addr::new(168, 63, 129, 16)
         || (a == 198 && (b == 18 || b == 19))
         || a >= 240)
 }
@@ -42,11 +49,21 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         || (segments[0] & 0xffc0) == 0xfe80
         || (segments[0] & 0xffc0) == 0xfec0
         || (segments[0] == 0x2001 && segments[1] == 0x0db8)
+        // IETF protocol assignments (RFC 2928): Teredo, ORCHID, benchmarking, AMT and more,
+        // none of them an endpoint's own address.
+        || (segments[0] == 0x2001 && segments[1] < 0x0200)
+        // Documentation (RFC 9637).
+        || (segments[0] == 0x3fff && segments[1] < 0x1000)
+        // SRv6 segment identifiers (RFC 9602): they address functions of an operator's routers.
+        || segments[0] == 0x5f00
+        // NAT64 local-use (RFC 8215).
+        || (segments[0] == 0x0064 && segments[1] == 0xff9b && segments[2] == 0x0001)
         || segments[0] == 0x0100 && segments[1..4] == [0, 0, 0])
 }
 
-/// The IPv4 address inside an IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`),
-/// NAT64 (`64:ff9b::a.b.c.d`) or 6to4 (`2002:aabb:ccdd::`) address.
+/// The IPv4 address inside an IPv4-mapped (`::ffff:a.b.c.d`), SIIT-translated
+/// (`::ffff:0:a.b.c.d`), IPv4-compatible (`::a.b.c.d`), NAT64 (`64:ff9b::a.b.c.d`) or 6to4
+/// (`2002:aabb:ccdd::`) address.
 fn embedded_v4(s: &[u16; 8]) -> Option<Ipv4Addr> {
     let tail =
         |hi: u16, lo: u16| Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8);
@@ -54,6 +71,7 @@ fn embedded_v4(s: &[u16; 8]) -> Option<Ipv4Addr> {
         // `::` and `::1` land in 0.0.0.0/8, refused like the unspecified and loopback
         // addresses they are.
         [0, 0, 0, 0, 0, 0xffff | 0, hi, lo] => Some(tail(*hi, *lo)),
+        [0, 0, 0, 0, 0xffff, 0, hi, lo] => Some(tail(*hi, *lo)),
         [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => Some(tail(*hi, *lo)),
         [0x2002, hi, lo, ..] => Some(tail(*hi, *lo)),
         _ => None,
@@ -83,6 +101,13 @@ mod tests {
             "2002:808:808::1",
             "2001:4860:4860::8888",
             "2a00::1",
+            "::ffff:0:808:808",
+            "2001:200::1",
+            "3fff:1000::1",
+            "5f01::1",
+            "64:ff9b:2::1",
+            "168.63.129.17",
+            "192.88.98.1",
         ] {
             assert!(is_public(ip.parse().unwrap()), "{ip}");
         }
@@ -131,6 +156,21 @@ mod tests {
             "64:ff9b::7f00:1",
             "2002:7f00:1::",
             "2002:c0a8:101::1",
+            "64:ff9b:1::1",
+            "64:ff9b:1:ffff::808:808",
+            "::ffff:0:7f00:1",
+            "::ffff:0:a9fe:a9fe",
+            "::ffff:0:a00:1",
+            "168.63.129.16",
+            "::ffff:168.63.129.16",
+            "192.88.99.1",
+            "2001::1",
+            "2001:2::1",
+            "2001:10::1",
+            "2001:1ff::1",
+            "3fff::1",
+            "3fff:fff::1",
+            "5f00::1",
         ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip}");
         }

@@ -147,7 +147,11 @@ pub fn webhook_url(raw: &str, allow_private: bool) -> Result<String, String> {
         None => return Err("has no host".into()),
         Some(url::Host::Ipv4(ip)) => !address::is_public(ip.into()),
         Some(url::Host::Ipv6(ip)) => !address::is_public(ip.into()),
-        Some(url::Host::Domain(name)) => name == "localhost" || name.ends_with(".localhost"),
+        Some(url::Host::Domain(name)) => {
+            // `localhost.` is the same name, fully qualified.
+            let name = name.trim_end_matches('.');
+            name == "localhost" || name.ends_with(".localhost")
+        }
     };
     if private && !allow_private {
         return Err(format!(
@@ -215,6 +219,11 @@ mod tests {
             ("http://0x7f000001/", "host 127.0.0.1"),
             ("http://localhost:8080/", "host localhost"),
             ("http://api.localhost/", "private"),
+            ("http://localhost./", "host localhost. is a private"),
+            ("http://api.localhost../", "private"),
+            ("http://[64:ff9b:1::a00:1]/", "private"),
+            ("http://[::ffff:0:7f00:1]/", "private"),
+            ("http://168.63.129.16/", "private"),
         ] {
             let err = webhook_url(url, false).unwrap_err();
             assert!(err.contains(why), "{url}: {err}");
