@@ -9,6 +9,7 @@ use crate::routes;
 use crate::state::AppState;
 use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
+use axum::http::{header, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -29,7 +30,18 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(middleware::from_fn_with_state(state.clone(), time_limit))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(middleware::map_response(no_store))
         .with_state(state)
+}
+
+/// Answers carry new tokens, webhook secrets and one caller's keys and audit: no browser,
+/// proxy or gateway in between may keep a copy. A route that sets its own policy keeps it.
+async fn no_store(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    response
 }
 
 /// Answers 503 with the usual JSON error once a request has taken longer than

@@ -436,18 +436,24 @@ fn a_null_required_scope_is_never_met() {
 }
 
 #[test]
-fn over_http_empty_entries_are_dropped_and_bad_ones_refused() {
+fn over_http_empty_and_bad_entries_are_refused_naming_their_source() {
     let (mut c, partner) = setup();
     let key = issue(&mut c, partner, &["*"]);
     let shim = Shim::start();
+    // SQL treats '' as never met; over HTTP an empty requirement is a client's mistake, never
+    // a requirement that silently vanishes and lets any valid key through.
     let response = shim.get_as(&key.token, "/v1/verify?scope=orders:read&scope=");
-    assert_eq!(response.status, 200, "{}", response.body);
+    assert_eq!(response.status, 400, "{}", response.body);
+    assert_eq!(response.json()["field"], "scope");
     let response = apikey_tests::shim::send(
         shim.request("GET", "/v1/verify")
             .set("X-API-Key", &key.token)
             .set("X-Required-Scopes", "orders:read, ,"),
         None,
     );
+    assert_eq!(response.status, 400, "{}", response.body);
+    assert_eq!(response.json()["field"], "X-Required-Scopes");
+    let response = shim.get_as(&key.token, "/v1/verify?scope=orders:read");
     assert_eq!(response.status, 200, "{}", response.body);
     let response = shim.get_as(&key.token, "/v1/verify?scope=orders%20read");
     assert_eq!(response.status, 400, "{}", response.body);

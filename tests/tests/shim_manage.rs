@@ -133,15 +133,27 @@ struct NewKey {
 
 fn issue_http(op: &As, body: Value) -> NewKey {
     let response = op.post("/v1/keys", &body);
+    assert_not_stored(&response, "POST /v1/keys");
     let json = expect_json(&response, 201, "POST /v1/keys");
     new_key(json, "POST /v1/keys")
 }
 
 fn rotate_http(caller: &As, key_id: &str, body: Value) -> NewKey {
     let response = caller.post(&format!("/v1/keys/{key_id}/rotate"), &body);
+    assert_not_stored(&response, "POST /v1/keys/{id}/rotate");
     let json = expect_json(&response, 201, "POST /v1/keys/{id}/rotate");
     assert_eq!(json["rotated_from"], key_id, "rotated_from: {json}");
     new_key(json, "rotate")
+}
+
+/// An answer with a token in it must not be kept by a browser or a proxy.
+#[track_caller]
+fn assert_not_stored(response: &Response, what: &str) {
+    assert_eq!(
+        response.header("cache-control"),
+        Some("no-store"),
+        "{what}: Cache-Control"
+    );
 }
 
 /// Checks the shape every issue/rotate answer has and that the token is only in `token`.
@@ -737,6 +749,8 @@ fn operator_issues_shows_and_the_token_verifies() {
     );
     let pasted = op.get(&format!("/v1/keys/{}", plain.token));
     expect_error(&pasted, 404, "not_found");
+    assert_not_stored(&pasted, "an error answer");
+    assert_not_stored(&response, "GET /v1/keys/{id}");
     assert_no_secrets(&pasted, &tokens, "404 for a pasted token");
 }
 

@@ -332,9 +332,17 @@ fn original_method(headers: &HeaderMap) -> Result<Option<String>, AppError> {
 }
 
 /// Adds the comma-separated scopes of `list` to `scopes`, refusing an invalid scope or more
-/// than a key can hold (`source` names where they came from).
+/// than a key can hold (`source` names where they came from). An empty item is refused too:
+/// the database treats an empty requirement as never met, so passing it over would let a
+/// gateway configured with a blank scope admit every valid key.
 fn extend_checked(scopes: &mut Vec<String>, list: &str, source: &str) -> Result<(), AppError> {
-    for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+    for item in list.split(',').map(str::trim) {
+        if item.is_empty() {
+            return Err(AppError::BadRequest {
+                message: format!("an empty required scope in {source}"),
+                field: Some(source.into()),
+            });
+        }
         if let Err(why) = scope::validate(item) {
             return Err(AppError::BadRequest {
                 message: format!("required scope \"{}\" {why}", redact::excerpt(item)),
@@ -440,5 +448,30 @@ mod tests {
         };
         assert_eq!(field.as_deref(), Some("X-Required-Scopes"));
         assert!(!message.contains("ABCDEFGHIJKLMNOPQRSTUVWXYZ"), "{message}");
+    }
+
+    #[test]
+    fn an_empty_required_scope_is_refused_naming_its_source() {
+        let from = |query: Option<&str>, header: Option<&str>| {
+            let h = header.map_or_else(HeaderMap::new, |v| headers(&[("x-required-scopes", v)]));
+            match required_scopes(query, &h) {
+                Err(AppError::BadRequest { field, .. }) => field,
+                other => panic!("{query:?} {header:?}: {:?}", other.map(|_| ())),
+            }
+        };
+        for query in ["scope=", "scope=a:read,", "scope=,a:read", "scope=%20", "scope=a:read&scope="] {
+            assert_eq!(from(Some(query), None).as_deref(), Some("scope"), "{query}");
+        }
+        for header in [",", "", " ", "a:read,,b:read", "a:read, "] {
+            assert_eq!(
+                from(None, Some(header)).as_deref(),
+                Some("X-Required-Scopes"),
+                "{header:?}"
+            );
+        }
+        assert_eq!(
+            required_scopes(Some("other=&scope=a:read"), &HeaderMap::new()).unwrap(),
+            vec!["a:read"]
+        );
     }
 }
