@@ -123,18 +123,6 @@ run_wrk() {
     die "wrk on $path saw failed requests (see above); the numbers would not mean anything"
   fi
 }
-# wrk_field FILE FIELD: Requests/sec, or a latency percentile (50, 75, 90, 99) in ms.
-wrk_field() {
-  awk -v want="$2" '
-    function ms(v) {
-      if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0
-      if (v ~ /m$/) return v * 60000; if (v ~ /s$/) return v * 1000; return "n/a"
-    }
-    want == "rps" && /^Requests\/sec:/ { printf "%.0f", $2; found = 1 }
-    want != "rps" && $1 == want "%" { printf "%.3f", ms($2); found = 1 }
-    END { if (!found) print "n/a" }' "$1"
-}
-
 # cpu_ticks PID...: user + system CPU ticks the processes have used so far.
 cpu_ticks() {
   local pid total=0 line

@@ -99,12 +99,24 @@ use_cluster_postgres() {
   fi
 }
 
-# Benchmark helpers (bench.sh, bench-shim.sh).
+# Benchmark helpers (bench.sh, bench-shim.sh, bench-attack.sh).
 # ratio A B SCALE FORMAT: A/B*SCALE, or n/a when either is missing or B is zero.
 ratio() {
   awk -v a="$1" -v b="$2" -v scale="$3" -v fmt="$4" \
     'BEGIN { if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf fmt, a / b * scale; else print "n/a" }'
 }
+# wrk_field FILE FIELD: Requests/sec, or a latency percentile (50, 75, 90, 99) in ms.
+wrk_field() {
+  awk -v want="$2" '
+    function ms(v) {
+      if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0
+      if (v ~ /m$/) return v * 60000; if (v ~ /s$/) return v * 1000; return "n/a"
+    }
+    want == "rps" && /^Requests\/sec:/ { printf "%.0f", $2; found = 1 }
+    want != "rps" && $1 == want "%" { printf "%.3f", ms($2); found = 1 }
+    END { if (!found) print "n/a" }' "$1"
+}
+
 # machine_summary: "2 CPUs (model name), PostgreSQL 15.x", the first line of a benchmark report.
 machine_summary() {
   local cpu

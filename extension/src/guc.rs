@@ -20,6 +20,7 @@ static USAGE_RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(400 * 86_400)
 static AUDIT_RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(400 * 86_400);
 static EVENT_RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(30 * 86_400);
 static ARGON2_MAX_CONCURRENCY: GucSetting<i32> = GucSetting::<i32>::new(0);
+static ARGON2_SUSPECT_PER_SECOND: GucSetting<i32> = GucSetting::<i32>::new(5);
 static WEBHOOK_ALLOW_PRIVATE_URLS: GucSetting<bool> = GucSetting::<bool>::new(false);
 static ROTATION_PERIOD_S: GucSetting<i32> = GucSetting::<i32>::new(0);
 
@@ -146,6 +147,16 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::default(),
     );
+    GucRegistry::define_int_guc(
+        c"apikey.argon2_suspect_per_second",
+        c"Most Argon2id verifications a second, server-wide, of keys under attack.",
+        c"Keys with several failed Argon2id verifications this minute; beyond it they are answered rate_limited without Argon2id.",
+        &ARGON2_SUSPECT_PER_SECOND,
+        1,
+        10_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
     // Superuser only: a partner that could turn it on would point webhooks at the server's
     // own network.
     GucRegistry::define_bool_guc(
@@ -206,6 +217,10 @@ pub fn argon2_max_concurrency() -> u32 {
         }
         Ok(n) => n,
     }
+}
+
+pub fn argon2_suspect_per_second() -> u32 {
+    u32::try_from(ARGON2_SUSPECT_PER_SECOND.get()).unwrap_or(1).max(1)
 }
 
 /// Seconds; 0 is off.

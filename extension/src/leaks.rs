@@ -9,7 +9,7 @@
 
 use crate::access;
 use crate::audit::{self, Event};
-use crate::error::{ApiResult, OrRaise};
+use crate::error::{ApiError, ApiResult, OrRaise};
 use crate::known_keys;
 use crate::proof::{self, Checked};
 use crate::{clock, events, guc, hash, lifecycle, outbox, redact, token};
@@ -71,6 +71,16 @@ fn real_key(token: Option<&str>) -> ApiResult<Option<(String, pgrx::Uuid)>> {
         match proof::check(parsed.key_id, &row, &digest, clock::now()) {
             Checked::Proven(_) => Some((parsed.key_id.to_string(), row.partner_id)),
             Checked::Mismatch => None,
+            // A real leak must not be dismissed as a false positive because guesses at the
+            // same key hold its Argon2id: the reporter is asked to send it again.
+            Checked::Busy => {
+                return Err(ApiError::new(
+                    PgSqlErrorCode::ERRCODE_TOO_MANY_CONNECTIONS,
+                    "this key's secret cannot be checked now: too many verifications of it \
+                     are waiting for Argon2id",
+                )
+                .with_hint("Report it again in a second."))
+            }
         },
     )
 }

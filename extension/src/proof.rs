@@ -8,7 +8,8 @@
 use crate::hash::{self, Digest, Params};
 use crate::known_keys::StoredKey;
 use crate::shared::keys::{self as shared_keys, Proof};
-use crate::shared::{self, argon2, Stat};
+use crate::shared::argon2::{self, Admission};
+use crate::shared::{self, Stat};
 use std::cell::RefCell;
 use std::collections::HashMap;
 
@@ -16,6 +17,9 @@ use std::collections::HashMap;
 pub enum Checked {
     Proven(Proven),
     Mismatch,
+    /// Only Argon2id could tell, and the key has all the Argon2id work it may queue (see
+    /// `shared::argon2`): nothing is known about the secret.
+    Busy,
 }
 
 /// Checks `digest` against `row`'s stored hash at `now`.
@@ -46,13 +50,14 @@ pub fn check(key_id: &str, row: &StoredKey, digest: &Digest, now: i64) -> Checke
             shared::count(Stat::ProofHits);
             known
         }
-        None => match argon2::claim(key_id, now, settled) {
+        None => match argon2::claim(key_id, digest, now, settled) {
+            Admission::Busy => return Checked::Busy,
             // Proven (or refuted) by another backend while this one waited for the key.
-            Err(known) => {
+            Admission::Settled(known) => {
                 shared::count(Stat::ProofHits);
                 known
             }
-            Ok(claim) => {
+            Admission::Run(claim) => {
                 let known = settled();
                 let matches = known.unwrap_or_else(|| {
                     shared::count(Stat::ProofMisses);
@@ -62,7 +67,7 @@ pub fn check(key_id: &str, row: &StoredKey, digest: &Digest, now: i64) -> Checke
                         shared_keys::prove(key_id, &row.secret_hash_fingerprint, digest, now);
                     } else {
                         shared::count(Stat::Argon2Failed);
-                        shared_keys::failed(key_id, now);
+                        shared_keys::failed(key_id, &row.secret_hash_fingerprint, digest, now);
                     }
                     matches
                 });

@@ -79,6 +79,8 @@ struct Outcome<'a> {
     /// The rate limit after this verification, where it was consulted (shared memory, a
     /// verification that was otherwise ok).
     rate: Option<Rate>,
+    /// The secret was shown to match the key: only then may a reason reveal its identity.
+    authentic: bool,
     /// Set on success when the stored hash uses an old pepper or old Argon2 parameters.
     rehash: Option<Rehash<'a>>,
 }
@@ -98,7 +100,9 @@ impl Outcome<'_> {
     /// the key proved authentic, then the rate-limit columns.
     fn into_datums(self) -> ([pg_sys::Datum; COLUMNS], [bool; COLUMNS]) {
         let valid = self.reason == Reason::Ok;
-        let identity = self.row.filter(|_| self.reason.reveals_identity());
+        let identity = self
+            .row
+            .filter(|_| self.authentic && self.reason.reveals_identity());
         let (remaining, reset) = match self.rate {
             Some(rate) => (Some(rate.remaining), Some(rate.reset_seconds)),
             None => (None, None),
@@ -123,8 +127,8 @@ impl Outcome<'_> {
                 None,
                 None,
                 None,
-                None,
-                None,
+                remaining.into_datum(),
+                reset.into_datum(),
             ],
         };
         (
@@ -195,6 +199,7 @@ fn decide<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
             key_id,
             row,
             rate: None,
+            authentic: false,
             rehash: None,
         })
     };
@@ -224,6 +229,20 @@ fn decide<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
     let proof = match proof::check(key_id, &row, &digest, now) {
         Checked::Proven(proof) => proof,
         Checked::Mismatch => return fail(Reason::SecretMismatch, Some(key_id), Some(row)),
+        // Too many guesses at this key queue for Argon2id: answered at once, so a flood of
+        // them holds no caller's connection; a client retries after a second, as after any
+        // rate limit. The key is not shown authentic, so its identity stays hidden.
+        Checked::Busy => {
+            shared::count(Stat::RateLimited);
+            return Ok(Outcome {
+                reason: Reason::RateLimited,
+                key_id: Some(key_id),
+                row: Some(row),
+                rate: Some(Rate::RETRY_IN_A_SECOND),
+                authentic: false,
+                rehash: None,
+            });
+        }
     };
 
     let reason = if let Some(refusal) = row.state().refusal_at(now) {
@@ -255,6 +274,7 @@ fn decide<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
         key_id: Some(key_id),
         row: Some(row),
         rate,
+        authentic: true,
         rehash: stale.then_some(Rehash {
             peppers,
             secret,

@@ -45,9 +45,11 @@ async fn no_store(mut response: Response) -> Response {
 }
 
 /// Answers 503 with the usual JSON error once a request has taken longer than
-/// APIKEY_SHIM_REQUEST_TIMEOUT_MS (waiting for a pooled connection included).
+/// APIKEY_SHIM_REQUEST_TIMEOUT_MS (waiting for a pooled connection included). The queries
+/// of a request given up on, here or by its client, are cancelled (`abandon`).
 async fn time_limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    match tokio::time::timeout(state.config.request_timeout(), next.run(request)).await {
+    let handling = crate::abandon::watched(next.run(request));
+    match tokio::time::timeout(state.config.request_timeout(), handling).await {
         Ok(response) => response,
         Err(_) => AppError::TimedOut.into_response(),
     }

@@ -13,12 +13,15 @@ use deadpool_postgres::{
 };
 use std::net::IpAddr;
 use std::str::FromStr;
+use std::time::Duration;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-pub fn pool(database_url: &str, size: usize) -> Result<Pool, String> {
-    let config = tokio_postgres::Config::from_str(database_url)
-        .map_err(|e| format!("DATABASE_URL is not a valid connection string: {e}"))?;
+/// The pool of connections to `database_url`. Each connection's statements are cut off by
+/// the server after `statement_timeout` (a request past its own time limit has been
+/// answered already), unless the connection string sets its own `statement_timeout`.
+pub fn pool(database_url: &str, size: usize, statement_timeout: Duration) -> Result<Pool, String> {
+    let config = connection_config(database_url, statement_timeout)?;
     let manager = Manager::from_config(
         config,
         tokio_postgres::NoTls,
@@ -33,6 +36,20 @@ pub fn pool(database_url: &str, size: usize) -> Result<Pool, String> {
         .max_size(size.max(1))
         .build()
         .map_err(|e| format!("cannot build the connection pool: {e}"))
+}
+
+fn connection_config(
+    database_url: &str,
+    statement_timeout: Duration,
+) -> Result<tokio_postgres::Config, String> {
+    let mut config = tokio_postgres::Config::from_str(database_url)
+        .map_err(|e| format!("DATABASE_URL is not a valid connection string: {e}"))?;
+    let options = config.get_options().unwrap_or_default().to_string();
+    if !options.contains("statement_timeout") {
+        let ms = statement_timeout.as_millis().max(1);
+        config.options(format!("{options} -c statement_timeout={ms}").trim_start());
+    }
+    Ok(config)
 }
 
 /// One row of `apikey_verify`, read in place from the row it came in.
@@ -183,4 +200,33 @@ async fn act_as_key_holder(
         tx.batch_execute("SET LOCAL ROLE apikey_partner").await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_are_cut_off_at_the_request_time_limit_unless_the_url_says_otherwise() {
+        let second = Duration::from_secs(1);
+        let options = |url: &str| {
+            connection_config(url, second)
+                .expect("a valid url")
+                .get_options()
+                .map(str::to_string)
+        };
+        assert_eq!(
+            options("host=/run/x dbname=apikey").as_deref(),
+            Some("-c statement_timeout=1000")
+        );
+        assert_eq!(
+            options("host=/run/x options='-c search_path=a'").as_deref(),
+            Some("-c search_path=a -c statement_timeout=1000")
+        );
+        assert_eq!(
+            options("postgresql://u@h/db?options=-c%20statement_timeout%3D5s").as_deref(),
+            Some("-c statement_timeout=5s")
+        );
+        assert!(connection_config("host='unterminated", second).is_err());
+    }
 }

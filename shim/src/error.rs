@@ -78,8 +78,9 @@ impl AppError {
     /// Status for an apikey_verify failure reason.
     pub fn from_reason(reason: &str) -> Self {
         match reason {
-            // Only reached without the rate columns (a database without shared memory never
-            // says it): a 429 that asks to retry in a second.
+            // Reached without the key's limit: guesses at a key not yet proven queue for
+            // Argon2id beyond what the database lets wait (it shows no identity then), or a
+            // database older than the rate columns. A 429 that asks to retry in a second.
             "rate_limited" => AppError::RateLimited(crate::rate::Rate {
                 quota: 0,
                 remaining: 0,

@@ -9,6 +9,7 @@
 //! `delivery` (the task that sends webhooks from the outbox), `github_signature` (the
 //! signatures and key list of GitHub's secret scanning reports).
 
+pub mod abandon;
 pub mod app;
 pub mod auth;
 pub mod config;

@@ -301,6 +301,7 @@ async fn the_task_survives_an_unreachable_database_and_stops_on_request() {
     let pool = apikey_shim::db::pool(
         "host=/nonexistent/apikey-delivery-test dbname=apikey user=apikey_shim connect_timeout=1",
         2,
+        Duration::from_secs(1),
     )
     .expect("a pool");
     let settings = Settings {

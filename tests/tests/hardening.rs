@@ -2,7 +2,8 @@
 //! client forges behind a gateway, slow and idle connections, huge required scopes, tokens
 //! pasted into other fields, and management audit rows that must name the acting key. Also
 //! verification under REPEATABLE READ, errors without Rust backtraces, append-only audit
-//! triggers that replica mode cannot skip, and what a rotated successor inherits.
+//! triggers that replica mode cannot skip, what a rotated successor inherits, and the
+//! query of a request given up on, which is cancelled rather than left running.
 
 use apikey_tests::postgres::Client;
 use apikey_tests::shim::{send, Shim, SHIM_ROLE};
@@ -399,4 +400,62 @@ fn a_rotated_successor_keeps_the_enabled_state_and_not_before() {
         "a disabled key's successor is disabled"
     );
     assert!(row.get::<_, bool>(1), "and not valid before the same time");
+}
+
+#[test]
+fn a_request_that_gives_up_cancels_its_query_and_frees_its_connection() {
+    let (mut c, partner) = setup();
+    let operator = operator_key(&mut c);
+    let key = issue(&mut c, partner, &["a:b"]);
+    // The connection string sets its own statement_timeout (far away), which the shim
+    // keeps: only cancelling the abandoned query can free the server's backend.
+    let database_url = format!(
+        "host={} port={} user={SHIM_ROLE} dbname={} options='-c statement_timeout=600000'",
+        std::env::var("APIKEY_TEST_PGHOST").expect("APIKEY_TEST_PGHOST"),
+        std::env::var("APIKEY_TEST_PGPORT").expect("APIKEY_TEST_PGPORT"),
+        std::env::var("APIKEY_TEST_PGDATABASE").expect("APIKEY_TEST_PGDATABASE"),
+    );
+    let shim = Shim::start_with(&[
+        ("DATABASE_URL", &database_url),
+        ("APIKEY_SHIM_POOL_SIZE", "1"),
+        ("APIKEY_SHIM_REQUEST_TIMEOUT_MS", "1000"),
+    ]);
+    let mut holder = superuser();
+    let mut lock = holder.transaction().expect("begin");
+    let holder_pid: i32 = lock
+        .query_one("SELECT pg_backend_pid()", &[])
+        .expect("pid")
+        .get(0);
+    lock.execute(
+        "SELECT 1 FROM apikey.keys WHERE key_id = $1 FOR UPDATE",
+        &[&key.key_id],
+    )
+    .expect("lock the key's row");
+    let revoke = shim.post_as(
+        &operator.token,
+        &format!("/v1/keys/{}/revoke", key.key_id),
+        &json!({}),
+    );
+    assert_eq!(revoke.status, 503, "{}", revoke.body);
+    assert_eq!(revoke.reason(), "unavailable", "{}", revoke.body);
+    let blocked = "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY (pg_blocking_pids(pid))";
+    eventually("the abandoned revoke stops waiting for the lock", || {
+        let n: i64 = c
+            .query_one(blocked, &[&holder_pid])
+            .expect("pg_stat_activity")
+            .get(0);
+        (n == 0).then_some(())
+    });
+    // The lock is still held; the shim's one pooled connection serves the next request.
+    let verified = shim.get_as(&operator.token, "/v1/verify");
+    assert_eq!(verified.status, 200, "{}", verified.body);
+    lock.rollback().expect("rollback");
+    let revoked: bool = c
+        .query_one(
+            "SELECT revoked_at IS NOT NULL FROM apikey.keys WHERE key_id = $1",
+            &[&key.key_id],
+        )
+        .expect("key")
+        .get(0);
+    assert!(!revoked, "the cancelled revoke changed nothing");
 }

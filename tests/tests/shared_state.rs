@@ -154,6 +154,104 @@ fn a_proof_is_shared_by_fresh_connections_and_refutes_wrong_secrets() {
 }
 
 #[test]
+fn guesses_at_an_unproven_key_are_refused_at_once_beyond_a_bounded_queue() {
+    let _alone = counters_alone();
+    let (mut c, partner) = setup();
+    let key = issue(&mut c, partner, &["a:b"]);
+    let failed = status(&mut c, "argon2_failed");
+    let minute_before: String = c
+        .query_one("SELECT date_trunc('minute', clock_timestamp())::text", &[])
+        .expect("minute")
+        .get(0);
+    let started = std::time::Instant::now();
+    const SESSIONS: usize = 12;
+    const GUESSES: usize = 40;
+    let barrier = Arc::new(Barrier::new(SESSIONS));
+    let answers: Vec<Vec<(String, Option<String>, Option<Uuid>, Option<i32>, Option<i32>)>> =
+        (0..SESSIONS)
+            .map(|session| {
+                let (barrier, key_id) = (barrier.clone(), key.key_id.clone());
+                std::thread::spawn(move || {
+                    let mut c = superuser();
+                    barrier.wait();
+                    (0..GUESSES)
+                        .map(|guess| {
+                            let wrong = forge(&key_id, &format!("{session:02}{guess:041}"));
+                            let row = c
+                                .query_one(
+                                    "SELECT reason, key_id, partner_id, rate_remaining, \
+                                     rate_reset_seconds FROM apikey_verify($1)",
+                                    &[&wrong.token],
+                                )
+                                .expect("apikey_verify never raises");
+                            (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4))
+                        })
+                        .collect()
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().expect("a guessing session"))
+            .collect();
+    let elapsed = started.elapsed().as_secs() as i64 + 1;
+    let all: Vec<_> = answers.into_iter().flatten().collect();
+    let refused: Vec<_> = all.iter().filter(|a| a.0 == "rate_limited").collect();
+    assert!(
+        all.iter()
+            .all(|a| a.0 == "rate_limited" || a.0 == "secret_mismatch"),
+        "{all:?}"
+    );
+    assert!(
+        !refused.is_empty(),
+        "twelve sessions guessing at once: some are refused instead of queueing"
+    );
+    for answer in &refused {
+        assert_eq!(
+            (&answer.1, &answer.2, answer.3, answer.4),
+            (&None, &None, Some(0), Some(1)),
+            "a refused guess shows no identity and asks to retry in a second"
+        );
+    }
+    // Three failures make the key suspect; then its guesses share a budget of five Argon2id
+    // a second (a burst of five), with at most one running and two waiting at a time.
+    let spent = status(&mut c, "argon2_failed") - failed;
+    assert!(
+        spent <= 3 + 3 + 5 + 5 * elapsed,
+        "{spent} Argon2id refutations in {elapsed} s"
+    );
+    let counted: i64 = c
+        .query_one(
+            "SELECT coalesce(sum(count), 0)::bigint FROM apikey_usage(since => $1::text::timestamptz) \
+             WHERE key_id = $2",
+            &[&minute_before, &key.key_id],
+        )
+        .expect("apikey_usage")
+        .get(0);
+    assert_eq!(counted, (SESSIONS * GUESSES) as i64, "every guess is counted");
+    // The right secret gets through once the guessing stops (at most a second's wait).
+    eventually("the right secret verifies after the guessing", || {
+        (reason(&mut c, &key.token) == "ok").then_some(())
+    });
+
+    // A guess Argon2id refuted is refused again without Argon2id (a retry, or an attacker
+    // repeating it).
+    let other = issue(&mut c, partner, &["a:b"]);
+    let wrong = forge(&other.key_id, &"R".repeat(43));
+    let failed = status(&mut c, "argon2_failed");
+    assert_eq!(reason(&mut superuser(), &wrong.token), "secret_mismatch");
+    assert_eq!(status(&mut c, "argon2_failed"), failed + 1);
+    for _ in 0..3 {
+        assert_eq!(reason(&mut superuser(), &wrong.token), "secret_mismatch");
+    }
+    assert_eq!(
+        status(&mut c, "argon2_failed"),
+        failed + 1,
+        "a refuted digest is refused from memory"
+    );
+    assert_eq!(reason(&mut c, &other.token), "ok", "and the right one still verifies");
+}
+
+#[test]
 fn a_proof_never_outlives_the_hash_it_proved() {
     let _alone = counters_alone();
     let (mut c, partner) = setup();

@@ -48,8 +48,18 @@ pub struct KeyState {
     /// Last successful verification, and the value last written to `last_used_at`.
     pub last_used: i64,
     pub written_used: i64,
-    /// An Argon2id verification of this key is running in some backend.
+    /// An Argon2id verification of this key is running in some backend, of this digest.
     pub hashing: bool,
+    pub hashing_digest: [u8; 32],
+    /// Backends waiting to run Argon2id of this key with a digest other than the running one
+    /// (each a guess Argon2id must refute on its own): bounded, see `argon2`.
+    pub waiting_others: u32,
+    /// The last digest Argon2id refuted against the stored hash fingerprinted `refuted_of`:
+    /// asked again (a client's retry, an attacker repeating one guess), it is refused without
+    /// Argon2id.
+    pub refuted: [u8; 32],
+    pub refuted_of: [u8; 32],
+    pub has_refuted: bool,
     /// Failed Argon2id verifications in minute `failure_minute` (marks a key under attack).
     pub failures: u32,
     pub failure_minute: i64,
@@ -79,12 +89,14 @@ unsafe impl TableEntry for KeyEntry {
     }
 }
 
-/// The Argon2id gate, in `Control`: how many verifications run, and how many of those are
-/// for keys under attack.
+/// The Argon2id gate, in `Control`: how many verifications run, how many of those are for
+/// keys under attack, and what is left of the budget of such verifications per second.
 #[derive(Clone, Copy, Default, Debug)]
 pub struct Gate {
     pub running: u32,
     pub running_suspect: u32,
+    pub suspect_budget: f64,
+    pub suspect_budget_at: i64,
 }
 
 // SAFETY: plain old data.
@@ -204,7 +216,7 @@ pub const MINUTE: i64 = 60_000_000;
 pub enum Proof {
     /// The digest was shown to match this very stored hash.
     Matches,
-    /// A different digest was shown to match it: this one cannot (a wrong secret).
+    /// A different digest was shown to match it, or this one was refuted: a wrong secret.
     Differs,
     /// No proof for this stored hash yet: only Argon2id can tell.
     Unknown,
@@ -214,7 +226,12 @@ pub enum Proof {
 /// fingerprint is `stored`. `None` without shared memory.
 pub fn proof(key_id: &str, stored: &Digest, digest: &Digest, now: i64) -> Option<Proof> {
     with_key(key_id, now, |state| {
-        if !state.proven || state.proof_of != *stored {
+        if state.has_refuted
+            && state.refuted_of == *stored
+            && hash::digests_equal(&state.refuted, digest)
+        {
+            Proof::Differs
+        } else if !state.proven || state.proof_of != *stored {
             Proof::Unknown
         } else if hash::digests_equal(&state.proof, digest) {
             Proof::Matches
@@ -237,10 +254,14 @@ pub fn prove(key_id: &str, stored: &Digest, digest: &Digest, now: i64) {
 /// attack, and gets only part of the server's Argon2id capacity (`argon2`).
 pub const SUSPECT_AFTER: u32 = 3;
 
-/// Notes a failed Argon2id verification of `key_id`.
-pub fn failed(key_id: &str, now: i64) {
+/// Notes a failed Argon2id verification of `key_id`: `digest` does not match the stored hash
+/// fingerprinted `stored`.
+pub fn failed(key_id: &str, stored: &Digest, digest: &Digest, now: i64) {
     let minute = now - now.rem_euclid(MINUTE);
     with_key(key_id, now, |state| {
+        state.refuted = *digest;
+        state.refuted_of = *stored;
+        state.has_refuted = true;
         if state.failure_minute != minute {
             state.failure_minute = minute;
             state.failures = 0;
@@ -266,6 +287,15 @@ pub struct Rate {
     pub remaining: i32,
     /// Refused: seconds until one is allowed again; allowed: until the full allowance is back.
     pub reset_seconds: i32,
+}
+
+impl Rate {
+    /// A refusal that asks to come back in a second.
+    pub const RETRY_IN_A_SECOND: Rate = Rate {
+        allowed: false,
+        remaining: 0,
+        reset_seconds: 1,
+    };
 }
 
 /// Takes one verification from the bucket of `key_id`: `rate_per_minute` tokens, refilled

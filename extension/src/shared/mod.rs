@@ -48,6 +48,7 @@ pub enum Stat {
     Argon2Verified,
     Argon2Failed,
     Argon2Waits,
+    Argon2Refused,
     RateLimited,
     UsageDropped,
     AuditSuppressed,
@@ -57,12 +58,13 @@ pub enum Stat {
 }
 
 impl Stat {
-    pub const ALL: [Stat; 11] = [
+    pub const ALL: [Stat; 12] = [
         Stat::ProofHits,
         Stat::ProofMisses,
         Stat::Argon2Verified,
         Stat::Argon2Failed,
         Stat::Argon2Waits,
+        Stat::Argon2Refused,
         Stat::RateLimited,
         Stat::UsageDropped,
         Stat::AuditSuppressed,

@@ -64,7 +64,7 @@ async fn list(
 ) -> Result<Managed, AppError> {
     let limit = page_size(f.limit)?;
     let before: Option<i64> = decode_cursor(f.cursor.as_deref())?;
-    let mut conn = state.pool.get().await?;
+    let mut conn = state.connection().await?;
     let tx = db::begin_as_key_holder(&mut conn, &state, &caller).await?;
     let rows = tx
         .query(

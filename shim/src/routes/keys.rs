@@ -93,7 +93,7 @@ async fn issue(
     caller: Caller,
     Json(r): Json<IssueRequest>,
 ) -> Result<Managed, AppError> {
-    let mut conn = state.pool.get().await?;
+    let mut conn = state.connection().await?;
     let tx = db::begin_as_key_holder(&mut conn, &state, &caller).await?;
     if let Some(cidrs) = &r.allowed_cidrs {
         check_cidrs(cidrs)?;
@@ -238,7 +238,7 @@ async fn list(
     let after: Option<(DateTime<Utc>, String)> = decode_cursor(f.cursor.as_deref())?;
     let (after_at, after_key) = after.unzip();
     let search = f.q.as_deref().map(like_pattern);
-    let mut conn = state.pool.get().await?;
+    let mut conn = state.connection().await?;
     let tx = db::begin_as_key_holder(&mut conn, &state, &caller).await?;
     let rows = tx
         .query(
@@ -284,7 +284,7 @@ async fn show(
     caller: Caller,
     Path(key_id): Path<String>,
 ) -> Result<Managed, AppError> {
-    let mut conn = state.pool.get().await?;
+    let mut conn = state.connection().await?;
     let tx = db::begin_as_key_holder(&mut conn, &state, &caller).await?;
     let key = fetch_key(&tx, &key_id).await?;
     tx.commit().await?;
@@ -334,7 +334,7 @@ async fn rotate(
     OptionalJson(r): OptionalJson<RotateRequest>,
 ) -> Result<Managed, AppError> {
     let grace = super::grace_seconds(r.grace_seconds, 0, limits::MAX_ROTATION_GRACE_SECONDS)?;
-    let mut conn = state.pool.get().await?;
+    let mut conn = state.connection().await?;
     let tx = db::begin_as_key_holder(&mut conn, &state, &caller).await?;
     let row = tx
         .query_one(
@@ -387,7 +387,7 @@ async fn revoke(
     Path(key_id): Path<String>,
     OptionalJson(r): OptionalJson<RevokeRequest>,
 ) -> Result<Managed, AppError> {
-    let mut conn = state.pool.get().await?;
+    let mut conn = state.connection().await?;
     let tx = db::begin_as_key_holder(&mut conn, &state, &caller).await?;
     let row = tx
         .query_one("SELECT apikey_revoke($1, $2)", &[&key_id, &r.reason])
@@ -453,7 +453,7 @@ async fn set_enabled(
     Path(key_id): Path<String>,
     enabled: bool,
 ) -> Result<Managed, AppError> {
-    let mut conn = state.pool.get().await?;
+    let mut conn = state.connection().await?;
     let tx = db::begin_as_key_holder(&mut conn, &state, &caller).await?;
     tx.execute("SELECT apikey_set_enabled($1, $2)", &[&key_id, &enabled])
         .await?;

@@ -74,7 +74,7 @@ async fn create(
     caller: Caller,
     Json(r): Json<CreatePartner>,
 ) -> Result<Managed, AppError> {
-    let mut conn = state.pool.get().await?;
+    let mut conn = state.connection().await?;
     let tx = db::begin_as_key_holder(&mut conn, &state, &caller).await?;
     let row = tx
         .query_one(
@@ -126,7 +126,7 @@ async fn list(
     let after: Option<(DateTime<Utc>, Uuid)> = decode_cursor(f.cursor.as_deref())?;
     let (after_at, after_id) = after.unzip();
     let search = f.q.as_deref().map(like_pattern);
-    let mut conn = state.pool.get().await?;
+    let mut conn = state.connection().await?;
     let tx = db::begin_as_key_holder(&mut conn, &state, &caller).await?;
     let rows = tx
         .query(
@@ -207,7 +207,7 @@ async fn set_active(
     Path(partner_id): Path<Uuid>,
     active: bool,
 ) -> Result<Managed, AppError> {
-    let mut conn = state.pool.get().await?;
+    let mut conn = state.connection().await?;
     let tx = db::begin_as_key_holder(&mut conn, &state, &caller).await?;
     tx.execute(
         "SELECT apikey_partner_set_active($1, $2)",

@@ -90,7 +90,7 @@ async fn reminders(
     caller: Caller,
     Query(f): Query<ListReminders>,
 ) -> Result<Managed, AppError> {
-    let mut conn = state.pool.get().await?;
+    let mut conn = state.connection().await?;
     let tx = db::begin_as_key_holder(&mut conn, &state, &caller).await?;
     let expiring = tx
         .query(

@@ -241,7 +241,7 @@ async fn look_up(
     if matches.is_empty() {
         return Ok(labels);
     }
-    let client = state.pool.get().await?;
+    let client = state.connection().await?;
     let statement = client
         .prepare_cached("SELECT apikey_leak_report($1::text, $2::text, $3::text, $4::boolean)")
         .await

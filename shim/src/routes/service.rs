@@ -35,7 +35,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     security(()),
 )]
 async fn healthz(State(state): State<AppState>) -> Result<impl IntoResponse, AppError> {
-    let client = state.pool.get().await?;
+    let client = state.connection().await?;
     let statement = client.prepare_cached("SELECT 1").await?;
     client.query_one(&statement, &[]).await?;
     Ok(axum::Json(json!({ "status": "ok" })))
@@ -83,7 +83,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 async fn server_status(state: &AppState) -> Result<serde_json::Value, AppError> {
-    let client = state.pool.get().await?;
+    let client = state.connection().await?;
     let row = client
         .query_one("SELECT to_jsonb(s) FROM apikey_status() AS s", &[])
         .await?;

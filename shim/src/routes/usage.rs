@@ -100,7 +100,7 @@ async fn usage(
             format!("limit must be between 1 and {MAX_ROWS}"),
         ));
     }
-    let mut conn = state.pool.get().await?;
+    let mut conn = state.connection().await?;
     let tx = db::begin_as_key_holder(&mut conn, &state, &caller).await?;
     let rows = tx
         .query(

@@ -167,8 +167,8 @@ async fn verify(
     caller: Caller,
     RequiredScopes(required): RequiredScopes,
 ) -> Result<Response, AppError> {
-    let client = state.pool.get().await?;
-    let row = db::verify(&client, &caller.key, &required, caller.ip).await?;
+    let client = state.connection().await?;
+    let row = db::verify(&*client, &caller.key, &required, caller.ip).await?;
     drop(client);
     let verdict = db::Verdict::from_row(&row)?;
     state.metrics.verify_outcome(verdict.reason);

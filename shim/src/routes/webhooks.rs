@@ -100,7 +100,7 @@ async fn create(
     caller: Caller,
     Json(r): Json<CreateRequest>,
 ) -> Result<Managed, AppError> {
-    let mut conn = state.pool.get().await?;
+    let mut conn = state.connection().await?;
     let tx = db::begin_as_key_holder(&mut conn, &state, &caller).await?;
     let row = tx
         .query_one(
@@ -154,7 +154,7 @@ async fn list(
     let limit = page_size(f.limit)?;
     let after: Option<(DateTime<Utc>, Uuid)> = decode_cursor(f.cursor.as_deref())?;
     let (after_at, after_id) = after.unzip();
-    let mut conn = state.pool.get().await?;
+    let mut conn = state.connection().await?;
     let tx = db::begin_as_key_holder(&mut conn, &state, &caller).await?;
     let rows = tx
         .query(
@@ -197,7 +197,7 @@ async fn show(
     Path(raw): Path<String>,
 ) -> Result<Managed, AppError> {
     let id = endpoint_id(&raw)?;
-    let mut conn = state.pool.get().await?;
+    let mut conn = state.connection().await?;
     let tx = db::begin_as_key_holder(&mut conn, &state, &caller).await?;
     let endpoint = fetch_endpoint(&tx, id).await?;
     tx.commit().await?;
@@ -251,7 +251,7 @@ async fn rotate_secret(
         DEFAULT_GRACE_SECONDS,
         limits::MAX_WEBHOOK_SECRET_GRACE_SECONDS,
     )?;
-    let mut conn = state.pool.get().await?;
+    let mut conn = state.connection().await?;
     let tx = db::begin_as_key_holder(&mut conn, &state, &caller).await?;
     let row = tx
         .query_one(
@@ -286,7 +286,7 @@ async fn remove(
     Path(raw): Path<String>,
 ) -> Result<StatusCode, AppError> {
     let id = endpoint_id(&raw)?;
-    let mut conn = state.pool.get().await?;
+    let mut conn = state.connection().await?;
     let tx = db::begin_as_key_holder(&mut conn, &state, &caller).await?;
     tx.execute("SELECT apikey_webhook_delete($1)", &[&id])
         .await?;
@@ -351,7 +351,7 @@ async fn set_enabled(
     enabled: bool,
 ) -> Result<Managed, AppError> {
     let id = endpoint_id(&raw)?;
-    let mut conn = state.pool.get().await?;
+    let mut conn = state.connection().await?;
     let tx = db::begin_as_key_holder(&mut conn, &state, &caller).await?;
     tx.execute(
         "SELECT apikey_webhook_set_enabled($1, $2)",
@@ -387,7 +387,7 @@ async fn send_test(
     Path(raw): Path<String>,
 ) -> Result<Managed, AppError> {
     let id = endpoint_id(&raw)?;
-    let mut conn = state.pool.get().await?;
+    let mut conn = state.connection().await?;
     let tx = db::begin_as_key_holder(&mut conn, &state, &caller).await?;
     let row = tx
         .query_one("SELECT apikey_webhook_send_test($1)", &[&id])
@@ -447,7 +447,7 @@ async fn deliveries(
     let id = endpoint_id(&raw)?;
     let limit = page_size(f.limit)?;
     let before: Option<i64> = decode_cursor(f.cursor.as_deref())?;
-    let mut conn = state.pool.get().await?;
+    let mut conn = state.connection().await?;
     let tx = db::begin_as_key_holder(&mut conn, &state, &caller).await?;
     // An endpoint the caller cannot see is 404, not an empty list.
     fetch_endpoint(&tx, id).await?;
