@@ -52,13 +52,13 @@ warm_args=(-t1 -c8 "-d${seconds}s" --latency)
 [[ "$shim_port" =~ ^[0-9]+$ ]] || die "APIKEY_BENCH_ATTACK_PORT must be a port number (got '$shim_port')"
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/apikey-bench-attack-work.XXXXXX")"
-shim_pid=
+bench_shim_pid=
 attacker_pid=
 cleanup() {
   local rc=$?
   set +e
   trap '' INT TERM
-  for pid in "$attacker_pid" "$shim_pid"; do
+  for pid in "$attacker_pid" "$bench_shim_pid"; do
     if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
       kill -TERM "$pid"
       wait "$pid" 2>/dev/null
@@ -84,20 +84,7 @@ log "cargo build --release -p apikey-shim"
 (cd "$APIKEY_REPO_ROOT" && cargo build --release -p apikey-shim)
 cluster_start
 
-log "starting apikey-shim on $shim_url (pool $pool_size, role $shim_role)"
-psql_as postgres -q -c "CREATE ROLE $shim_role LOGIN" \
-  -c "GRANT apikey_verifier, apikey_admin, apikey_partner TO $shim_role"
-env -i PATH="$PATH" \
-  DATABASE_URL="host=$APIKEY_SOCKET_DIR port=$APIKEY_PGPORT user=$shim_role dbname=apikey" \
-  APIKEY_SHIM_LISTEN="127.0.0.1:$shim_port" APIKEY_SHIM_POOL_SIZE="$pool_size" RUST_LOG=warn \
-  "$APIKEY_TARGET_DIR/release/apikey-shim" >"$work/shim.log" 2>&1 </dev/null &
-shim_pid=$!
-for _ in $(seq 1 100); do
-  kill -0 "$shim_pid" 2>/dev/null || { cat "$work/shim.log" >&2; die "apikey-shim exited at start"; }
-  curl -fsS -o /dev/null "$shim_url/healthz" 2>/dev/null && break
-  sleep 0.1
-done
-curl -fsS -o /dev/null "$shim_url/healthz" || { cat "$work/shim.log" >&2; die "apikey-shim did not become healthy"; }
+bench_shim_start "$shim_role" "$shim_port" "$pool_size" "$work/shim.log"
 
 log "issuing the warm key and $victims attacked key(s)"
 token="$(psql_as postgres -tA <<'SQL'

@@ -50,15 +50,15 @@ fi
 [[ "$shim_port" =~ ^[0-9]+$ ]] || die "APIKEY_BENCH_SHIM_PORT must be a port number (got '$shim_port')"
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/apikey-bench-shim-work.XXXXXX")"
-shim_pid=
+bench_shim_pid=
 cleanup() {
   local rc=$?
   set +e
   # A second Ctrl-C or TERM must not cut the cleanup short and leave a shim or postmaster behind.
   trap '' INT TERM
-  if [ -n "$shim_pid" ] && kill -0 "$shim_pid" 2>/dev/null; then
-    kill -TERM "$shim_pid"
-    wait "$shim_pid" 2>/dev/null
+  if [ -n "$bench_shim_pid" ] && kill -0 "$bench_shim_pid" 2>/dev/null; then
+    kill -TERM "$bench_shim_pid"
+    wait "$bench_shim_pid" 2>/dev/null
   fi
   (cluster_destroy)
   rm -rf -- "$work"
@@ -81,22 +81,8 @@ log "cargo build --release -p apikey-shim"
 (cd "$APIKEY_REPO_ROOT" && cargo build --release -p apikey-shim)
 cluster_start
 
-log "starting apikey-shim on $shim_url (pool $pool_size, role $shim_role)"
-psql_as postgres -q -c "CREATE ROLE $shim_role LOGIN" \
-  -c "GRANT apikey_verifier, apikey_admin, apikey_partner TO $shim_role"
-# A clean environment: APIKEY_SHIM_* settings of the caller's shell must not change the run.
-env -i PATH="$PATH" \
-  DATABASE_URL="host=$APIKEY_SOCKET_DIR port=$APIKEY_PGPORT user=$shim_role dbname=apikey" \
-  APIKEY_SHIM_LISTEN="127.0.0.1:$shim_port" APIKEY_SHIM_POOL_SIZE="$pool_size" RUST_LOG=warn \
-  "$APIKEY_TARGET_DIR/release/apikey-shim" >"$work/shim.log" 2>&1 </dev/null &
-shim_pid=$!
-for _ in $(seq 1 100); do
-  kill -0 "$shim_pid" 2>/dev/null || { cat "$work/shim.log" >&2; die "apikey-shim exited at start"; }
-  curl -fsS -o /dev/null "$shim_url/healthz" 2>/dev/null && break
-  sleep 0.1
-done
-curl -fsS -o /dev/null "$shim_url/healthz" || { cat "$work/shim.log" >&2; die "apikey-shim did not become healthy"; }
-log "apikey-shim pid $shim_pid"
+bench_shim_start "$shim_role" "$shim_port" "$pool_size" "$work/shim.log"
+log "apikey-shim pid $bench_shim_pid"
 
 log "issuing one key (rate_per_minute $rate)"
 token="$(psql_as postgres -tA -v rate="$rate" <<'SQL'
@@ -143,10 +129,10 @@ postgres_pids() {
 # request (from /proc), which is steadier than throughput on a shared machine.
 measure() {
   local name="$1" shim0 pg0 shim1 pg1
-  shim0="$(cpu_ticks "$shim_pid")"
+  shim0="$(cpu_ticks "$bench_shim_pid")"
   pg0="$(cpu_ticks $(postgres_pids))"
   run_wrk "$@"
-  shim1="$(cpu_ticks "$shim_pid")"
+  shim1="$(cpu_ticks "$bench_shim_pid")"
   pg1="$(cpu_ticks $(postgres_pids))"
   awk -v shim=$((shim1 - shim0)) -v pg=$((pg1 - pg0)) -v hz="$(getconf CLK_TCK)" \
     -v n="$(awk '/requests in/ { print $1 }' "$work/$name.out")" \

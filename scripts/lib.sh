@@ -117,6 +117,28 @@ wrk_field() {
     END { if (!found) print "n/a" }' "$1"
 }
 
+# bench_shim_start ROLE PORT POOL LOG: creates login ROLE (a member of the three apikey
+# roles) and starts the release apikey-shim on 127.0.0.1:PORT with a pool of POOL, in a clean
+# environment (the caller's APIKEY_SHIM_* settings must not change a benchmark), logging to
+# LOG; sets bench_shim_pid once /healthz answers.
+bench_shim_start() {
+  local role="$1" port="$2" pool="$3" log_file="$4"
+  log "starting apikey-shim on 127.0.0.1:$port (pool $pool, role $role)"
+  psql_as postgres -q -c "CREATE ROLE $role LOGIN" \
+    -c "GRANT apikey_verifier, apikey_admin, apikey_partner TO $role"
+  env -i PATH="$PATH" \
+    DATABASE_URL="host=$APIKEY_SOCKET_DIR port=$APIKEY_PGPORT user=$role dbname=apikey" \
+    APIKEY_SHIM_LISTEN="127.0.0.1:$port" APIKEY_SHIM_POOL_SIZE="$pool" RUST_LOG=warn \
+    "$APIKEY_TARGET_DIR/release/apikey-shim" >"$log_file" 2>&1 </dev/null &
+  bench_shim_pid=$!
+  local url="http://127.0.0.1:$port"
+  for _ in $(seq 1 100); do
+    kill -0 "$bench_shim_pid" 2>/dev/null || { cat "$log_file" >&2; die "apikey-shim exited at start"; }
+    curl -fsS -o /dev/null "$url/healthz" 2>/dev/null && break
+    sleep 0.1
+  done
+  curl -fsS -o /dev/null "$url/healthz" || { cat "$log_file" >&2; die "apikey-shim did not become healthy"; }
+}
 # machine_summary: "2 CPUs (model name), PostgreSQL 15.x", the first line of a benchmark report.
 machine_summary() {
   local cpu

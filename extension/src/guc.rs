@@ -220,7 +220,9 @@ pub fn argon2_max_concurrency() -> u32 {
 }
 
 pub fn argon2_suspect_per_second() -> u32 {
-    u32::try_from(ARGON2_SUSPECT_PER_SECOND.get()).unwrap_or(1).max(1)
+    u32::try_from(ARGON2_SUSPECT_PER_SECOND.get())
+        .unwrap_or(1)
+        .max(1)
 }
 
 /// Seconds; 0 is off.

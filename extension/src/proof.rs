@@ -7,8 +7,8 @@
 
 use crate::hash::{self, Digest, Params};
 use crate::known_keys::StoredKey;
-use crate::shared::keys::{self as shared_keys, Proof};
 use crate::shared::argon2::{self, Admission};
+use crate::shared::keys::{self as shared_keys, Proof};
 use crate::shared::{self, Stat};
 use std::cell::RefCell;
 use std::collections::HashMap;

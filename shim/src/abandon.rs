@@ -76,13 +76,17 @@ impl Deref for Connection {
     type Target = Object;
 
     fn deref(&self) -> &Object {
-        self.object.as_ref().expect("a connection is only taken when dropped")
+        self.object
+            .as_ref()
+            .expect("a connection is only taken when dropped")
     }
 }
 
 impl DerefMut for Connection {
     fn deref_mut(&mut self) -> &mut Object {
-        self.object.as_mut().expect("a connection is only taken when dropped")
+        self.object
+            .as_mut()
+            .expect("a connection is only taken when dropped")
     }
 }
 

@@ -40,7 +40,11 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(config: Config) -> Result<(), String> {
-    let pool = db::pool(&config.database_url, config.pool_size, config.request_timeout())?;
+    let pool = db::pool(
+        &config.database_url,
+        config.pool_size,
+        config.request_timeout(),
+    )?;
     let secret_scanning = match &config.secret_scanning_keys {
         Some(path) => {
             let keys = KeyFile::load(path)

@@ -1,9 +1,9 @@
 //! What every handler shares.
 
+use crate::abandon::{self, Connection};
 use crate::config::Config;
 use crate::github_signature::KeyFile;
 use crate::metrics::Metrics;
-use crate::abandon::{self, Connection};
 use deadpool_postgres::{Pool, PoolError};
 use std::sync::Arc;
 

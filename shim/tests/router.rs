@@ -35,7 +35,8 @@ fn state_with(max_body: usize, secret_scanning: Option<Arc<KeyFile>>) -> AppStat
         &max_body.to_string(),
     ]);
     AppState {
-        pool: apikey_shim::db::pool(&config.database_url, 1, config.request_timeout()).expect("a pool"),
+        pool: apikey_shim::db::pool(&config.database_url, 1, config.request_timeout())
+            .expect("a pool"),
         config: Arc::new(config),
         metrics: Arc::new(Metrics::default()),
         secret_scanning,

@@ -167,32 +167,39 @@ fn guesses_at_an_unproven_key_are_refused_at_once_beyond_a_bounded_queue() {
     const SESSIONS: usize = 12;
     const GUESSES: usize = 40;
     let barrier = Arc::new(Barrier::new(SESSIONS));
-    let answers: Vec<Vec<(String, Option<String>, Option<Uuid>, Option<i32>, Option<i32>)>> =
-        (0..SESSIONS)
-            .map(|session| {
-                let (barrier, key_id) = (barrier.clone(), key.key_id.clone());
-                std::thread::spawn(move || {
-                    let mut c = superuser();
-                    barrier.wait();
-                    (0..GUESSES)
-                        .map(|guess| {
-                            let wrong = forge(&key_id, &format!("{session:02}{guess:041}"));
-                            let row = c
-                                .query_one(
-                                    "SELECT reason, key_id, partner_id, rate_remaining, \
+    let answers: Vec<
+        Vec<(
+            String,
+            Option<String>,
+            Option<Uuid>,
+            Option<i32>,
+            Option<i32>,
+        )>,
+    > = (0..SESSIONS)
+        .map(|session| {
+            let (barrier, key_id) = (barrier.clone(), key.key_id.clone());
+            std::thread::spawn(move || {
+                let mut c = superuser();
+                barrier.wait();
+                (0..GUESSES)
+                    .map(|guess| {
+                        let wrong = forge(&key_id, &format!("{session:02}{guess:041}"));
+                        let row = c
+                            .query_one(
+                                "SELECT reason, key_id, partner_id, rate_remaining, \
                                      rate_reset_seconds FROM apikey_verify($1)",
-                                    &[&wrong.token],
-                                )
-                                .expect("apikey_verify never raises");
-                            (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4))
-                        })
-                        .collect()
-                })
+                                &[&wrong.token],
+                            )
+                            .expect("apikey_verify never raises");
+                        (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4))
+                    })
+                    .collect()
             })
-            .collect::<Vec<_>>()
-            .into_iter()
-            .map(|t| t.join().expect("a guessing session"))
-            .collect();
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().expect("a guessing session"))
+        .collect();
     let elapsed = started.elapsed().as_secs() as i64 + 1;
     let all: Vec<_> = answers.into_iter().flatten().collect();
     let refused: Vec<_> = all.iter().filter(|a| a.0 == "rate_limited").collect();
@@ -227,7 +234,11 @@ fn guesses_at_an_unproven_key_are_refused_at_once_beyond_a_bounded_queue() {
         )
         .expect("apikey_usage")
         .get(0);
-    assert_eq!(counted, (SESSIONS * GUESSES) as i64, "every guess is counted");
+    assert_eq!(
+        counted,
+        (SESSIONS * GUESSES) as i64,
+        "every guess is counted"
+    );
     // The right secret gets through once the guessing stops (at most a second's wait).
     eventually("the right secret verifies after the guessing", || {
         (reason(&mut c, &key.token) == "ok").then_some(())
@@ -248,7 +259,11 @@ fn guesses_at_an_unproven_key_are_refused_at_once_beyond_a_bounded_queue() {
         failed + 1,
         "a refuted digest is refused from memory"
     );
-    assert_eq!(reason(&mut c, &other.token), "ok", "and the right one still verifies");
+    assert_eq!(
+        reason(&mut c, &other.token),
+        "ok",
+        "and the right one still verifies"
+    );
 }
 
 #[test]

@@ -626,7 +626,11 @@ fn endpoints_are_managed_over_http_by_operators_and_by_their_own_partner() {
         &serde_json::json!({ "partner_id": partner.to_string(), "url": receiver.url("/own"), "events": ["key.*"] }),
     );
     assert_eq!(created.status, 201, "{}", created.body);
-    assert_eq!(created.header("cache-control"), Some("no-store"), "a secret is not cached");
+    assert_eq!(
+        created.header("cache-control"),
+        Some("no-store"),
+        "a secret is not cached"
+    );
     let body = created.json();
     let secret = body["secret"]
         .as_str()
@@ -737,7 +741,11 @@ fn endpoints_are_managed_over_http_by_operators_and_by_their_own_partner() {
         &serde_json::json!({ "grace_seconds": 60 }),
     );
     assert_eq!(rotated.status, 200, "{}", rotated.body);
-    assert_eq!(rotated.header("cache-control"), Some("no-store"), "a secret is not cached");
+    assert_eq!(
+        rotated.header("cache-control"),
+        Some("no-store"),
+        "a secret is not cached"
+    );
     let new_secret = rotated.json()["secret"]
         .as_str()
         .unwrap_or_default()

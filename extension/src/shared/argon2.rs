@@ -299,16 +299,36 @@ mod tests {
         }
         assert_eq!(key.waiting_others, 0);
         for i in 0..MAX_WAITING_OTHERS {
-            assert_eq!(key_turn(&mut key, &[10 + i as u8; 32], false), KeyTurn::WaitOther);
+            assert_eq!(
+                key_turn(&mut key, &[10 + i as u8; 32], false),
+                KeyTurn::WaitOther
+            );
         }
         assert_eq!(key_turn(&mut key, &guess, false), KeyTurn::Refuse);
-        assert_eq!(key.waiting_others, MAX_WAITING_OTHERS, "a refusal takes no place");
+        assert_eq!(
+            key.waiting_others, MAX_WAITING_OTHERS,
+            "a refusal takes no place"
+        );
         // A waiter already counted keeps waiting without taking a second place.
         assert_eq!(key_turn(&mut key, &[10; 32], true), KeyTurn::WaitOther);
         assert_eq!(key.waiting_others, MAX_WAITING_OTHERS);
         key.hashing = false;
         assert_eq!(key_turn(&mut key, &guess, false), KeyTurn::Run);
         assert_eq!(key.hashing_digest, guess);
+    }
+
+    /// Of `tries` suspect verifications at `now`, each ending at once, how many entered.
+    fn suspects_entering(gate: &mut Gate, now: i64, tries: usize) -> usize {
+        (0..tries)
+            .filter(|_| {
+                let entered = gate_turn(gate, 1024, 10, true, now) == GateTurn::Enter;
+                if entered {
+                    gate.running -= 1;
+                    gate.running_suspect -= 1;
+                }
+                entered
+            })
+            .count()
     }
 
     #[test]
@@ -318,38 +338,36 @@ mod tests {
         // Four slots: two for suspects, ten of their verifications a second.
         assert_eq!(gate_turn(&mut gate, 4, 10, true, now), GateTurn::Enter);
         assert_eq!(gate_turn(&mut gate, 4, 10, true, now), GateTurn::Enter);
-        assert_eq!(gate_turn(&mut gate, 4, 10, true, now), GateTurn::Refuse, "their share");
+        assert_eq!(
+            gate_turn(&mut gate, 4, 10, true, now),
+            GateTurn::Refuse,
+            "their share"
+        );
         assert_eq!(gate_turn(&mut gate, 4, 10, false, now), GateTurn::Enter);
         assert_eq!(gate_turn(&mut gate, 4, 10, false, now), GateTurn::Enter);
-        assert_eq!(gate_turn(&mut gate, 4, 10, false, now), GateTurn::Wait, "others wait");
+        assert_eq!(
+            gate_turn(&mut gate, 4, 10, false, now),
+            GateTurn::Wait,
+            "others wait"
+        );
         assert_eq!(gate_turn(&mut gate, 4, 10, true, now), GateTurn::Refuse);
 
         // With slots to spare, the budget is what bounds them: 10 in a second, then one per
         // tenth of a second.
         let mut gate = Gate::default();
-        let mut entered = 0;
-        for _ in 0..50 {
-            if gate_turn(&mut gate, 1024, 10, true, now) == GateTurn::Enter {
-                entered += 1;
-                gate.running -= 1;
-                gate.running_suspect -= 1;
-            }
-        }
-        assert_eq!(entered, 10);
-        assert_eq!(gate_turn(&mut gate, 1024, 10, true, now + S / 20), GateTurn::Refuse);
-        assert_eq!(gate_turn(&mut gate, 1024, 10, true, now + S / 10), GateTurn::Enter);
+        assert_eq!(suspects_entering(&mut gate, now, 50), 10);
+        assert_eq!(
+            gate_turn(&mut gate, 1024, 10, true, now + S / 20),
+            GateTurn::Refuse
+        );
+        assert_eq!(
+            gate_turn(&mut gate, 1024, 10, true, now + S / 10),
+            GateTurn::Enter
+        );
         // An idle minute gives back one second's budget, not sixty.
         let (mut gate, later) = (gate, now + 60 * S);
         gate.running = 0;
         gate.running_suspect = 0;
-        let mut entered = 0;
-        for _ in 0..50 {
-            if gate_turn(&mut gate, 1024, 10, true, later) == GateTurn::Enter {
-                entered += 1;
-                gate.running_suspect -= 1;
-                gate.running -= 1;
-            }
-        }
-        assert_eq!(entered, 10);
+        assert_eq!(suspects_entering(&mut gate, later, 50), 10);
     }
 }

@@ -459,7 +459,13 @@ mod tests {
                 other => panic!("{query:?} {header:?}: {:?}", other.map(|_| ())),
             }
         };
-        for query in ["scope=", "scope=a:read,", "scope=,a:read", "scope=%20", "scope=a:read&scope="] {
+        for query in [
+            "scope=",
+            "scope=a:read,",
+            "scope=,a:read",
+            "scope=%20",
+            "scope=a:read&scope=",
+        ] {
             assert_eq!(from(Some(query), None).as_deref(), Some("scope"), "{query}");
         }
         for header in [",", "", " ", "a:read,,b:read", "a:read, "] {
