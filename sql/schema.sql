@@ -37,7 +37,9 @@ CREATE TABLE apikey.keys (
     allowed_cidrs      cidr[],
     created_at         timestamptz NOT NULL DEFAULT now(),
     created_by         text NOT NULL DEFAULT current_user,
-    last_used_at       timestamptz
+    last_used_at       timestamptz,
+    -- Disabled by an operator: only an operator may enable it again (apikey_set_enabled).
+    disabled_by_operator boolean NOT NULL DEFAULT false
 );
 CREATE INDEX keys_partner_id_idx ON apikey.keys (partner_id);
 CREATE UNIQUE INDEX keys_rotated_to_key ON apikey.keys (rotated_to);
@@ -128,7 +130,12 @@ CREATE TABLE apikey.webhook_endpoints (
     -- disabled (disabled_at, disabled_reason) until re-enabled.
     failing_since          timestamptz,
     disabled_at            timestamptz,
-    disabled_reason        text
+    disabled_reason        text,
+    -- Failed attempts since the last success, and until when the last one pauses the
+    -- endpoint (apikey_webhook_report): a failing receiver is tried now and then, not
+    -- once per queued event.
+    failures_in_a_row      int NOT NULL DEFAULT 0,
+    paused_until           timestamptz
 );
 CREATE INDEX webhook_endpoints_partner_id_idx ON apikey.webhook_endpoints (partner_id);
 
@@ -153,6 +160,9 @@ CREATE INDEX webhook_deliveries_due_idx ON apikey.webhook_deliveries (next_attem
     WHERE state = 'pending';
 CREATE INDEX webhook_deliveries_endpoint_id_idx ON apikey.webhook_deliveries (endpoint_id, delivery_id);
 CREATE INDEX webhook_deliveries_event_id_idx ON apikey.webhook_deliveries (event_id);
+-- The attempts in flight, which apikey_webhook_claim shares out per endpoint and partner.
+CREATE INDEX webhook_deliveries_leased_idx ON apikey.webhook_deliveries (leased_until)
+    WHERE state = 'pending' AND leased_until IS NOT NULL;
 
 -- Every attempt: HTTP status (NULL without an answer), latency and what went wrong.
 CREATE TABLE apikey.webhook_attempts (

@@ -143,17 +143,19 @@ TO apikey_admin;
 -- Every column but the sealed secrets and their peppers.
 GRANT SELECT (
     endpoint_id, partner_id, url, events, enabled, previous_secret_until, created_at,
-    updated_at, secret_rotated_at, failing_since, disabled_at, disabled_reason
+    updated_at, secret_rotated_at, failing_since, disabled_at, disabled_reason,
+    failures_in_a_row, paused_until
 ) ON apikey.webhook_endpoints TO apikey_admin, apikey_partner;
 CREATE VIEW apikey.webhook_endpoint_info WITH (security_invoker = true) AS
 SELECT
     endpoint_id, partner_id, url, events, enabled, created_at, updated_at, secret_rotated_at,
     CASE WHEN previous_secret_until > clock_timestamp() THEN previous_secret_until END
         AS previous_secret_until,
-    failing_since, disabled_at, disabled_reason
+    failing_since, disabled_at, disabled_reason, failures_in_a_row,
+    CASE WHEN paused_until > clock_timestamp() THEN paused_until END AS paused_until
 FROM apikey.webhook_endpoints;
 COMMENT ON VIEW apikey.webhook_endpoint_info IS
-    'Webhook endpoints without their sealed secrets; previous_secret_until while the previous secret still signs';
+    'Webhook endpoints without their sealed secrets; previous_secret_until while the previous secret still signs, paused_until while a failure pauses deliveries';
 GRANT SELECT ON apikey.webhook_endpoint_info, apikey.webhook_deliveries, apikey.webhook_attempts
     TO apikey_admin, apikey_partner;
 

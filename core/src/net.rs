@@ -39,7 +39,36 @@ impl NetAddr {
             && self.bits >= network.bits
             && same_prefix(&self.addr, &network.addr, usize::from(network.bits))
     }
+
+    /// The network failures from this address are grouped by: its /24 for IPv4 (an
+    /// IPv4-mapped IPv6 address counts as that IPv4 address), its /64 for IPv6. These are
+    /// what one customer or host is handed, so a sender hopping between its own addresses
+    /// still counts as one.
+    pub fn sender_network(&self) -> NetAddr {
+        let (family, bits, v4) = match self.family {
+            FAMILY_V6 if self.addr[..12] == V4_MAPPED => (FAMILY_V4, 24, Some(&self.addr[12..])),
+            FAMILY_V6 => (FAMILY_V6, 64, None),
+            _ => (FAMILY_V4, 24, Some(&self.addr[..4])),
+        };
+        let mut addr = [0u8; 16];
+        match v4 {
+            Some(v4) => addr[..3].copy_from_slice(&v4[..3]),
+            None => addr[..8].copy_from_slice(&self.addr[..8]),
+        }
+        NetAddr { family, bits, addr }
+    }
+
+    /// The bytes `from_bytes` reads: family, mask bits, 4 or 16 address bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let len = if self.family == FAMILY_V4 { 4 } else { 16 };
+        let mut bytes = vec![self.family, self.bits];
+        bytes.extend_from_slice(&self.addr[..len]);
+        bytes
+    }
 }
+
+/// The first 12 bytes of an IPv4-mapped IPv6 address, `::ffff:a.b.c.d`.
+const V4_MAPPED: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
 
 fn same_prefix(a: &[u8; 16], b: &[u8; 16], bits: usize) -> bool {
     let whole = bits / 8;
@@ -99,6 +128,50 @@ mod tests {
         let mut ip = net;
         ip[15] = 1;
         assert!(v6(ip, 128).is_within(&v6(net, 16)));
+    }
+
+    #[test]
+    fn senders_are_grouped_by_their_slash_24_or_slash_64() {
+        assert_eq!(
+            v4([198, 51, 100, 7], 32).sender_network(),
+            v4([198, 51, 100, 0], 24)
+        );
+        assert_eq!(
+            v4([198, 51, 100, 7], 32).sender_network(),
+            v4([198, 51, 100, 250], 32).sender_network()
+        );
+        assert_ne!(
+            v4([198, 51, 100, 7], 32).sender_network(),
+            v4([198, 51, 101, 7], 32).sender_network()
+        );
+        let mut mapped = [0u8; 16];
+        mapped[10..].copy_from_slice(&[0xff, 0xff, 198, 51, 100, 9]);
+        assert_eq!(v6(mapped, 128).sender_network(), v4([198, 51, 100, 0], 24));
+        let mut ip = [
+            0x20, 0x01, 0x0d, 0xb8, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+        ];
+        let mut net = [0u8; 16];
+        net[..8].copy_from_slice(&ip[..8]);
+        assert_eq!(v6(ip, 128).sender_network(), v6(net, 64));
+        ip[15] ^= 1;
+        ip[8] ^= 0x80;
+        assert_eq!(v6(ip, 128).sender_network(), v6(net, 64), "same /64");
+        ip[7] ^= 1;
+        assert_ne!(v6(ip, 128).sender_network(), v6(net, 64), "another /64");
+        // ::fffe:a.b.c.d is not mapped: it stays IPv6.
+        mapped[11] = 0xfe;
+        assert_eq!(v6(mapped, 128).sender_network(), v6([0; 16], 64));
+    }
+
+    #[test]
+    fn bytes_round_trip() {
+        for payload in [
+            vec![FAMILY_V4, 24, 198, 51, 100, 0],
+            [vec![FAMILY_V6, 64], vec![0x20; 16]].concat(),
+        ] {
+            let addr = NetAddr::from_bytes(&payload).unwrap();
+            assert_eq!(addr.to_bytes(), payload);
+        }
     }
 
     #[test]

@@ -41,6 +41,20 @@ pub fn retry_delay_seconds(attempts_made: i32) -> Option<i64> {
     RETRY_DELAYS.get(index).copied()
 }
 
+/// After an endpoint's `failures_in_a_row`-th failed attempt in a row, how long none of its
+/// deliveries is attempted: doubling from 1 s to at most [`MAX_ENDPOINT_PAUSE_SECONDS`]. A
+/// receiver that hangs or errors then holds a delivery slot only now and then, whatever
+/// the number of events queued for it; its first success ends the pause.
+pub fn endpoint_pause_seconds(failures_in_a_row: i32) -> i64 {
+    let doublings = failures_in_a_row.clamp(1, 32) - 1;
+    (1i64 << doublings).min(MAX_ENDPOINT_PAUSE_SECONDS)
+}
+
+pub const MAX_ENDPOINT_PAUSE_SECONDS: i64 = 60;
+
+/// Attempts to one endpoint in flight at once, across every deliverer.
+pub const ENDPOINT_CONCURRENCY: i32 = 2;
+
 /// An endpoint whose deliveries have failed without a single success for this long is
 /// disabled (with an audit row) until someone re-enables it.
 pub const DISABLE_AFTER_SECONDS: i64 = 5 * 24 * 3600;
@@ -71,6 +85,16 @@ mod tests {
         assert_eq!(retry_delay_seconds(i32::MIN), None);
         assert_eq!(retry_delay_seconds(i32::MAX), None);
         assert_eq!(MAX_ATTEMPTS, 8);
+    }
+
+    #[test]
+    fn a_failing_endpoint_pauses_longer_each_time_up_to_a_minute() {
+        let pauses: Vec<i64> = (1..=8).map(endpoint_pause_seconds).collect();
+        assert_eq!(pauses, [1, 2, 4, 8, 16, 32, 60, 60]);
+        assert_eq!(endpoint_pause_seconds(0), 1);
+        assert_eq!(endpoint_pause_seconds(-5), 1);
+        assert_eq!(endpoint_pause_seconds(i32::MAX), MAX_ENDPOINT_PAUSE_SECONDS);
+        assert!(MAX_ENDPOINT_PAUSE_SECONDS < retry_delay_seconds(2).unwrap_or_default());
     }
 
     #[test]

@@ -21,6 +21,7 @@ static AUDIT_RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(400 * 86_400)
 static EVENT_RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(30 * 86_400);
 static ARGON2_MAX_CONCURRENCY: GucSetting<i32> = GucSetting::<i32>::new(0);
 static ARGON2_SUSPECT_PER_SECOND: GucSetting<i32> = GucSetting::<i32>::new(5);
+static WEBHOOK_PARTNER_CONCURRENCY: GucSetting<i32> = GucSetting::<i32>::new(4);
 static WEBHOOK_ALLOW_PRIVATE_URLS: GucSetting<bool> = GucSetting::<bool>::new(false);
 static ROTATION_PERIOD_S: GucSetting<i32> = GucSetting::<i32>::new(0);
 
@@ -168,6 +169,16 @@ pub fn init() {
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(
+        c"apikey.webhook_partner_concurrency",
+        c"Most webhook attempts in flight at once for one partner's endpoints, across every shim.",
+        c"Each endpoint has at most two in flight; what is free goes to partners in turn, the fewest in flight first.",
+        &WEBHOOK_PARTNER_CONCURRENCY,
+        1,
+        1000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
         c"apikey.rotation_period",
         c"Age after which a key's partner is sent key.rotation_due, once; 0 turns it off.",
         c"Checked by apikey_send_reminders(), which delivering shims call every minute.",
@@ -217,6 +228,10 @@ pub fn argon2_max_concurrency() -> u32 {
         }
         Ok(n) => n,
     }
+}
+
+pub fn webhook_partner_concurrency() -> i32 {
+    WEBHOOK_PARTNER_CONCURRENCY.get().max(1)
 }
 
 pub fn argon2_suspect_per_second() -> u32 {

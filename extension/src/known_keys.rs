@@ -53,6 +53,9 @@ pub struct StoredKey {
     pub partner_active: bool,
     /// NULL allows every address; a list (even an empty one) only its own networks.
     pub allowed_cidrs: Option<CidrList>,
+    /// The successor of a rotated key. Rotation sets it with `revoked_at`, whose change is
+    /// what makes every session read the row again.
+    pub rotated_to: Option<String>,
 }
 
 impl StoredKey {
@@ -62,6 +65,13 @@ impl StoredKey {
         self.allowed_cidrs
             .as_ref()
             .is_none_or(|list| client().is_some_and(|ip| list.admits(&ip)))
+    }
+
+    /// The key whose rate bucket a verification of `key_id` spends: its successor while it
+    /// is in its grace period (a key past it is never admitted), so rotating never adds to
+    /// a key's limit.
+    pub fn rate_bucket<'a>(&'a self, key_id: &'a str) -> &'a str {
+        self.rotated_to.as_deref().unwrap_or(key_id)
     }
 
     pub fn state(&self) -> KeyState {
@@ -140,6 +150,7 @@ fn read(key_id: &str) -> ApiResult<Option<StoredKey>> {
                 enabled: row.get("enabled")?.ok_or_else(missing)?,
                 partner_active: false,
                 allowed_cidrs: row.get("allowed_cidrs")?,
+                rotated_to: row.get("rotated_to")?,
             })
         })?;
         let Some(mut row) = found else {

@@ -7,7 +7,8 @@ use crate::audit::{self, Event};
 use crate::error::{ApiError, ApiResult, OrRaise};
 use crate::events;
 use crate::sqltypes::CidrArray;
-use crate::{guc, hash, token, validate};
+use crate::{guc, hash, token, validate, version};
+use apikey_contract::limits;
 use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -211,14 +212,23 @@ struct LockedKey {
     revoked: bool,
     expired: bool,
     rotated_to: Option<String>,
+    disabled_by_operator: bool,
 }
 
 fn lock_key(client: &mut SpiClient<'_>, key_id: Option<&str>) -> ApiResult<(String, LockedKey)> {
     let key_id = key_id.ok_or_else(|| ApiError::null("key_id"))?;
+    let disabled_by_operator = if version::schema_has(version::ROUND_THREE)? {
+        "disabled_by_operator"
+    } else {
+        "false"
+    };
     let rows = client.update(
-        "SELECT partner_id, scopes, revoked_at IS NOT NULL AND revoked_at <= clock_timestamp(), \
-                expires_at IS NOT NULL AND expires_at <= clock_timestamp(), rotated_to \
-         FROM apikey.keys WHERE key_id = $1 FOR UPDATE",
+        &format!(
+            "SELECT partner_id, scopes, revoked_at IS NOT NULL AND revoked_at <= clock_timestamp(), \
+                expires_at IS NOT NULL AND expires_at <= clock_timestamp(), rotated_to, \
+                {disabled_by_operator} \
+             FROM apikey.keys WHERE key_id = $1 FOR UPDATE"
+        ),
         Some(1),
         &[key_id.into()],
     )?;
@@ -238,6 +248,7 @@ fn lock_key(client: &mut SpiClient<'_>, key_id: Option<&str>) -> ApiResult<(Stri
         revoked: row.get(3)?.unwrap_or(false),
         expired: row.get(4)?.unwrap_or(false),
         rotated_to: row.get(5)?,
+        disabled_by_operator: row.get(6)?.unwrap_or(false),
     };
     access::require_key_manager(key_id, key.partner_id, &key.scopes)?;
     Ok((key_id.to_string(), key))
@@ -285,13 +296,27 @@ fn rotate(
                 .with_hint("Issue a new key with apikey_issue."),
         );
     }
-    let negative = client
-        .select("SELECT $1 < interval '0'", Some(1), &[grace.into()])?
-        .first()
-        .get::<bool>(1)?
-        .unwrap_or(false);
-    if negative {
+    let checked = client.select(
+        "SELECT $1 < interval '0', $1 > make_interval(secs => $2)",
+        Some(1),
+        &[
+            grace.into(),
+            (limits::MAX_ROTATION_GRACE_SECONDS as f64).into(),
+        ],
+    )?;
+    let checked = checked.first();
+    if checked.get::<bool>(1)?.unwrap_or(false) {
         return Err(ApiError::invalid("grace", "must not be negative"));
+    }
+    // A long grace, rotated again and again, would keep every token of the family alive.
+    if checked.get::<bool>(2)?.unwrap_or(false) {
+        return Err(ApiError::invalid(
+            "grace",
+            format!(
+                "must be at most {} days",
+                limits::MAX_ROTATION_GRACE_SECONDS / 86_400
+            ),
+        ));
     }
     let (prefix, environment) = token::key_id_parts(&key_id)
         .ok_or_else(|| ApiError::internal("stored key id has an unexpected shape"))?;
@@ -322,6 +347,13 @@ fn rotate(
             key_id.as_str().into(),
         ],
     )?;
+    if key.disabled_by_operator {
+        client.update(
+            "UPDATE apikey.keys SET disabled_by_operator = true WHERE key_id = $1",
+            None,
+            &[new.key_id.as_str().into()],
+        )?;
+    }
     // The old key lives on for the grace period, but never past its own expiry.
     client.update(
         "UPDATE apikey.keys SET rotated_to = $2, revoke_reason = 'rotated', \
@@ -334,6 +366,23 @@ fn rotate(
             grace.into(),
         ],
     )?;
+    // A key has at most one predecessor in grace: rotating it ends the grace of the key it
+    // replaced, so rotating again and again leaves two live tokens, not a growing family.
+    let ended = client.update(
+        "UPDATE apikey.keys SET revoked_at = clock_timestamp() \
+         WHERE rotated_to = $1 AND revoked_at > clock_timestamp() RETURNING key_id",
+        None,
+        &[key_id.as_str().into()],
+    )?;
+    for row in ended {
+        let predecessor = row.get::<String>(1)?.unwrap_or_default();
+        let mut event = Event::new("revoke");
+        event.key_id = Some(&predecessor);
+        event.partner_id = Some(key.partner_id);
+        event.reason = Some("rotated");
+        event.detail = json!({ "grace_ended_by_rotation_of": key_id });
+        audit::record_action(client, event)?;
+    }
     let mut event = Event::new("rotate");
     event.key_id = Some(&key_id);
     event.partner_id = Some(key.partner_id);
@@ -410,11 +459,26 @@ fn set_enabled(
             "key {key_id} is revoked and cannot be enabled"
         )));
     }
+    // A key an operator disabled (for abuse, for an unpaid bill) stays disabled until an
+    // operator enables it: its partner may not undo that.
+    let operator = access::is_admin();
+    if enabled && key.disabled_by_operator && !operator {
+        return Err(ApiError::denied(format!(
+            "key {key_id} was disabled by an operator: only an operator may enable it"
+        )));
+    }
     client.update(
         "UPDATE apikey.keys SET enabled = $2 WHERE key_id = $1",
         None,
         &[key_id.as_str().into(), enabled.into()],
     )?;
+    if version::schema_has(version::ROUND_THREE)? && (enabled || operator) {
+        client.update(
+            "UPDATE apikey.keys SET disabled_by_operator = NOT $2 WHERE key_id = $1",
+            None,
+            &[key_id.as_str().into(), enabled.into()],
+        )?;
+    }
     let mut event = Event::new(if enabled { "enable" } else { "disable" });
     event.key_id = Some(&key_id);
     event.partner_id = Some(key.partner_id);

@@ -80,12 +80,6 @@ impl InetDatum {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OwnedInet(Vec<u8>);
 
-impl OwnedInet {
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0
-    }
-}
-
 impl IntoDatum for OwnedInet {
     fn into_datum(self) -> Option<pg_sys::Datum> {
         let size = pg_sys::VARHDRSZ + self.0.len();

@@ -61,12 +61,15 @@ fn apikey_rate_state(
 
 fn rate_state(key_id: Option<&str>) -> ApiResult<(i32, Option<i32>, Option<i32>)> {
     let key_id = key_id.ok_or_else(|| ApiError::null("key_id"))?;
-    let row = Spi::get_two_with_args::<pgrx::Uuid, i32>(
-        "SELECT partner_id, rate_per_minute FROM apikey.keys WHERE key_id = $1",
+    // A key in its grace period spends its successor's bucket (`StoredKey::rate_bucket`).
+    let row = Spi::get_three_with_args::<pgrx::Uuid, i32, String>(
+        "SELECT partner_id, rate_per_minute, \
+            CASE WHEN revoked_at > clock_timestamp() THEN rotated_to END \
+         FROM apikey.keys WHERE key_id = $1",
         &[key_id.into()],
     );
-    let (partner, rate) = match row {
-        Ok((Some(partner), Some(rate))) => (partner, rate),
+    let (partner, rate, successor) = match row {
+        Ok((Some(partner), Some(rate), successor)) => (partner, rate, successor),
         _ => return Err(access::key_not_found(key_id)),
     };
     let allowed = access::is_admin()
@@ -74,7 +77,8 @@ fn rate_state(key_id: Option<&str>) -> ApiResult<(i32, Option<i32>, Option<i32>)
     if !allowed {
         return Err(access::key_not_found(key_id));
     }
-    let state = shared::keys::peek(key_id, rate, crate::clock::now());
+    let bucket = successor.as_deref().unwrap_or(key_id);
+    let state = shared::keys::peek(bucket, rate, crate::clock::now());
     Ok((
         rate,
         state.map(|s| s.remaining),

@@ -21,7 +21,7 @@ use crate::reason::Reason;
 use crate::shared::keys::Rate;
 use crate::shared::marks::{self, Subject};
 use crate::shared::Stat;
-use crate::sqltypes::{self, InetDatum, OwnedInet};
+use crate::sqltypes::{self, InetDatum};
 use crate::{clock, db, guc, redact, scope, shared, srf, token};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -172,11 +172,14 @@ fn verify<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
         return Ok(outcome);
     }
     identity::clear();
-    // One audit row per key (or, without one, per client address), reason and minute.
-    let address = request.client_ip.map(InetDatum::owned);
+    // One audit row per key (or, without one, per sender network), reason and minute.
+    let network = request
+        .client_ip
+        .and_then(|ip| ip.addr())
+        .map(|addr| addr.sender_network().to_bytes());
     let subject = match identified {
         Some(key_id) => Subject::Key(key_id),
-        None => Subject::Address(address.as_ref().map(OwnedInet::as_bytes)),
+        None => Subject::Network(network.as_deref()),
     };
     if marks::first_this_minute(subject, outcome.reason, request.now) {
         let mut event = Event::new("verify_failed");
@@ -256,7 +259,7 @@ fn decide<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
     };
     // Only verifications that would otherwise be ok use up the rate limit.
     let rate = (reason == Reason::Ok)
-        .then(|| shared::keys::take(key_id, row.rate_per_minute, now))
+        .then(|| shared::keys::take(key_id, row.rate_bucket(key_id), row.rate_per_minute, now))
         .flatten();
     let reason = match rate {
         Some(rate) if !rate.allowed => {

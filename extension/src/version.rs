@@ -17,6 +17,9 @@ pub const USAGE: Release = Release(0, 2, 0);
 pub const EVENTS: Release = Release(0, 3, 0);
 /// The release that added webhook endpoints and their deliveries.
 pub const WEBHOOKS: Release = Release(0, 4, 0);
+/// The release that added endpoint pauses (`failures_in_a_row`, `paused_until`) and
+/// `apikey.keys.disabled_by_operator`.
+pub const ROUND_THREE: Release = Release(0, 5, 0);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Release(pub u32, pub u32, pub u32);

@@ -9,7 +9,7 @@ use crate::audit::{self, Event};
 use crate::clock;
 use crate::error::{ApiError, ApiResult, OrRaise};
 use crate::webhook_endpoints;
-use crate::{guc, outbox, redact, seal};
+use crate::{guc, outbox, redact, seal, version};
 use apikey_core::pepper::PepperSet;
 use apikey_core::webhook;
 use pgrx::datum::Interval;
@@ -21,17 +21,44 @@ const MAX_BATCH: i32 = 1000;
 const MAX_LEASE_SECONDS: i128 = 3600;
 const MAX_ERROR_CHARS: usize = 500;
 
-/// Due deliveries of enabled endpoints, oldest first, leased to the caller: rows another
-/// transaction is claiming are skipped, and a leased row is offered again only once its
-/// lease has run out (its deliverer died or hung), which is what makes delivery at least
-/// once without two deliverers sending one event at the same time.
+/// Due deliveries of enabled endpoints that are not paused, leased to the caller, shared
+/// out fairly: an endpoint has at most `$4` attempts in flight (across every deliverer), a
+/// partner at most `$3`, and what is free goes to partners in turn, the one with the fewest
+/// in flight first, each partner's oldest first. A hanging receiver thus holds at most a
+/// few slots and only now and then (its failures pause it, `outbox::endpoint_pause_seconds`),
+/// and no partner's backlog delays another's events.
+///
+/// Rows another transaction is claiming are skipped, and a leased row is offered again only
+/// once its lease has run out (its deliverer died or hung), which is what makes delivery at
+/// least once without two deliverers sending one event at the same time. The lease test is
+/// repeated where the rows are locked: a row another claim leased meanwhile is re-checked
+/// there (READ COMMITTED re-evaluates only that level's conditions), not in `ready`.
 const CLAIM: &str = "\
-    WITH due AS ( \
-        SELECT d.delivery_id FROM apikey.webhook_deliveries d \
+    WITH in_flight AS MATERIALIZED ( \
+        SELECT endpoint_id, partner_id FROM apikey.webhook_deliveries \
+        WHERE state = 'pending' AND leased_until > clock_timestamp()), \
+    ready AS ( \
+        SELECT d.delivery_id, d.endpoint_id, d.partner_id, d.next_attempt_at, \
+            row_number() OVER (PARTITION BY d.endpoint_id \
+                ORDER BY d.next_attempt_at, d.delivery_id) AS place \
+        FROM apikey.webhook_deliveries d \
         JOIN apikey.webhook_endpoints w ON w.endpoint_id = d.endpoint_id \
         WHERE d.state = 'pending' AND d.next_attempt_at <= clock_timestamp() \
           AND (d.leased_until IS NULL OR d.leased_until <= clock_timestamp()) AND w.enabled \
-        ORDER BY d.next_attempt_at \
+          AND {NOT_PAUSED}), \
+    ranked AS ( \
+        SELECT r.delivery_id, r.next_attempt_at, \
+            row_number() OVER (PARTITION BY r.partner_id \
+                ORDER BY r.place, r.next_attempt_at, r.delivery_id) \
+            + (SELECT count(*) FROM in_flight f WHERE f.partner_id = r.partner_id) AS turn \
+        FROM ready r \
+        WHERE r.place + (SELECT count(*) FROM in_flight f WHERE f.endpoint_id = r.endpoint_id) <= $4), \
+    due AS ( \
+        SELECT d.delivery_id FROM apikey.webhook_deliveries d \
+        JOIN ranked ON ranked.delivery_id = d.delivery_id \
+        WHERE ranked.turn <= $3 AND d.state = 'pending' \
+          AND (d.leased_until IS NULL OR d.leased_until <= clock_timestamp()) \
+        ORDER BY ranked.turn, ranked.next_attempt_at \
         LIMIT $1 \
         FOR UPDATE OF d SKIP LOCKED) \
     UPDATE apikey.webhook_deliveries d SET leased_until = clock_timestamp() + $2 \
@@ -42,6 +69,12 @@ const CLAIM: &str = "\
         d.attempts + 1, w.secret_sealed, w.secret_pepper, \
         CASE WHEN w.previous_secret_until > clock_timestamp() THEN w.previous_secret_sealed END, \
         w.previous_secret_pepper";
+
+/// An endpoint that is not paused; a database before 0.5.0 has no pauses.
+const NOT_PAUSED: (&str, &str) = (
+    "{NOT_PAUSED}",
+    "(w.paused_until IS NULL OR w.paused_until <= clock_timestamp())",
+);
 
 type Claimed = (i64, pgrx::Uuid, String, String, i64, String, String, i32);
 
@@ -88,7 +121,21 @@ fn claim(
             "must be between 1 second and 1 hour",
         ));
     }
-    let rows = client.update(CLAIM, None, &[max.into(), lease.into()])?;
+    let not_paused = if version::schema_has(version::ROUND_THREE)? {
+        NOT_PAUSED.1
+    } else {
+        "true"
+    };
+    let rows = client.update(
+        &CLAIM.replace(NOT_PAUSED.0, not_paused),
+        None,
+        &[
+            max.into(),
+            lease.into(),
+            i64::from(guc::webhook_partner_concurrency()).into(),
+            i64::from(outbox::ENDPOINT_CONCURRENCY).into(),
+        ],
+    )?;
     let peppers = guc::peppers()?;
     let now = clock::unix_seconds();
     let mut claimed = Vec::with_capacity(rows.len());
@@ -140,6 +187,31 @@ fn claim(
     Ok(claimed)
 }
 
+/// Counts a failure in a row and pauses the endpoint for it, or ends the pause after a
+/// success. The endpoint's row is locked by the report, so concurrent reports count every
+/// failure.
+fn pause(client: &mut SpiClient<'_>, endpoint_id: pgrx::Uuid, delivered: bool) -> ApiResult<()> {
+    let failures = client
+        .update(
+            "UPDATE apikey.webhook_endpoints SET failures_in_a_row = \
+                CASE WHEN $2 THEN 0 ELSE least(failures_in_a_row, 1000000) + 1 END \
+             WHERE endpoint_id = $1 RETURNING failures_in_a_row",
+            None,
+            &[endpoint_id.into(), delivered.into()],
+        )?
+        .first()
+        .get::<i32>(1)?
+        .unwrap_or_default();
+    let pause = (!delivered).then(|| outbox::endpoint_pause_seconds(failures) as f64);
+    client.update(
+        "UPDATE apikey.webhook_endpoints \
+         SET paused_until = clock_timestamp() + make_interval(secs => $2) WHERE endpoint_id = $1",
+        None,
+        &[endpoint_id.into(), pause.into()],
+    )?;
+    Ok(())
+}
+
 /// The key of a sealed secret. A pepper taken out of the file leaves its endpoints'
 /// secrets unopenable: the error says what to do, never what the secret is.
 fn open(
@@ -174,7 +246,8 @@ fn apikey_webhook_report(
 /// Records one attempt and moves the delivery on: delivered on a 2xx, otherwise retried
 /// after the schedule's next delay, or failed after the last attempt. An endpoint that has
 /// had nothing but failures for `outbox::DISABLE_AFTER_SECONDS` is disabled, with an audit
-/// row. Returns the delivery's state. A report for a delivery another deliverer already
+/// row. A failed attempt pauses the endpoint (`outbox::endpoint_pause_seconds`), a success
+/// ends the pause. Returns the delivery's state. A report for a delivery another deliverer already
 /// finished (its lease had run out) is recorded and changes nothing else.
 fn report(
     client: &mut SpiClient<'_>,
@@ -285,6 +358,9 @@ fn report(
         None,
         &[endpoint_id.into(), delivered.into()],
     )?;
+    if version::schema_has(version::ROUND_THREE)? {
+        pause(client, endpoint_id, delivered)?;
+    }
     if !delivered && failing_too_long {
         let reason = format!(
             "every delivery failed for more than {} days",

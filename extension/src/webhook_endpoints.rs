@@ -6,7 +6,7 @@
 use crate::access;
 use crate::audit::{self, Event};
 use crate::error::{ApiError, ApiResult, OrRaise};
-use crate::{events, guc, seal, validate};
+use crate::{events, guc, seal, validate, version};
 use apikey_core::webhook;
 use pgrx::datum::Interval;
 use pgrx::prelude::*;
@@ -196,6 +196,14 @@ pub fn set_enabled(
         None,
         &[endpoint_id.into(), enabled.into(), reason.into()],
     )?;
+    if enabled && version::schema_has(version::ROUND_THREE)? {
+        client.update(
+            "UPDATE apikey.webhook_endpoints SET failures_in_a_row = 0, paused_until = NULL \
+             WHERE endpoint_id = $1",
+            None,
+            &[endpoint_id.into()],
+        )?;
+    }
     Ok(())
 }
 

@@ -136,6 +136,109 @@ fn a_partner_may_keep_or_narrow_scopes() {
 }
 
 #[test]
+fn a_partner_cannot_enable_a_key_an_operator_disabled() {
+    let mut p = partner();
+    let mut c = partner_login(&mut p.su);
+    let set = |key_id: &str, enabled: bool| {
+        format!("SELECT apikey_set_enabled('{key_id}', {enabled})::text")
+    };
+    p.su.execute("SELECT apikey_set_enabled($1, false)", &[&p.reader.key_id])
+        .expect("an operator disables the key");
+    assert_eq!(
+        db_error(as_manager(
+            &mut c,
+            &p.manager.token,
+            &set(&p.reader.key_id, true)
+        )),
+        (
+            INSUFFICIENT_PRIVILEGE.to_string(),
+            format!(
+                "key {} was disabled by an operator: only an operator may enable it",
+                p.reader.key_id
+            )
+        )
+    );
+    // Its successor inherits the operator's disable.
+    let successor = as_manager(
+        &mut c,
+        &p.manager.token,
+        &format!("SELECT key_id FROM apikey_rotate('{}')", p.reader.key_id),
+    )
+    .expect("the partner may still rotate it")
+    .remove(0);
+    assert_eq!(
+        sqlstate(as_manager(&mut c, &p.manager.token, &set(&successor, true))),
+        INSUFFICIENT_PRIVILEGE
+    );
+    assert_eq!(reason(&mut p.su, &p.reader.token), "revoked");
+    // A key the partner disabled itself, the partner may enable again.
+    as_manager(&mut c, &p.manager.token, &set(&p.wide.key_id, false)).expect("disable");
+    as_manager(&mut c, &p.manager.token, &set(&p.wide.key_id, true)).expect("enable");
+    assert_eq!(reason(&mut p.su, &p.wide.token), "ok");
+    // The operator's enable lifts it; a later partner disable is the partner's again.
+    p.su.execute("SELECT apikey_set_enabled($1, true)", &[&successor])
+        .expect("an operator enables the key");
+    as_manager(&mut c, &p.manager.token, &set(&successor, false)).expect("disable");
+    as_manager(&mut c, &p.manager.token, &set(&successor, true)).expect("enable");
+}
+
+#[test]
+fn rotating_again_ends_the_older_grace_and_grace_is_bounded_for_everyone() {
+    let mut p = partner();
+    let mut c = partner_login(&mut p.su);
+    let rotate = |key_id: &str, grace: &str| {
+        format!("SELECT key_id || ' ' || token FROM apikey_rotate('{key_id}', '{grace}')")
+    };
+    for grace in ["1000 years", "367 days"] {
+        let expected = (
+            "22023".to_string(),
+            "invalid grace: must be at most 366 days".to_string(),
+        );
+        assert_eq!(
+            db_error(as_manager(
+                &mut c,
+                &p.manager.token,
+                &rotate(&p.reader.key_id, grace)
+            )),
+            expected,
+            "as the partner, {grace}"
+        );
+        assert_eq!(
+            db_error(p.su.query(&rotate(&p.reader.key_id, grace), &[])),
+            expected,
+            "as an operator, {grace}"
+        );
+    }
+    let before = keys_of(&mut p.su, p.partner);
+    let mut tokens = vec![p.reader.token.clone()];
+    let mut key_id = p.reader.key_id.clone();
+    for _ in 0..5 {
+        let rotated = as_manager(&mut c, &p.manager.token, &rotate(&key_id, "366 days"))
+            .expect("rotate with the longest grace")
+            .remove(0);
+        let (new_key_id, token) = rotated.split_once(' ').expect("key_id and token");
+        key_id = new_key_id.to_string();
+        tokens.push(token.to_string());
+    }
+    assert_eq!(keys_of(&mut p.su, p.partner), before + 5);
+    let reasons: Vec<String> = tokens.iter().map(|t| reason(&mut p.su, t)).collect();
+    assert_eq!(
+        reasons,
+        ["revoked", "revoked", "revoked", "revoked", "ok", "ok"],
+        "only the newest key and its one predecessor in grace are live"
+    );
+    let ended: i64 =
+        p.su.query_one(
+            "SELECT count(*) FROM apikey.audit_log WHERE action = 'revoke' AND reason = 'rotated' \
+             AND detail ? 'grace_ended_by_rotation_of' AND partner_id = $1",
+            &[&p.partner],
+        )
+        .expect("audit rows")
+        .get(0);
+    assert_eq!(ended, 4, "each ended grace is audited");
+}
+
+#[test]
 fn a_partner_cannot_touch_an_operator_key_of_its_own_partner() {
     let mut p = partner();
     let mut c = partner_login(&mut p.su);

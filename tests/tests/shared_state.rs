@@ -2,7 +2,8 @@
 //! proofs shared by fresh connections (checked with `apikey_status()` counters, not
 //! timings); proofs that never outlive the hash they proved; two databases with one key id
 //! kept apart; usage written by the worker, kept across a clean restart, recovered after a
-//! crash; retention; a flood of forged tokens that writes almost nothing; and the same
+//! crash; retention; a flood of forged tokens that writes almost nothing, and one from many
+//! networks that cannot hide failures against real keys; and the same
 //! extension without `shared_preload_libraries`.
 
 use apikey_tests::cluster::PrivateCluster;
@@ -442,6 +443,46 @@ fn a_partner_sees_only_its_own_usage() {
 }
 
 #[test]
+fn a_rotation_family_shares_one_rate_limit() {
+    let (mut c, partner) = setup();
+    let old = issue_with(&mut c, "$1, '{a:b}', rate_per_minute => 4", &[&partner]);
+    let row = c
+        .query_one(
+            "SELECT key_id, token FROM apikey_rotate($1, '1 hour')",
+            &[&old.key_id],
+        )
+        .expect("rotate with a grace period");
+    let (new_key_id, new_token): (String, String) = (row.get(0), row.get(1));
+    let reasons: Vec<String> = (0..6)
+        .map(|i| reason(&mut c, if i % 2 == 0 { &old.token } else { &new_token }))
+        .collect();
+    assert_eq!(
+        reasons,
+        ["ok", "ok", "ok", "ok", "rate_limited", "rate_limited"],
+        "the old token in its grace and the new one spend one bucket of 4"
+    );
+    for key_id in [&old.key_id, &new_key_id] {
+        let remaining: Option<i32> = c
+            .query_one("SELECT remaining FROM apikey_rate_state($1)", &[key_id])
+            .expect("apikey_rate_state")
+            .get(0);
+        assert_eq!(remaining, Some(0), "{key_id} shows the family's bucket");
+    }
+    // Each token's use is its own key's.
+    let used: i64 = eventually("both keys' last use is written", || {
+        let n: i64 = c
+            .query_one(
+                "SELECT count(*) FROM apikey.keys WHERE key_id IN ($1, $2) AND last_used_at IS NOT NULL",
+                &[&old.key_id, &new_key_id],
+            )
+            .expect("last_used_at")
+            .get(0);
+        (n == 2).then_some(n)
+    });
+    assert_eq!(used, 2);
+}
+
+#[test]
 fn a_flood_of_forged_tokens_writes_almost_nothing() {
     let _alone = counters_alone();
     let (mut c, partner) = setup();
@@ -507,6 +548,110 @@ fn a_flood_of_forged_tokens_writes_almost_nothing() {
         .expect("apikey_usage")
         .get(0);
     assert_eq!(counted, 300, "every failure is counted");
+}
+
+#[test]
+fn a_flood_from_many_networks_cannot_hide_failures_against_real_keys() {
+    // A table of 100 marks: sender networks may take 50 of them per minute.
+    let cluster = PrivateCluster::start(&[
+        "shared_preload_libraries = 'apikey'",
+        "apikey.max_usage_entries = 100",
+    ]);
+    let mut c = cluster.connect("apikey");
+    let partner = create_partner(&mut c);
+    let keys: Vec<Issued> = (0..60).map(|_| issue(&mut c, partner, &["a:b"])).collect();
+    for key in &keys {
+        assert_eq!(reason(&mut c, &key.token), "ok", "the key is proven");
+    }
+    let minute_before: String = c
+        .query_one("SELECT date_trunc('minute', clock_timestamp())::text", &[])
+        .expect("minute")
+        .get(0);
+    let suppressed = status(&mut c, "audit_suppressed");
+    let unknown = |i: usize| forge(&format!("ak_live_{i:016}"), &"x".repeat(43)).token;
+    let mut fail_unknown = |c: &mut Client, i: usize, ip: &str| {
+        assert_eq!(
+            verify(c, Some(&unknown(i)), &[], Some(ip)).reason,
+            "unknown_key"
+        );
+    };
+    // Addresses of one network count as one sender: an IPv4 /24, an IPv6 /64, and the
+    // IPv4-mapped form of the /24's addresses.
+    for i in 0..200 {
+        fail_unknown(&mut c, i, &format!("203.0.113.{}", i + 1));
+        fail_unknown(&mut c, i, &format!("2001:db8:1:2:{i:x}::1"));
+        fail_unknown(&mut c, i, &format!("::ffff:203.0.113.{}", i + 1));
+    }
+    // 300 networks, more than the table lets them mark.
+    for i in 0..300 {
+        fail_unknown(&mut c, i, &format!("10.{}.{}.1", i / 256, i % 256));
+    }
+    // Then every real key meets a wrong secret: more keys than the networks left room for.
+    for (i, key) in keys.iter().enumerate() {
+        let wrong = forge(&key.key_id, &format!("{i:043}"));
+        let verdict = verify(&mut c, Some(&wrong.token), &[], Some("10.250.0.1"));
+        assert_eq!(verdict.reason, "secret_mismatch");
+    }
+    let minutes: i64 = c
+        .query_one(
+            "SELECT extract(epoch FROM date_trunc('minute', clock_timestamp()) - $1::text::timestamptz)::bigint / 60 + 1",
+            &[&minute_before],
+        )
+        .expect("minutes")
+        .get(0);
+    let rows = |c: &mut Client, filter: &str| -> i64 {
+        c.query_one(
+            &format!(
+                "SELECT count(*) FROM apikey.audit_log WHERE action = 'verify_failed' AND {filter}"
+            ),
+            &[],
+        )
+        .expect("audit rows")
+        .get(0)
+    };
+    let ids: Vec<String> = keys.iter().map(|k| format!("'{}'", k.key_id)).collect();
+    let distinct: i64 = c
+        .query_one(
+            &format!(
+                "SELECT count(DISTINCT key_id) FROM apikey.audit_log WHERE action = 'verify_failed' \
+                 AND reason = 'secret_mismatch' AND key_id IN ({})",
+                ids.join(",")
+            ),
+            &[],
+        )
+        .expect("audited keys")
+        .get(0);
+    assert_eq!(
+        distinct, 60,
+        "a failure against an existing key is always audited"
+    );
+    for (network, filter) in [
+        (
+            "203.0.113.0/24",
+            "client_ip << '203.0.113.0/24' OR client_ip << '::ffff:203.0.113.0/120'",
+        ),
+        ("2001:db8:1:2::/64", "client_ip << '2001:db8:1:2::/64'"),
+    ] {
+        let written = rows(&mut c, &format!("({filter})"));
+        assert!(
+            (1..=minutes).contains(&written),
+            "{written} rows for 200 senders of {network} over {minutes} minute(s)"
+        );
+    }
+    let many = rows(
+        &mut c,
+        "reason = 'unknown_key' AND client_ip << '10.0.0.0/8'",
+    );
+    assert!(
+        (1..=50 * minutes).contains(&many),
+        "{many} rows for 300 networks over {minutes} minute(s)"
+    );
+    let hidden = status(&mut c, "audit_suppressed") - suppressed;
+    assert_eq!(
+        hidden,
+        300 - many,
+        "every failure of the 300 networks was audited or counted as suppressed"
+    );
 }
 
 #[test]

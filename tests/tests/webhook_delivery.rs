@@ -500,6 +500,114 @@ fn two_shims_share_the_outbox_without_sending_an_event_twice() {
 }
 
 #[test]
+fn a_partner_whose_receivers_hang_does_not_delay_another_partners_events() {
+    let _serial = one_at_a_time();
+    let hanging = Receiver::start();
+    hanging.delay_answers(std::time::Duration::from_secs(120));
+    let healthy = Receiver::start();
+    // Attempts time out after 20 s: the healthy partner's event must arrive while the
+    // hanging partner's first attempts are all still waiting.
+    let _shim = Shim::start_with(&[
+        ("APIKEY_SHIM_WEBHOOK_DELIVERY", "true"),
+        ("APIKEY_SHIM_WEBHOOK_ALLOW_PRIVATE", "true"),
+        ("APIKEY_SHIM_WEBHOOK_POLL_MS", "100"),
+        ("APIKEY_SHIM_WEBHOOK_TIMEOUT_MS", "20000"),
+    ]);
+    let mut c = superuser();
+    let partner_cap: i64 = c
+        .query_one(
+            "SELECT current_setting('apikey.webhook_partner_concurrency')::bigint",
+            &[],
+        )
+        .expect("the partner's share")
+        .get(0);
+    let attacker = create_partner(&mut c);
+    let endpoints: Vec<Endpoint> = (0..16)
+        .map(|i| {
+            create_endpoint(
+                &mut c,
+                attacker,
+                &hanging.url(&format!("/hang/{i}")),
+                &["*"],
+            )
+        })
+        .collect();
+    for endpoint in &endpoints {
+        for _ in 0..3 {
+            send_test_event(&mut c, endpoint.endpoint_id);
+        }
+    }
+    hanging.wait_for("the hanging partner's attempts are in flight", |_| {
+        hanging.received().len() as i64 >= partner_cap
+    });
+    let other = create_partner(&mut c);
+    let endpoint = create_endpoint(&mut c, other, &healthy.url("/healthy"), &["*"]);
+    let event = send_test_event(&mut c, endpoint.endpoint_id).to_string();
+    healthy.wait_for("the other partner's event", |r| {
+        r.header("webhook-id") == event
+    });
+    let attacker_attempts: i64 = c
+        .query_one(
+            "SELECT count(*) FROM apikey.webhook_attempts WHERE partner_id = $1",
+            &[&attacker],
+        )
+        .expect("count attempts")
+        .get(0);
+    assert_eq!(
+        attacker_attempts, 0,
+        "delivered while every hanging attempt was still waiting"
+    );
+    let held = hanging.received();
+    assert_eq!(
+        held.len() as i64,
+        partner_cap,
+        "one partner holds its share of the slots, no more"
+    );
+    let mut per_endpoint: HashMap<&str, usize> = HashMap::new();
+    for r in &held {
+        *per_endpoint.entry(r.path.as_str()).or_default() += 1;
+    }
+    assert!(
+        per_endpoint.values().all(|n| *n <= 2),
+        "at most two attempts in flight per endpoint: {per_endpoint:?}"
+    );
+
+    // The hanging attempts time out; each failing endpoint pauses before its next attempt.
+    let ids: Vec<Uuid> = endpoints.iter().map(|e| e.endpoint_id).collect();
+    let paused = eventually("the failed endpoints are paused", || {
+        let rows = c
+            .query(
+                "SELECT w.failures_in_a_row, extract(epoch FROM w.paused_until - a.at)::float8 \
+                 FROM apikey.webhook_endpoints w \
+                 JOIN apikey.webhook_attempts a ON a.endpoint_id = w.endpoint_id \
+                 WHERE w.endpoint_id = ANY ($1) AND w.failures_in_a_row = 1",
+                &[&ids],
+            )
+            .expect("read endpoints");
+        (!rows.is_empty()).then_some(rows)
+    });
+    for row in paused {
+        let pause: Option<f64> = row.get(1);
+        assert!(
+            pause.is_some_and(|p| (0.0..=1.5).contains(&p)),
+            "a first failure pauses its endpoint for a second: {pause:?}"
+        );
+    }
+    let healthy_state: i32 = c
+        .query_one(
+            "SELECT failures_in_a_row FROM apikey.webhook_endpoint_info WHERE endpoint_id = $1",
+            &[&endpoint.endpoint_id],
+        )
+        .expect("read endpoint")
+        .get(0);
+    assert_eq!(healthy_state, 0);
+    for id in ids {
+        c.execute("SELECT apikey_webhook_delete($1)", &[&id])
+            .expect("delete the hanging endpoints and their deliveries");
+    }
+}
+
+#[test]
 fn during_a_secret_rotation_both_secrets_sign() {
     let _serial = one_at_a_time();
     let receiver = Receiver::start();

@@ -298,19 +298,28 @@ impl Rate {
     };
 }
 
-/// Takes one verification from the bucket of `key_id`: `rate_per_minute` tokens, refilled
-/// continuously, so a key may burst one minute's allowance. An allowed one is the key's last
-/// use (for `last_used_at`), noted in the same pass. `None` without shared memory.
-pub fn take(key_id: &str, rate_per_minute: i32, now: i64) -> Option<Rate> {
-    with_key(key_id, now, |state| {
+/// Takes one verification of `key_id` from the bucket of `bucket_of` (the key itself, or for
+/// a key in its grace period its successor, so a rotation family shares one limit):
+/// `rate_per_minute` tokens, refilled continuously, so a key may burst one minute's
+/// allowance. An allowed one is `key_id`'s last use (for `last_used_at`). `None` without
+/// shared memory.
+pub fn take(key_id: &str, bucket_of: &str, rate_per_minute: i32, now: i64) -> Option<Rate> {
+    let own = key_id == bucket_of;
+    let rate = with_key(bucket_of, now, |state| {
         let (tokens, rate) = bucket::take(state.tokens, state.refilled_at, rate_per_minute, now);
         state.tokens = tokens;
         state.refilled_at = now;
-        if rate.allowed {
+        if rate.allowed && own {
             state.last_used = state.last_used.max(now);
         }
         rate
-    })
+    })?;
+    if rate.allowed && !own {
+        with_key(key_id, now, |state| {
+            state.last_used = state.last_used.max(now)
+        });
+    }
+    Some(rate)
 }
 
 /// Where `key_id` stands now, without taking anything: `None` without shared memory.

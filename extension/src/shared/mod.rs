@@ -81,6 +81,7 @@ pub struct Control {
     pub gate: PgSpinLock<keys::Gate>,
     /// `TimestampTz` of the last successful flush, 0 before the first.
     pub last_flush: AtomicI64,
+    pub network_marks: marks::NetworkShare,
 }
 
 impl Control {
@@ -89,6 +90,7 @@ impl Control {
             counters: std::array::from_fn(|_| AtomicU64::new(0)),
             gate: PgSpinLock::new(keys::Gate::default()),
             last_flush: AtomicI64::new(0),
+            network_marks: marks::NetworkShare::default(),
         }
     }
 

@@ -170,8 +170,10 @@ impl Worker {
         let mut in_flight: JoinSet<()> = JoinSet::new();
         let mut trouble = Trouble::default();
         let mut next_claim = Instant::now();
-        // The last claim filled every free slot: more is probably due, so a slot that frees
-        // up is filled at once instead of after the poll interval.
+        // More may be due: the last claim found something, or an attempt has just ended
+        // (the database lets an endpoint and a partner have only a few attempts in flight,
+        // so the end of one may make the next claimable). A free slot is then filled at
+        // once instead of after the poll interval.
         let mut backlog = false;
         loop {
             if *stopping.borrow() {
@@ -186,7 +188,7 @@ impl Worker {
                 match claimed {
                     Ok(claimed) => {
                         trouble.cleared();
-                        backlog = claimed.len() >= free;
+                        backlog = !claimed.is_empty();
                         for delivery in claimed {
                             in_flight.spawn(Arc::clone(&self).deliver(delivery));
                         }
@@ -205,6 +207,7 @@ impl Worker {
                     if let Err(e) = joined {
                         tracing::error!(error = %e, "a webhook attempt task failed");
                     }
+                    backlog = true;
                 }
                 () = tokio::time::sleep_until(next_claim), if free > 0 && !backlog => {}
             }
