@@ -34,3 +34,51 @@ WHERE NOT k.enabled AND EXISTS (
           ORDER BY a.id DESC LIMIT 1) last
     JOIN pg_catalog.pg_roles r ON r.rolname = last.actor
     WHERE last.action = 'disable' AND pg_catalog.pg_has_role(r.oid, 'apikey_admin', 'USAGE'));
+
+-- apikey_status() counts guesses refused without Argon2id (argon2_refused).
+DROP FUNCTION @extschema@.apikey_status();
+CREATE FUNCTION @extschema@."apikey_status"() RETURNS TABLE (
+	"shared_memory" bool,
+	"note" TEXT,
+	"keys_in_use" bigint,
+	"keys_capacity" bigint,
+	"usage_entries" bigint,
+	"usage_capacity" bigint,
+	"proof_hits" bigint,
+	"proof_misses" bigint,
+	"argon2_verified" bigint,
+	"argon2_failed" bigint,
+	"argon2_waits" bigint,
+	"argon2_running" INT,
+	"argon2_max_concurrency" INT,
+	"rate_limited" bigint,
+	"usage_dropped" bigint,
+	"audit_suppressed" bigint,
+	"keys_evicted" bigint,
+	"flushes" bigint,
+	"flush_failures" bigint,
+	"last_flush" timestamp with time zone,
+	"argon2_refused" bigint
+)
+STRICT VOLATILE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'apikey_status_wrapper';
+REVOKE ALL ON FUNCTION @extschema@.apikey_status() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.apikey_status() TO apikey_admin;
+
+-- key_info shows disabled_by_operator.
+GRANT SELECT (disabled_by_operator) ON apikey.keys TO apikey_admin, apikey_partner;
+CREATE OR REPLACE VIEW apikey.key_info WITH (security_invoker = true) AS
+SELECT
+    key_id, partner_id, name, scopes, tags, metadata, environment, enabled, not_before,
+    expires_at, revoked_at, revoke_reason, rotated_to, rate_per_minute, allowed_cidrs,
+    created_at, created_by, last_used_at,
+    CASE
+        WHEN revoked_at IS NOT NULL AND revoked_at <= clock_timestamp() THEN 'revoked'
+        WHEN expires_at IS NOT NULL AND expires_at <= clock_timestamp() THEN 'expired'
+        WHEN NOT enabled THEN 'disabled'
+        WHEN not_before IS NOT NULL AND not_before > clock_timestamp() THEN 'not_yet_valid'
+        ELSE 'live'
+    END AS status,
+    disabled_by_operator
+FROM apikey.keys;

@@ -85,7 +85,8 @@ SELECT
         WHEN NOT enabled THEN 'disabled'
         WHEN not_before IS NOT NULL AND not_before > clock_timestamp() THEN 'not_yet_valid'
         ELSE 'live'
-    END AS status
+    END AS status,
+    disabled_by_operator
 FROM apikey.keys;
 COMMENT ON VIEW apikey.key_info IS
     'Every key column except the secret hash and pepper fingerprint, plus a derived status';
@@ -94,7 +95,7 @@ COMMENT ON VIEW apikey.key_info IS
 GRANT SELECT (
     key_id, partner_id, name, scopes, tags, metadata, environment, enabled, not_before,
     expires_at, revoked_at, revoke_reason, rotated_to, rate_per_minute, allowed_cidrs,
-    created_at, created_by, last_used_at
+    created_at, created_by, last_used_at, disabled_by_operator
 ) ON apikey.keys TO apikey_admin, apikey_partner;
 GRANT SELECT ON apikey.key_info, apikey.audit_log, apikey.partners, apikey.usage, apikey.events
     TO apikey_admin, apikey_partner;

@@ -36,6 +36,9 @@ fn apikey_status() -> TableIterator<
         name!(flushes, Option<i64>),
         name!(flush_failures, Option<i64>),
         name!(last_flush, Option<TimestampWithTimeZone>),
+        // Last, so that a database still at 0.4.0 (whose definition lacks it) reads every
+        // other column where it was.
+        name!(argon2_refused, Option<i64>),
     ),
 > {
     let max_concurrency = i32::try_from(guc::argon2_max_concurrency()).unwrap_or(i32::MAX);
@@ -59,6 +62,7 @@ fn apikey_status() -> TableIterator<
             None,
             None,
             max_concurrency,
+            None,
             None,
             None,
             None,
@@ -95,5 +99,6 @@ fn apikey_status() -> TableIterator<
         stat(Stat::Flushes),
         stat(Stat::FlushFailures),
         last_flush,
+        stat(Stat::Argon2Refused),
     ))
 }

@@ -259,7 +259,16 @@ fn decide<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
     };
     // Only verifications that would otherwise be ok use up the rate limit.
     let rate = (reason == Reason::Ok)
-        .then(|| shared::keys::take(key_id, row.rate_bucket(key_id), row.rate_per_minute, now))
+        .then(|| {
+            let partner = row.partner_id.as_bytes();
+            shared::keys::take(
+                key_id,
+                partner,
+                row.rate_bucket(key_id),
+                row.rate_per_minute,
+                now,
+            )
+        })
         .flatten();
     let reason = match rate {
         Some(rate) if !rate.allowed => {

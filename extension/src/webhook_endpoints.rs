@@ -45,25 +45,32 @@ fn create(
     let url = validate::webhook_url(url, guc::webhook_allow_private_urls())
         .map_err(|e| ApiError::invalid("url", e))?;
     let events = validate::webhook_events(&events).map_err(|e| ApiError::invalid("events", e))?;
+    // Concurrent creates for one partner take turns here, and each counts after the one
+    // before it committed (a new statement, a new snapshot): the limit holds under any race.
+    // NO KEY UPDATE leaves issuing keys for the partner (a foreign key check) unblocked.
+    let partner = client.update(
+        "SELECT 1 FROM apikey.partners WHERE partner_id = $1 FOR NO KEY UPDATE",
+        Some(1),
+        &[partner_id.into()],
+    )?;
+    if partner.is_empty() {
+        return Err(partner_missing());
+    }
     let row = client.select(
-        "SELECT EXISTS (SELECT 1 FROM apikey.partners WHERE partner_id = $1), \
-                (SELECT count(*) FROM apikey.webhook_endpoints WHERE partner_id = $1), \
+        "SELECT (SELECT count(*) FROM apikey.webhook_endpoints WHERE partner_id = $1), \
                 gen_random_uuid()",
         Some(1),
         &[partner_id.into()],
     )?;
     let row = row.first();
-    if !row.get::<bool>(1)?.unwrap_or(false) {
-        return Err(partner_missing());
-    }
-    if row.get::<i64>(2)?.unwrap_or(0) >= MAX_ENDPOINTS_PER_PARTNER {
+    if row.get::<i64>(1)?.unwrap_or(0) >= MAX_ENDPOINTS_PER_PARTNER {
         return Err(ApiError::state(format!(
             "partner {partner_id} already has {MAX_ENDPOINTS_PER_PARTNER} webhook endpoints, the most allowed"
         ))
         .with_hint("Delete one, or subscribe an existing endpoint to more events."));
     }
     let endpoint_id = row
-        .get::<pgrx::Uuid>(3)?
+        .get::<pgrx::Uuid>(2)?
         .ok_or_else(|| ApiError::internal("gen_random_uuid() returned NULL"))?;
     let (sealed, pepper, secret) = new_sealed_secret(endpoint_id)?;
     client.update(

@@ -274,7 +274,7 @@ fn saturating_i64(value: usize) -> i64 {
 /// `apikey_status()`'s columns: counters for what only grows, gauges for the rest. Columns
 /// that are NULL (no shared memory) are left out, but `apikey_shared_memory` is always there.
 fn register_server_status(registry: &mut Registry, status: &serde_json::Value) {
-    const COUNTERS: [(&str, &str); 11] = [
+    const COUNTERS: [(&str, &str); 12] = [
         (
             "proof_hits",
             "Verifications answered by a proof, without Argon2id",
@@ -287,6 +287,10 @@ fn register_server_status(registry: &mut Registry, status: &serde_json::Value) {
             "Verifications that waited for the Argon2id gate",
         ),
         (
+            "argon2_refused",
+            "Guesses at a key answered rate_limited without Argon2id: its queue was full or its attack budget spent",
+        ),
+        (
             "rate_limited",
             "Verifications refused by a key's rate limit",
         ),
@@ -296,7 +300,7 @@ fn register_server_status(registry: &mut Registry, status: &serde_json::Value) {
         ),
         (
             "audit_suppressed",
-            "Failure audit rows not written because shared memory was full",
+            "Unknown-key failures not audited: their sender networks' share of the marks was used up",
         ),
         ("keys_evicted", "Keys evicted from shared memory"),
         ("flushes", "Background worker flushes"),

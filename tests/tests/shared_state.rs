@@ -3,8 +3,8 @@
 //! timings); proofs that never outlive the hash they proved; two databases with one key id
 //! kept apart; usage written by the worker, kept across a clean restart, recovered after a
 //! crash; retention; a flood of forged tokens that writes almost nothing, and one from many
-//! networks that cannot hide failures against real keys; and the same
-//! extension without `shared_preload_libraries`.
+//! networks that cannot hide failures against real keys; a partner with many keys that
+//! cannot evict another's; and the same extension without `shared_preload_libraries`.
 
 use apikey_tests::cluster::PrivateCluster;
 use apikey_tests::postgres::Client;
@@ -548,6 +548,45 @@ fn a_flood_of_forged_tokens_writes_almost_nothing() {
         .expect("apikey_usage")
         .get(0);
     assert_eq!(counted, 300, "every failure is counted");
+}
+
+#[test]
+fn a_partner_with_many_keys_cannot_evict_another_partners_keys() {
+    let cluster = PrivateCluster::start(&[
+        "shared_preload_libraries = 'apikey'",
+        "apikey.max_keys = 100",
+    ]);
+    let mut c = cluster.connect("apikey");
+    let (small, big) = (create_partner(&mut c), create_partner(&mut c));
+    let kept: Vec<Issued> = (0..10).map(|_| issue(&mut c, small, &["a:b"])).collect();
+    for key in &kept {
+        assert_eq!(
+            reason(&mut c, &key.token),
+            "ok",
+            "the small partner's key is proven"
+        );
+    }
+    // 150 keys of one partner pass through a table of 100.
+    for _ in 0..150 {
+        let key = issue(&mut c, big, &["a:b"]);
+        assert_eq!(reason(&mut c, &key.token), "ok");
+    }
+    assert!(status(&mut c, "keys_evicted") > 0, "the table overflowed");
+    let argon2 = status(&mut c, "argon2_verified");
+    for key in &kept {
+        assert_eq!(reason(&mut c, &key.token), "ok");
+    }
+    assert_eq!(
+        status(&mut c, "argon2_verified"),
+        argon2,
+        "the small partner's keys are still proven: none was evicted"
+    );
+    assert!(
+        cluster
+            .log()
+            .contains("the shared key table is full (apikey.max_keys = 100)"),
+        "eviction is logged"
+    );
 }
 
 #[test]

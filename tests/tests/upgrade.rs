@@ -266,6 +266,21 @@ fn upgrades_to_what_a_fresh_install_gives(release: &str) {
         ],
         "answers at {release} with the new library: {before:#?}"
     );
+    if release != "0.1.0" {
+        let lined_up: bool = c
+            .query_one(
+                "SELECT keys_capacity = current_setting('apikey.max_keys')::bigint \
+                        AND argon2_max_concurrency > 0 AND coalesce(last_flush <= clock_timestamp(), true) \
+                 FROM apikey_status()",
+                &[],
+            )
+            .expect("apikey_status() at an earlier release")
+            .get(0);
+        assert!(
+            lined_up,
+            "apikey_status() at {release} reads its columns where they were"
+        );
+    }
     let audit_rows: i64 = c
         .query_one("SELECT count(*) FROM apikey.audit_log", &[])
         .expect("count audit rows")

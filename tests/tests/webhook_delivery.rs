@@ -1089,11 +1089,44 @@ fn bad_arguments_and_callers_get_clear_errors() {
         assert_eq!(db.detail(), detail, "{sql}");
     }
 
-    // Endpoints are capped per partner.
+    // Endpoints are capped per partner, also when created at the same moment: 12 exist,
+    // 8 sessions each create one, 4 succeed.
     let capped = create_partner(&mut c);
-    for i in 0..16 {
+    for i in 0..12 {
         create_endpoint(&mut c, capped, &format!("https://example.com/{i}"), &["*"]);
     }
+    let start = std::sync::Arc::new(std::sync::Barrier::new(8));
+    let racers: Vec<_> = (0..8)
+        .map(|i| {
+            let start = std::sync::Arc::clone(&start);
+            std::thread::spawn(move || {
+                let mut c = superuser();
+                start.wait();
+                c.query_one(
+                    "SELECT endpoint_id FROM apikey_webhook_create($1, $2)",
+                    &[&capped, &format!("https://example.com/race/{i}")],
+                )
+                .map_err(|e| e.code().map(|c| c.code().to_string()))
+                .map(|_| ())
+            })
+        })
+        .collect();
+    let outcomes: Vec<Result<(), Option<String>>> = racers
+        .into_iter()
+        .map(|r| r.join().expect("a racing create"))
+        .collect();
+    assert_eq!(
+        outcomes.iter().filter(|o| o.is_ok()).count(),
+        4,
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes.iter().all(|o| o
+            .as_ref()
+            .err()
+            .is_none_or(|code| code.as_deref() == Some("55000"))),
+        "{outcomes:?}"
+    );
     let (code, message) = db_error(c.query_one(
         "SELECT * FROM apikey_webhook_create($1, 'https://example.com/17')",
         &[&capped],

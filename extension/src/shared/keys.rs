@@ -1,9 +1,10 @@
 //! Per key, in shared memory: the proof that a digest matches its stored hash, its rate-limit
 //! bucket, when it was last used (for the background worker to write `last_used_at`), and
 //! whether an Argon2id verification of it is running. Entries are tagged with the database,
-//! since two databases may hold the same key id. When the table is full, the least recently
-//! used twentieth of it is evicted: an evicted key only pays Argon2id again, restarts its
-//! bucket full and may lose a minute of `last_used_at`.
+//! since two databases may hold the same key id. When the table is full, a twentieth of it is
+//! evicted, taken first from partners holding more than an equal share, and logged: an
+//! evicted key only pays Argon2id again, restarts its bucket full and may lose a minute of
+//! `last_used_at`.
 
 use super::table::{Locked, TableEntry};
 use super::{database, fixed, handles, Handles, Stat};
@@ -65,6 +66,9 @@ pub struct KeyState {
     pub failure_minute: i64,
     /// Last time any backend used the entry, for eviction.
     pub touched: i64,
+    /// The key's partner, noted by every verification that takes from its bucket (zero
+    /// before the first): eviction takes from partners holding more than their share first.
+    pub partner: [u8; 16],
 }
 
 // SAFETY: plain old data, no pointers.
@@ -124,11 +128,24 @@ fn with_key_in<R>(
         }
     }
     let mut table = handles.keys.exclusive();
-    if table.get(&tag).is_none() && table.len() >= crate::guc::max_keys() {
-        evict_oldest(handles, &mut table);
-    }
+    let evicted = if table.get(&tag).is_none() && table.len() >= crate::guc::max_keys() {
+        evict_oldest(handles, &mut table)
+    } else {
+        0
+    };
     let entry = table.get_or_insert(&tag)?;
-    Some(update(entry, now, f))
+    let result = update(entry, now, f);
+    drop(table);
+    if evicted > 0 {
+        // Logged after the lock is released: writing the log must not stall verifications.
+        pgrx::log!(
+            "apikey: the shared key table is full (apikey.max_keys = {}): evicted the {evicted} \
+             least recently used keys, which pay Argon2id again and start with a full rate \
+             bucket; raise apikey.max_keys if this repeats",
+            crate::guc::max_keys()
+        );
+    }
+    Some(result)
 }
 
 fn update<R>(entry: &KeyEntry, now: i64, f: impl FnOnce(&mut KeyState) -> R) -> R {
@@ -137,19 +154,54 @@ fn update<R>(entry: &KeyEntry, now: i64, f: impl FnOnce(&mut KeyState) -> R) -> 
     f(&mut state)
 }
 
-/// Removes the least recently used twentieth of the table (at least one entry).
-fn evict_oldest(handles: &Handles, table: &mut Locked<'_, KeyEntry>) {
-    let mut ages: Vec<(i64, KeyTag)> = table
+/// Removes a twentieth of the table (at least one entry), chosen by [`eviction_order`].
+/// Returns how many it removed.
+fn evict_oldest(handles: &Handles, table: &mut Locked<'_, KeyEntry>) -> usize {
+    let (tags, candidates): (Vec<KeyTag>, Vec<Candidate>) = table
         .entries()
         .into_iter()
-        .map(|e| (e.state.lock().touched, e.tag))
-        .collect();
-    ages.sort_unstable_by_key(|(touched, _)| *touched);
-    let victims = (ages.len() / 20).max(1);
-    for (_, tag) in ages.iter().take(victims) {
-        table.remove(tag);
+        .map(|e| {
+            let state = e.state.lock();
+            let candidate = Candidate {
+                partner: state.partner,
+                unwritten: state.last_used > state.written_used,
+                touched: state.touched,
+            };
+            (e.tag, candidate)
+        })
+        .unzip();
+    let victims = (tags.len() / 20).max(1);
+    for index in eviction_order(&candidates).into_iter().take(victims) {
+        table.remove(&tags[index]);
     }
     handles.control.count(Stat::KeysEvicted, victims as u64);
+    victims
+}
+
+/// What eviction weighs of an entry.
+#[derive(Clone, Copy, Debug)]
+struct Candidate {
+    partner: [u8; 16],
+    unwritten: bool,
+    touched: i64,
+}
+
+/// The entries in the order eviction takes them: first those of partners holding more than
+/// an equal share of the table (so no partner's keys, however many, push out the keys of
+/// one within its share), then those whose last use is already written (so `last_used_at`
+/// is lost only when nothing else can go), each group least recently used first.
+fn eviction_order(candidates: &[Candidate]) -> Vec<usize> {
+    let mut held: std::collections::HashMap<[u8; 16], usize> = std::collections::HashMap::new();
+    for c in candidates {
+        *held.entry(c.partner).or_default() += 1;
+    }
+    let share = candidates.len() / held.len().max(1);
+    let mut order: Vec<usize> = (0..candidates.len()).collect();
+    order.sort_by_key(|&i| {
+        let c = &candidates[i];
+        (held[&c.partner] <= share, c.unwritten, c.touched)
+    });
+    order
 }
 
 /// Records a use of `key_id` at `at` in database `db` (what a restart brings back; a
@@ -298,14 +350,21 @@ impl Rate {
     };
 }
 
-/// Takes one verification of `key_id` from the bucket of `bucket_of` (the key itself, or for
+/// Takes one verification of `key_id` (of `partner`) from the bucket of `bucket_of` (the key itself, or for
 /// a key in its grace period its successor, so a rotation family shares one limit):
 /// `rate_per_minute` tokens, refilled continuously, so a key may burst one minute's
 /// allowance. An allowed one is `key_id`'s last use (for `last_used_at`). `None` without
 /// shared memory.
-pub fn take(key_id: &str, bucket_of: &str, rate_per_minute: i32, now: i64) -> Option<Rate> {
+pub fn take(
+    key_id: &str,
+    partner: &[u8; 16],
+    bucket_of: &str,
+    rate_per_minute: i32,
+    now: i64,
+) -> Option<Rate> {
     let own = key_id == bucket_of;
     let rate = with_key(bucket_of, now, |state| {
+        state.partner = *partner;
         let (tokens, rate) = bucket::take(state.tokens, state.refilled_at, rate_per_minute, now);
         state.tokens = tokens;
         state.refilled_at = now;
@@ -316,7 +375,8 @@ pub fn take(key_id: &str, bucket_of: &str, rate_per_minute: i32, now: i64) -> Op
     })?;
     if rate.allowed && !own {
         with_key(key_id, now, |state| {
-            state.last_used = state.last_used.max(now)
+            state.partner = *partner;
+            state.last_used = state.last_used.max(now);
         });
     }
     Some(rate)
@@ -509,5 +569,45 @@ pub fn forget_database(db: u32) {
         .collect();
     for tag in &tags {
         table.remove(tag);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(partner: u8, unwritten: bool, touched: i64) -> Candidate {
+        Candidate {
+            partner: [partner; 16],
+            unwritten,
+            touched,
+        }
+    }
+
+    #[test]
+    fn a_partner_over_its_share_is_evicted_before_others_however_recent() {
+        // Partner 1 holds 6 of 8 entries (share: 4), all used more recently than 2's and 3's.
+        let mut entries: Vec<Candidate> = (0..6).map(|i| entry(1, false, 100 + i)).collect();
+        entries.push(entry(2, false, 1));
+        entries.push(entry(3, false, 2));
+        let order = eviction_order(&entries);
+        assert_eq!(
+            &order[..6],
+            &[0, 1, 2, 3, 4, 5],
+            "partner 1's, oldest first"
+        );
+        assert_eq!(&order[6..], &[6, 7]);
+    }
+
+    #[test]
+    fn within_a_share_written_uses_go_first_then_the_least_recently_used() {
+        let entries = [
+            entry(1, true, 1),
+            entry(2, false, 5),
+            entry(1, false, 9),
+            entry(2, true, 0),
+        ];
+        assert_eq!(eviction_order(&entries), [1, 2, 3, 0]);
+        assert!(eviction_order(&[]).is_empty());
     }
 }
