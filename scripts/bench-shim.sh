@@ -20,6 +20,10 @@
 #      APIKEY_BENCH_SHIM_PORT       port of the shim on 127.0.0.1, default 8091
 #      APIKEY_SKIP_BUILD=1          use the installed extension as is (the shim is always built)
 #      APIKEY_PG_MAJOR=18           PostgreSQL to run on: 15 (default), 16, 18
+#      BENCH_BASELINE_SHIM          another apikey-shim binary (e.g. the last release's build):
+#                                   each round then also verifies through it, on the next
+#                                   port, and the report adds this build's verify req/s over
+#                                   the baseline's
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -38,6 +42,10 @@ shim_url="http://127.0.0.1:$shim_port"
 shim_role=apikey_bench_shim
 pool_size=8
 wrk_args=(-t2 -c16 "-d${seconds}s" --latency)
+baseline="${BENCH_BASELINE_SHIM:-}"
+if [ -n "$baseline" ] && [ ! -x "$baseline" ]; then
+  die "BENCH_BASELINE_SHIM must name an apikey-shim binary (got '$baseline')"
+fi
 if ! [[ "$seconds" =~ ^[1-9][0-9]*$ ]]; then
   die "BENCH_SECONDS must be a whole number of seconds (got '$seconds')"
 fi
@@ -51,15 +59,19 @@ fi
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/apikey-bench-shim-work.XXXXXX")"
 bench_shim_pid=
+baseline_pid=
 cleanup() {
   local rc=$?
   set +e
   # A second Ctrl-C or TERM must not cut the cleanup short and leave a shim or postmaster behind.
   trap '' INT TERM
-  if [ -n "$bench_shim_pid" ] && kill -0 "$bench_shim_pid" 2>/dev/null; then
-    kill -TERM "$bench_shim_pid"
-    wait "$bench_shim_pid" 2>/dev/null
-  fi
+  local pid
+  for pid in $bench_shim_pid $baseline_pid; do
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -TERM "$pid"
+      wait "$pid" 2>/dev/null
+    fi
+  done
   (cluster_destroy)
   rm -rf -- "$work"
   exit "$rc"
@@ -81,8 +93,14 @@ log "cargo build --release -p apikey-shim"
 (cd "$APIKEY_REPO_ROOT" && cargo build --release -p apikey-shim)
 cluster_start
 
+if [ -n "$baseline" ]; then
+  bench_shim_start "$shim_role" "$((shim_port + 1))" "$pool_size" "$work/baseline.log" "$baseline"
+  baseline_pid="$bench_shim_pid"
+fi
 bench_shim_start "$shim_role" "$shim_port" "$pool_size" "$work/shim.log"
 log "apikey-shim pid $bench_shim_pid"
+target_pid="$bench_shim_pid"
+target_url="$shim_url"
 
 log "issuing one key (rate_per_minute $rate)"
 token="$(psql_as postgres -tA -v rate="$rate" <<'SQL'
@@ -101,8 +119,8 @@ run_wrk() {
   local name="$1" path="$2"
   shift 2
   # The token is a throwaway, but tokens are never logged here either.
-  log "wrk ${wrk_args[*]} ${*//$token/<token>} $shim_url$path"
-  wrk "${wrk_args[@]}" "$@" "$shim_url$path" >"$work/$name.out" 2>&1 \
+  log "wrk ${wrk_args[*]} ${*//$token/<token>} $target_url$path"
+  wrk "${wrk_args[@]}" "$@" "$target_url$path" >"$work/$name.out" 2>&1 \
     || { cat "$work/$name.out" >&2; die "wrk failed on $path"; }
   sed 's/^/    /' "$work/$name.out" >&2
   if grep -Eq '^ *(Non-2xx or 3xx responses|Socket errors):' "$work/$name.out"; then
@@ -129,10 +147,10 @@ postgres_pids() {
 # request (from /proc), which is steadier than throughput on a shared machine.
 measure() {
   local name="$1" shim0 pg0 shim1 pg1
-  shim0="$(cpu_ticks "$bench_shim_pid")"
+  shim0="$(cpu_ticks "$target_pid")"
   pg0="$(cpu_ticks $(postgres_pids))"
   run_wrk "$@"
-  shim1="$(cpu_ticks "$bench_shim_pid")"
+  shim1="$(cpu_ticks "$target_pid")"
   pg1="$(cpu_ticks $(postgres_pids))"
   awk -v shim=$((shim1 - shim0)) -v pg=$((pg1 - pg0)) -v hz="$(getconf CLK_TCK)" \
     -v n="$(awk '/requests in/ { print $1 }' "$work/$name.out")" \
@@ -144,6 +162,11 @@ for round in $(seq 1 "$rounds"); do
   log "round $round of $rounds"
   measure "healthz-$round" /healthz
   measure "verify-$round" /v1/verify -H "X-API-Key: $token"
+  if [ -n "$baseline" ]; then
+    target_pid="$baseline_pid" target_url="http://127.0.0.1:$((shim_port + 1))"
+    measure "baseline-$round" /v1/verify -H "X-API-Key: $token"
+    target_pid="$bench_shim_pid" target_url="$shim_url"
+  fi
 done
 status="$(curl -sS -o /dev/null -w '%{http_code}' -H "X-API-Key: $token" "$shim_url/v1/verify")"
 [ "$status" = 200 ] || die "after the runs GET /v1/verify answered $status"
@@ -164,21 +187,35 @@ echo
 printf '%-30s %9s %8s %8s %8s %8s %8s %8s %8s\n' "round / route" "req/s" "p50 ms" "p75 ms" \
   "p90 ms" "p99 ms" "shim us" "pg us" "ratio"
 ratios=()
+baseline_ratios=()
 for round in $(seq 1 "$rounds"); do
   row "$round GET /healthz (SELECT 1)" "$work/healthz-$round.out"
   pct="$(ratio "$(wrk_field "$work/verify-$round.out" rps)" "$(wrk_field "$work/healthz-$round.out" rps)" 100 '%.1f')"
   ratios+=("$pct")
   printf '%s %8s%%\n' "$(row "$round GET /v1/verify (X-API-Key)" "$work/verify-$round.out")" "$pct"
+  if [ -n "$baseline" ]; then
+    pct="$(ratio "$(wrk_field "$work/verify-$round.out" rps)" "$(wrk_field "$work/baseline-$round.out" rps)" 100 '%.1f')"
+    baseline_ratios+=("$pct")
+    printf '%s %8s%%\n' "$(row "$round GET /v1/verify, baseline" "$work/baseline-$round.out")" "$pct"
+  fi
 done
-summary="$(printf '%s\n' "${ratios[@]}" | sort -n | awk '
-  { v[NR] = $1 }
-  END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
-        printf "%.0f %.0f %.0f", m, v[1], v[NR] }')"
-read -r median lowest highest <<<"$summary"
+# median_of VALUES...: "median lowest highest", rounded.
+median_of() {
+  printf '%s\n' "$@" | sort -n | awk '
+    { v[NR] = $1 }
+    END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+          printf "%.0f %.0f %.0f", m, v[1], v[NR] }'
+}
+read -r median lowest highest <<<"$(median_of "${ratios[@]}")"
 echo
 echo "(shim us, pg us: CPU time per request of the shim process and of all PostgreSQL processes;"
-echo " ratio: verify req/s over the same round's healthz req/s)"
+echo " ratio: verify req/s over the same round's healthz req/s; on a baseline row, this build's"
+echo " verify req/s over the baseline's)"
 echo
 echo "verify / healthz throughput: median $median% over $rounds rounds (lowest $lowest%, highest $highest%; goal: at least 70%)"
+if [ -n "$baseline" ]; then
+  read -r b_median b_lowest b_highest <<<"$(median_of "${baseline_ratios[@]}")"
+  echo "verify, this build / $baseline: median $b_median% (lowest $b_lowest%, highest $b_highest%)"
+fi
 echo
 echo "RESULT verify_vs_healthz=${median}%"

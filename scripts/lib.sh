@@ -117,19 +117,20 @@ wrk_field() {
     END { if (!found) print "n/a" }' "$1"
 }
 
-# bench_shim_start ROLE PORT POOL LOG: creates login ROLE (a member of the three apikey
-# roles) and starts the release apikey-shim on 127.0.0.1:PORT with a pool of POOL, in a clean
-# environment (the caller's APIKEY_SHIM_* settings must not change a benchmark), logging to
-# LOG; sets bench_shim_pid once /healthz answers.
+# bench_shim_start ROLE PORT POOL LOG [BINARY]: creates login ROLE (a member of the three
+# apikey roles) unless it exists and starts the release apikey-shim (or BINARY) on
+# 127.0.0.1:PORT with a pool of POOL, in a clean environment (the caller's APIKEY_SHIM_*
+# settings must not change a benchmark), logging to LOG; sets bench_shim_pid once /healthz
+# answers.
 bench_shim_start() {
-  local role="$1" port="$2" pool="$3" log_file="$4"
-  log "starting apikey-shim on 127.0.0.1:$port (pool $pool, role $role)"
-  psql_as postgres -q -c "CREATE ROLE $role LOGIN" \
+  local role="$1" port="$2" pool="$3" log_file="$4" binary="${5:-$APIKEY_TARGET_DIR/release/apikey-shim}"
+  log "starting $binary on 127.0.0.1:$port (pool $pool, role $role)"
+  psql_as postgres -q -c "DO \$\$ BEGIN CREATE ROLE $role LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END \$\$" \
     -c "GRANT apikey_verifier, apikey_admin, apikey_partner TO $role"
   env -i PATH="$PATH" \
     DATABASE_URL="host=$APIKEY_SOCKET_DIR port=$APIKEY_PGPORT user=$role dbname=apikey" \
     APIKEY_SHIM_LISTEN="127.0.0.1:$port" APIKEY_SHIM_POOL_SIZE="$pool" RUST_LOG=warn \
-    "$APIKEY_TARGET_DIR/release/apikey-shim" >"$log_file" 2>&1 </dev/null &
+    "$binary" >"$log_file" 2>&1 </dev/null &
   bench_shim_pid=$!
   local url="http://127.0.0.1:$port"
   for _ in $(seq 1 100); do

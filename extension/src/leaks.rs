@@ -93,13 +93,27 @@ struct Report<'a> {
     revoke: bool,
 }
 
+/// Records the report once: a replay of the same token with the same `url` and `source`
+/// (GitHub resends a report it got no answer to, and anyone holding a signed body can
+/// resend it) adds no audit row and no event, unless it revokes a key an earlier report only
+/// flagged.
 fn record(client: &mut SpiClient<'_>, report: &Report<'_>) -> ApiResult<()> {
+    // The key's row lock orders concurrent copies of one report: the second one in sees
+    // the first one's audit row.
+    client.update(
+        "SELECT 1 FROM apikey.keys WHERE key_id = $1 FOR NO KEY UPDATE",
+        None,
+        &[report.key_id.into()],
+    )?;
     let revoked = report.revoke
         && lifecycle::revoke(
             client,
             Some(report.key_id),
             Some("leaked: reported by secret scanning"),
         )?;
+    if !revoked && already_recorded(client, report)? {
+        return Ok(());
+    }
     let detail = json!({
         "url": report.url,
         "source": report.source,
@@ -112,6 +126,22 @@ fn record(client: &mut SpiClient<'_>, report: &Report<'_>) -> ApiResult<()> {
     event.detail = detail.clone();
     audit::record_action(client, event)?;
     events::record_key_event(client, outbox::KEY_LEAKED, report.key_id, detail)
+}
+
+fn already_recorded(client: &SpiClient<'_>, report: &Report<'_>) -> ApiResult<bool> {
+    let found = client.select(
+        "SELECT EXISTS (SELECT 1 FROM apikey.audit_log \
+                        WHERE key_id = $1 AND action = 'leak_reported' \
+                          AND detail->>'url' IS NOT DISTINCT FROM $2 \
+                          AND detail->>'source' IS NOT DISTINCT FROM $3)",
+        Some(1),
+        &[
+            report.key_id.into(),
+            report.url.as_deref().into(),
+            report.source.as_deref().into(),
+        ],
+    )?;
+    Ok(found.first().get::<bool>(1)?.unwrap_or(false))
 }
 
 /// `text` bounded, and with any token in it cut back to its key id. Only then: a long run

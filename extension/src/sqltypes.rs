@@ -172,6 +172,25 @@ unsafe fn varlena_elements<R>(
     }
 }
 
+/// A non-NULL `text` argument as a string, borrowed where it is UTF-8. Bytes that are not
+/// (only possible outside UTF-8 databases, e.g. `SQL_ASCII`) are replaced, as in
+/// [`text_array`], so such a token is malformed instead of an error.
+///
+/// # Safety
+/// `datum` must be a non-NULL `text` datum that outlives `'a` (an argument of the call).
+pub unsafe fn text<'a>(datum: pg_sys::Datum) -> std::borrow::Cow<'a, str> {
+    // SAFETY: per the contract; detoasting copies into the call's memory context, which
+    // outlives the call's use of the string.
+    unsafe {
+        let v = pg_sys::pg_detoast_datum_packed(datum.cast_mut_ptr());
+        let bytes = std::slice::from_raw_parts::<'a, u8>(
+            pgrx::varlena::vardata_any(v).cast::<u8>(),
+            pgrx::varlena::varsize_any_exhdr(v),
+        );
+        String::from_utf8_lossy(bytes)
+    }
+}
+
 /// The strings of a `text[]` argument, `None` for a NULL element. Bytes that are not UTF-8
 /// (only possible outside UTF-8 databases) are replaced, so such a string is no valid scope.
 ///

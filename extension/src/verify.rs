@@ -44,7 +44,7 @@ pub unsafe extern "C-unwind" fn apikey_verify(fcinfo: pg_sys::FunctionCallInfo) 
     // (text, text[], inet); NULLs are checked before a datum is read.
     let (token, required, client_ip) = unsafe {
         (
-            pgrx::fcinfo::pg_getarg::<&str>(fcinfo, 0),
+            pgrx::fcinfo::pg_getarg_datum(fcinfo, 0).map(|d| sqltypes::text(d)),
             pgrx::fcinfo::pg_getarg_datum(fcinfo, 1)
                 .map(|d| sqltypes::text_array(d))
                 .unwrap_or_default(),
@@ -52,7 +52,7 @@ pub unsafe extern "C-unwind" fn apikey_verify(fcinfo: pg_sys::FunctionCallInfo) 
         )
     };
     let request = Request {
-        token,
+        token: token.as_deref(),
         required: &required,
         client_ip,
         now: clock::now(),

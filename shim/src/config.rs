@@ -1,5 +1,6 @@
 //! Configuration from flags or the environment; `apikey-shim --help` documents each one.
 
+use crate::db::Statements;
 use clap::{Parser, ValueEnum};
 use ipnet::IpNet;
 use std::net::SocketAddr;
@@ -27,6 +28,17 @@ pub struct Config {
     /// Maximum number of database connections in the pool.
     #[arg(long, env = "APIKEY_SHIM_POOL_SIZE", default_value_t = 16)]
     pub pool_size: usize,
+
+    /// How verifications reach the database: `prepared` (named statements prepared once per
+    /// connection, the fastest) or `unnamed` (parsed each time, for a connection pooler in
+    /// transaction mode, e.g. pgbouncer before 1.21).
+    #[arg(
+        long,
+        env = "APIKEY_SHIM_STATEMENTS",
+        value_enum,
+        default_value_t = Statements::Prepared
+    )]
+    pub statements: Statements,
 
     /// Per-request time limit in milliseconds (including waiting for a pooled connection).
     #[arg(long, env = "APIKEY_SHIM_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
@@ -237,5 +249,16 @@ mod tests {
         assert_eq!(config.secret_scanning_action, LeakAction::Flag);
         assert_eq!(config.secret_scanning_action.as_str(), "flag");
         assert!(parse(&["--secret-scanning-action", "delete"]).is_err());
+    }
+
+    #[test]
+    fn statements_are_prepared_unless_a_pooler_needs_them_unnamed() {
+        assert_eq!(
+            parse(&[]).expect("defaults").statements,
+            Statements::Prepared
+        );
+        let config = parse(&["--statements", "unnamed"]).expect("unnamed");
+        assert_eq!(config.statements, Statements::Unnamed);
+        assert!(parse(&["--statements", "named"]).is_err());
     }
 }

@@ -1,6 +1,12 @@
 //! The connection pool and the two ways a request meets the database: a single
 //! `apikey_verify` call, or a transaction that starts with one and then acts as the key's
 //! holder (an operator, or a partner narrowed with `SET LOCAL ROLE apikey_partner`).
+//!
+//! Behind a pooler in transaction mode (pgbouncer) each transaction may run on another server
+//! connection, where a statement prepared on the last one does not exist. So no statement is
+//! kept across requests, except those of [`query_one`] with [`Statements::Prepared`], and
+//! the rest are sent unnamed with their parameter types (`query_typed`) or prepared and
+//! closed within one transaction.
 
 use crate::app::Caller;
 use crate::auth::PresentedKey;
@@ -14,6 +20,7 @@ use deadpool_postgres::{
 use std::net::IpAddr;
 use std::str::FromStr;
 use std::time::Duration;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
@@ -110,30 +117,91 @@ fn refusal(reason: &str, rate: Option<Rate>) -> AppError {
     }
 }
 
+/// How the statements of the hot paths (verification, health) reach the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Statements {
+    /// Prepared once per pooled connection and reused: the server neither parses nor plans
+    /// them again.
+    Prepared,
+    /// Sent unnamed with their parameter types, parsed and planned each time: what a pooler
+    /// in transaction mode needs.
+    Unnamed,
+}
+
+/// A pooled connection or a transaction on one: with deadpool's statement cache, and as the
+/// tokio-postgres client under it, which sends unnamed statements.
+pub trait Session: GenericClient {
+    type Plain: tokio_postgres::GenericClient + Sync;
+    fn plain(&self) -> &Self::Plain;
+}
+
+impl Session for Object {
+    type Plain = tokio_postgres::Client;
+    fn plain(&self) -> &tokio_postgres::Client {
+        self
+    }
+}
+
+impl<'a> Session for Transaction<'a> {
+    type Plain = tokio_postgres::Transaction<'a>;
+    fn plain(&self) -> &tokio_postgres::Transaction<'a> {
+        self
+    }
+}
+
+/// The one row of `sql`, sent as `statements` says.
+pub async fn query_one(
+    session: &impl Session,
+    statements: Statements,
+    sql: &str,
+    params: &[(&(dyn ToSql + Sync), Type)],
+) -> Result<Row, tokio_postgres::Error> {
+    match statements {
+        Statements::Prepared => {
+            let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
+            let statement = session.prepare_typed_cached(sql, &types).await?;
+            let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(v, _)| *v).collect();
+            session.query_one(&statement, &values).await
+        }
+        Statements::Unnamed => {
+            tokio_postgres::GenericClient::query_typed_one(session.plain(), sql, params).await
+        }
+    }
+}
+
 /// Calls `apikey_verify`; read the row with [`Verdict::from_row`].
 pub async fn verify(
-    client: &impl GenericClient,
+    client: &Object,
+    statements: Statements,
     key: &PresentedKey,
     required_scopes: &[String],
     client_ip: IpAddr,
 ) -> Result<Row, AppError> {
     // All columns, in the contract's order, so the server need not project; without
     // required scopes the default '{}' stands in for an array parameter to encode and decode.
-    if required_scopes.is_empty() {
-        let statement = client
-            .prepare_cached("SELECT * FROM apikey_verify($1, client_ip => $2)")
-            .await?;
-        Ok(client
-            .query_one(&statement, &[&key.token(), &client_ip])
-            .await?)
+    let token = key.token();
+    let row = if required_scopes.is_empty() {
+        query_one(
+            client,
+            statements,
+            "SELECT * FROM apikey_verify($1, client_ip => $2)",
+            &[(&token, Type::TEXT), (&client_ip, Type::INET)],
+        )
+        .await?
     } else {
-        let statement = client
-            .prepare_cached("SELECT * FROM apikey_verify($1, $2, $3)")
-            .await?;
-        Ok(client
-            .query_one(&statement, &[&key.token(), &required_scopes, &client_ip])
-            .await?)
-    }
+        query_one(
+            client,
+            statements,
+            "SELECT * FROM apikey_verify($1, $2, $3)",
+            &[
+                (&token, Type::TEXT),
+                (&required_scopes, Type::TEXT_ARRAY),
+                (&client_ip, Type::INET),
+            ],
+        )
+        .await?
+    };
+    Ok(row)
 }
 
 /// Starts the transaction of a management request acting as the caller's key holder. If
@@ -163,18 +231,17 @@ async fn act_as_key_holder(
     state: &AppState,
     caller: &Caller,
 ) -> Result<(), AppError> {
-    let statement = tx
-        .prepare_cached(
-            "SELECT v.valid, v.reason, v.key_id, v.rate_per_minute, \
+    let row = query_one(
+        tx,
+        state.config.statements,
+        "SELECT v.valid, v.reason, v.key_id, v.rate_per_minute, \
                     coalesce(apikey_has_scope(v.scopes, 'admin:*'), false), \
                     coalesce(apikey_has_scope(v.scopes, 'keys:manage'), false), \
                     v.rate_remaining, v.rate_reset_seconds \
              FROM apikey_verify($1, '{}', $2) AS v",
-        )
-        .await?;
-    let row = tx
-        .query_one(&statement, &[&caller.key.token(), &caller.ip])
-        .await?;
+        &[(&caller.key.token(), Type::TEXT), (&caller.ip, Type::INET)],
+    )
+    .await?;
     let valid: bool = row.try_get(0)?;
     let reason: String = row.try_get(1)?;
     state.metrics.verify_outcome(&reason);

@@ -297,9 +297,14 @@ pub struct Databases {
 
 impl Databases {
     pub fn create(&mut self, prefix: &str) -> String {
+        self.create_with(prefix, "")
+    }
+
+    /// A database made with `CREATE DATABASE ... options` (e.g. its encoding).
+    pub fn create_with(&mut self, prefix: &str, options: &str) -> String {
         let name = unique(prefix).to_lowercase();
         superuser()
-            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .batch_execute(&format!("CREATE DATABASE \"{name}\" {options}"))
             .expect("CREATE DATABASE");
         self.names.push(name.clone());
         name

@@ -278,3 +278,66 @@ fn dump_and_restore_keep_every_key_working() {
     let in_source = verify(&mut src, Some(&fixture.live.token), &[], Some("10.1.2.3"));
     assert_eq!(in_source.reason, "ok");
 }
+
+/// `pg_dump` output without the random `\restrict` key newer releases add to each dump.
+fn dump_text(role: &str, db: &str, file: &std::path::Path) -> String {
+    let mut args = cli_args(role, db);
+    args.extend([
+        "--no-password".into(),
+        "-f".into(),
+        file.to_str().expect("UTF-8 path").to_string(),
+    ]);
+    run("pg_dump", &args);
+    std::fs::read_to_string(file)
+        .expect("read the dump")
+        .lines()
+        .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The backup role the README documents dumps exactly what a superuser dumps. An
+/// `apikey_admin` member cannot: it may not read key hashes, sealed webhook secrets or the
+/// audit sequence, and `pg_dump` says what stopped it.
+#[test]
+fn the_documented_backup_role_dumps_what_a_superuser_dumps() {
+    let mut dbs = Databases::default();
+    let source = dbs.create("apikey_dump_role");
+    let mut src = connect_to("postgres", &source);
+    src.batch_execute("SET client_min_messages = warning; CREATE EXTENSION apikey")
+        .expect("CREATE EXTENSION apikey");
+    populate(&mut src);
+    src.batch_execute(
+        "SELECT apikey_webhook_create(apikey_partner_create('hooks', 'ops@example.com'), \
+                                      'https://hooks.example.com/apikey')",
+    )
+    .expect("a webhook endpoint");
+
+    let backup = login_role(&mut src, "apikey_backup", &["pg_read_all_data"]);
+    src.batch_execute(&format!("ALTER ROLE \"{backup}\" BYPASSRLS"))
+        .expect("BYPASSRLS");
+    let by_superuser = std::env::temp_dir().join(format!("{source}-superuser.sql"));
+    let by_backup = std::env::temp_dir().join(format!("{source}-backup.sql"));
+    dbs.files.extend([by_superuser.clone(), by_backup.clone()]);
+    let expected = dump_text("postgres", &source, &by_superuser);
+    assert!(expected.contains("COPY apikey.webhook_endpoints"));
+    assert_eq!(dump_text(&backup, &source, &by_backup), expected);
+
+    let admin = login_role(&mut src, "apikey_dump_admin", &["apikey_admin"]);
+    let mut args = cli_args(&admin, &source);
+    args.extend(["--no-password".into(), "-f".into(), "/dev/null".into()]);
+    let output = Command::new(pgbin("pg_dump"))
+        .args(&args)
+        .output()
+        .expect("run pg_dump");
+    assert!(
+        !output.status.success(),
+        "an apikey_admin member cannot dump"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        // PostgreSQL 18's pg_dump words it "user may lack SELECT privilege".
+        stderr.contains("permission denied for") || stderr.contains("lack SELECT privilege"),
+        "pg_dump names what stopped it: {stderr}"
+    );
+}

@@ -334,6 +334,49 @@ fn verification_never_raises_under_repeatable_read() {
     tx.commit().expect("commit");
 }
 
+/// In a `SQL_ASCII` database a string may hold any bytes: a token or a required scope that
+/// is not UTF-8 is refused like any other bad token, never raised.
+#[test]
+fn verification_never_raises_on_bytes_that_are_not_utf8() {
+    let mut dbs = Databases::default();
+    let db = dbs.create_with(
+        "apikey_sql_ascii",
+        "TEMPLATE template0 ENCODING 'SQL_ASCII' LOCALE 'C'",
+    );
+    let mut c = connect_to("postgres", &db);
+    c.batch_execute("SET client_min_messages = warning; CREATE EXTENSION apikey")
+        .expect("CREATE EXTENSION apikey");
+    let partner = create_partner(&mut c);
+    let key = issue(&mut c, partner, &["orders:read"]);
+    let reason_of = |c: &mut Client, token: &str, required: &str| -> String {
+        c.query_one(
+            &format!("SELECT reason FROM apikey_verify({token}, {required})"),
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("apikey_verify({token}, {required}) raised: {e:?}"))
+        .get(0)
+    };
+    let not_utf8 = |bytes: &str| format!("convert_from('\\x{bytes}'::bytea, 'SQL_ASCII')");
+    // A lone continuation byte, a cut sequence, an overlong NUL, a surrogate, and a real
+    // token with one byte swapped for 0xff.
+    for bytes in ["80", "c328", "c080", "eda080", "ff"] {
+        assert_eq!(
+            reason_of(&mut c, &not_utf8(bytes), "'{}'"),
+            "malformed",
+            "{bytes}"
+        );
+    }
+    let mut damaged = key.token.as_bytes().to_vec();
+    let last = damaged.len() - 1;
+    damaged[last] = 0xff;
+    let damaged: String = damaged.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(reason_of(&mut c, &not_utf8(&damaged), "'{}'"), "malformed");
+    let token = format!("'{}'", key.token);
+    let required = format!("ARRAY[{}]", not_utf8("6f72646572733aff"));
+    assert_eq!(reason_of(&mut c, &token, &required), "insufficient_scope");
+    assert_eq!(reason_of(&mut c, &token, "'{orders:read}'"), "ok");
+}
+
 #[test]
 fn errors_that_pass_through_the_extension_carry_no_rust_backtrace() {
     let (mut c, partner) = setup();

@@ -115,6 +115,71 @@ fn flagging_leaves_the_key_working() {
 }
 
 #[test]
+fn a_replayed_report_is_recorded_once_even_when_the_copies_race() {
+    let mut c = superuser();
+    let partner = create_partner(&mut c);
+    let key = issue(&mut c, partner, &["orders:read"]);
+    assert_eq!(
+        report(&mut c, Some(&key.token), Some(URL), Some("gist"), false),
+        "true_positive"
+    );
+    // Eight copies of the same signed report at once, then one more later.
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            let token = key.token.clone();
+            s.spawn(move || {
+                let mut c = superuser();
+                assert_eq!(
+                    report(&mut c, Some(&token), Some(URL), Some("gist"), false),
+                    "true_positive"
+                );
+            });
+        }
+    });
+    assert_eq!(
+        report(&mut c, Some(&key.token), Some(URL), Some("gist"), false),
+        "true_positive"
+    );
+    assert_eq!(leak_rows(&mut c, &key.key_id).len(), 1);
+    assert_eq!(
+        event_types(&mut c, &key.key_id),
+        ["key.issued", "key.leaked"]
+    );
+
+    // The same report, now asking for the revocation the first one did not make: that is
+    // new, and recorded; its replays are not.
+    for _ in 0..3 {
+        assert_eq!(
+            report(&mut c, Some(&key.token), Some(URL), Some("gist"), true),
+            "true_positive"
+        );
+    }
+    assert_eq!(reason(&mut c, &key.token), "revoked");
+    let rows = leak_rows(&mut c, &key.key_id);
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[1]["action"], "revoke");
+    assert_eq!(rows[1]["revoked_now"], true);
+    assert_eq!(
+        event_types(&mut c, &key.key_id),
+        ["key.issued", "key.leaked", "key.revoked", "key.leaked"]
+    );
+
+    // Found somewhere else: another report.
+    let elsewhere = "https://gist.github.com/octo/9a1b";
+    assert_eq!(
+        report(
+            &mut c,
+            Some(&key.token),
+            Some(elsewhere),
+            Some("gist"),
+            true
+        ),
+        "true_positive"
+    );
+    assert_eq!(leak_rows(&mut c, &key.key_id).len(), 3);
+}
+
+#[test]
 fn anything_but_a_real_token_is_a_false_positive_that_changes_nothing() {
     let mut c = superuser();
     let partner = create_partner(&mut c);

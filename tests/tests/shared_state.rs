@@ -608,7 +608,7 @@ fn a_flood_from_many_networks_cannot_hide_failures_against_real_keys() {
         .get(0);
     let suppressed = status(&mut c, "audit_suppressed");
     let unknown = |i: usize| forge(&format!("ak_live_{i:016}"), &"x".repeat(43)).token;
-    let mut fail_unknown = |c: &mut Client, i: usize, ip: &str| {
+    let fail_unknown = |c: &mut Client, i: usize, ip: &str| {
         assert_eq!(
             verify(c, Some(&unknown(i)), &[], Some(ip)).reason,
             "unknown_key"

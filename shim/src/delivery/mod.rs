@@ -22,6 +22,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
+use tokio_postgres::types::Type;
 use uuid::Uuid;
 
 /// The delivery task's configuration (see `Config` for each setting).
@@ -230,15 +231,15 @@ impl Worker {
 
     async fn try_claim(&self, max: usize) -> Result<Vec<Claimed>, ClaimError> {
         let client = self.pool.get().await?;
-        let statement = client
-            .prepare_cached(
-                "SELECT delivery_id, endpoint_id, url, msg_id, msg_timestamp, payload, signature, attempt \
-                 FROM apikey_webhook_claim($1::int, make_interval(secs => $2::float8))",
-            )
-            .await?;
         let max = i32::try_from(max).unwrap_or(i32::MAX);
         let lease = self.settings.lease().as_secs_f64();
-        let rows = client.query(&statement, &[&max, &lease]).await?;
+        let rows = client
+            .query_typed(
+                "SELECT delivery_id, endpoint_id, url, msg_id, msg_timestamp, payload, signature, attempt \
+                 FROM apikey_webhook_claim($1::int, make_interval(secs => $2::float8))",
+                &[(&max, Type::INT4), (&lease, Type::FLOAT8)],
+            )
+            .await?;
         drop(client);
         Ok(rows
             .iter()
@@ -291,14 +292,16 @@ impl Worker {
         outcome: &Outcome,
     ) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
         let client = self.pool.get().await?;
-        let statement = client
-            .prepare_cached("SELECT apikey_webhook_report($1::bigint, $2::int, $3::int, $4::text)")
-            .await?;
         let status = outcome.status.map(i32::from);
         let row = client
-            .query_one(
-                &statement,
-                &[&delivery_id, &status, &outcome.latency_ms, &outcome.error],
+            .query_typed_one(
+                "SELECT apikey_webhook_report($1::bigint, $2::int, $3::int, $4::text)",
+                &[
+                    (&delivery_id, Type::INT8),
+                    (&status, Type::INT4),
+                    (&outcome.latency_ms, Type::INT4),
+                    (&outcome.error, Type::TEXT),
+                ],
             )
             .await?;
         Ok(row.try_get(0)?)

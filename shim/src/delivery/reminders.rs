@@ -45,7 +45,7 @@ pub async fn run(pool: Pool, interval: Duration, mut stopping: watch::Receiver<b
 async fn send(pool: &Pool) -> Result<i64, String> {
     let client = pool.get().await.map_err(|e| e.to_string())?;
     let row = client
-        .query_one("SELECT apikey_send_reminders()", &[])
+        .query_typed_one("SELECT apikey_send_reminders()", &[])
         .await
         .map_err(|e| match e.code() {
             Some(&tokio_postgres::error::SqlState::UNDEFINED_FUNCTION) => {

@@ -17,6 +17,7 @@ use crate::state::AppState;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName};
 use serde::{Deserialize, Serialize};
+use tokio_postgres::types::Type;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -242,10 +243,6 @@ async fn look_up(
         return Ok(labels);
     }
     let client = state.connection().await?;
-    let statement = client
-        .prepare_cached("SELECT apikey_leak_report($1::text, $2::text, $3::text, $4::boolean)")
-        .await
-        .map_err(retry_later)?;
     for m in matches {
         // PostgreSQL text cannot hold NUL: such a token is no key of ours, and the audit
         // fields keep the rest of their text.
@@ -256,7 +253,15 @@ async fn look_up(
         let url = audit_text(m.url.as_deref());
         let source = audit_text(m.source.as_deref());
         let row = client
-            .query_one(&statement, &[&m.token, &url, &source, &revoke])
+            .query_typed_one(
+                "SELECT apikey_leak_report($1, $2, $3, $4)",
+                &[
+                    (&m.token, Type::TEXT),
+                    (&url, Type::TEXT),
+                    (&source, Type::TEXT),
+                    (&revoke, Type::BOOL),
+                ],
+            )
             .await
             .map_err(retry_later)?;
         let label: Option<String> = row.try_get(0).map_err(retry_later)?;

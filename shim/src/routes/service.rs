@@ -1,5 +1,6 @@
 //! `GET /healthz`, `GET /metrics`, `GET /openapi.json`, `GET /v1/limits`: no key needed.
 
+use crate::db;
 use crate::error::AppError;
 use crate::metrics::PoolUse;
 use crate::openapi::answers::ServerErrors;
@@ -8,6 +9,7 @@ use crate::state::AppState;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
+use deadpool_postgres::Object;
 use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -36,8 +38,8 @@ pub fn router() -> OpenApiRouter<AppState> {
 )]
 async fn healthz(State(state): State<AppState>) -> Result<impl IntoResponse, AppError> {
     let client = state.connection().await?;
-    let statement = client.prepare_cached("SELECT 1").await?;
-    client.query_one(&statement, &[]).await?;
+    let session: &Object = &client;
+    db::query_one(session, state.config.statements, "SELECT 1", &[]).await?;
     Ok(axum::Json(json!({ "status": "ok" })))
 }
 

@@ -168,7 +168,14 @@ async fn verify(
     RequiredScopes(required): RequiredScopes,
 ) -> Result<Response, AppError> {
     let client = state.connection().await?;
-    let row = db::verify(&*client, &caller.key, &required, caller.ip).await?;
+    let row = db::verify(
+        &client,
+        state.config.statements,
+        &caller.key,
+        &required,
+        caller.ip,
+    )
+    .await?;
     drop(client);
     let verdict = db::Verdict::from_row(&row)?;
     state.metrics.verify_outcome(verdict.reason);
