@@ -240,6 +240,11 @@ pub unsafe extern "C-unwind" fn apikey_audit_log_is_append_only(
 /// ERROR leaves it to the caller to give `rows` back.
 pub fn write(db: u32, schema: &Schema, rows: &[usage::UsageRow], retention: bool) -> ApiResult<()> {
     Spi::connect_mut(|client| {
+        // A flush gives way to DDL on the tables it writes (ALTER EXTENSION apikey UPDATE,
+        // which may read a table before it alters it, and so deadlock with a writer): it
+        // stops waiting for a table lock well before deadlock_timeout (1 s by default) would
+        // pick a victim, and its counts go back for the next interval.
+        client.update("SET LOCAL lock_timeout = '200ms'", None, &[])?;
         write_last_used(client, db)?;
         if matches!(schema, Schema::Current) {
             write_usage(client, rows)?;

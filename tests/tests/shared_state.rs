@@ -395,6 +395,53 @@ fn usage_is_written_by_the_worker_and_readable_at_once() {
     assert_eq!(partner_of_rows, [Some(partner)]);
 }
 
+/// The worker's flush gives way to DDL: while another transaction holds a lock the flush
+/// would wait for (here SHARE on apikey.keys, as CREATE INDEX in an upgrade script takes
+/// before an ALTER TABLE), the flush gives up within its lock timeout instead of waiting
+/// (and deadlocking with the upgrade), keeps its counts, and writes them all once the lock
+/// is gone.
+#[test]
+fn a_flush_gives_way_to_a_table_lock_and_loses_nothing() {
+    let mut dbs = Databases::default();
+    let db = dbs.create("apikey_flush_lock");
+    let mut c = connect_to("postgres", &db);
+    c.batch_execute("SET client_min_messages = warning; CREATE EXTENSION apikey")
+        .expect("CREATE EXTENSION");
+    let partner = create_partner(&mut c);
+    let key = issue(&mut c, partner, &["a:b"]);
+    let log_from = std::fs::metadata(server_log_path()).map_or(0, |m| m.len() as usize);
+    let mut locker = connect_to("postgres", &db);
+    let mut lock = locker.transaction().expect("begin");
+    lock.batch_execute("LOCK TABLE apikey.keys IN SHARE MODE")
+        .expect("lock the keys table");
+    for _ in 0..5 {
+        assert_eq!(
+            reason(&mut c, &key.token),
+            "ok",
+            "verification needs no write lock"
+        );
+    }
+    eventually("a flush that gave up on the lock", || {
+        let log = std::fs::read(server_log_path()).unwrap_or_default();
+        String::from_utf8_lossy(&log[log_from.min(log.len())..])
+            .lines()
+            .any(|l| l.contains("flushing usage of database") && l.contains("lock timeout"))
+            .then_some(())
+    });
+    lock.rollback().expect("release the lock");
+    eventually("every count written after the lock is gone", || {
+        let written: i64 = c
+            .query_one(
+                "SELECT coalesce(sum(count), 0)::bigint FROM apikey.usage WHERE key_id = $1",
+                &[&key.key_id],
+            )
+            .expect("apikey.usage")
+            .get(0);
+        (written == 5).then_some(())
+    });
+    assert!(last_used_at(&mut c, &key.key_id).is_some());
+}
+
 #[test]
 fn a_partner_sees_only_its_own_usage() {
     let (mut c, partner) = setup();
