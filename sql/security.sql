@@ -50,6 +50,7 @@ TO apikey_admin, apikey_verifier, apikey_partner;
 -- verification alone; a DBA grants it to that role where an application needs it.
 GRANT EXECUTE ON FUNCTION
     @extschema@.apikey_has_scope,
+    @extschema@.apikey_has_any_scope,
     @extschema@.apikey_require_scope,
     @extschema@.apikey_usage,
     @extschema@.apikey_rate_state,

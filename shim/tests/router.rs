@@ -287,6 +287,8 @@ async fn the_limits_are_served_without_a_key() {
         json_of(response).await,
         serde_json::json!({
             "scope_word_pattern": "^[A-Za-z0-9_.-]+$",
+            "scope_instance_pattern": "^[A-Za-z0-9_.~-]{1,64}$",
+            "scope_instance_max_bytes": 64,
             "scope_max_bytes": 128,
             "scopes_max": 64,
             "rotation_grace_seconds_max": 31_622_400,

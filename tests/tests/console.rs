@@ -834,6 +834,47 @@ fn a_bad_scope_is_refused_before_any_key_is_made() {
     );
 }
 
+/// A scope for one resource instance is checked in the browser with the server's instance
+/// pattern: a bad instance is refused before any request, a good one is issued as typed.
+#[test]
+fn an_instance_scope_is_checked_and_issued() {
+    let console = Console::start();
+    let partner = console.partner();
+    console.sign_in_as_operator();
+    let browser = &console.browser;
+    console.open_issue_dialog(&partner.id);
+    browser
+        .find("#issue-scopes-extra")
+        .send_keys("orders/7 8:read");
+    browser.click("#issue-submit");
+    let error = issue_dialog_error(&console);
+    assert!(
+        error.contains("the instance after '/' must be 1 to 64"),
+        "{error}"
+    );
+    assert!(
+        issue_requests(&console.shim).is_empty(),
+        "refused in the browser"
+    );
+
+    browser.find("#issue-scopes-extra").clear();
+    browser
+        .find("#issue-scopes-extra")
+        .send_keys("orders/7:read, sites/site~1:*");
+    browser.click("#issue-submit");
+    assert!(console.read_token_panel().starts_with("ak_live_"));
+    let scopes: Vec<String> = console
+        .db
+        .borrow_mut()
+        .query_one(
+            "SELECT scopes FROM apikey.keys WHERE partner_id = $1",
+            &[&partner.id],
+        )
+        .expect("the issued key")
+        .get(0);
+    assert_eq!(scopes, ["orders/7:read", "sites/site~1:*"]);
+}
+
 /// The page learns the limits from `GET /v1/limits` (the contract crate's numbers), states them
 /// and checks input with them before sending anything.
 #[test]

@@ -135,6 +135,51 @@ fn a_partner_may_keep_or_narrow_scopes() {
     assert_eq!(scopes_of(&mut p.su, &kept[0]), ["orders:read"]);
 }
 
+/// Narrowing follows the matching rules: `orders:read` may become `orders/9:read` (one
+/// order), and an instance key never widens back to the resource or to another instance.
+#[test]
+fn a_partner_may_narrow_to_one_instance_and_never_back() {
+    let mut p = partner();
+    let mut c = partner_login(&mut p.su);
+    let rotate = |key_id: &str, scopes: &str| {
+        format!("SELECT key_id FROM apikey_rotate('{key_id}', '0', '{scopes}')")
+    };
+    let one_order = as_manager(
+        &mut c,
+        &p.manager.token,
+        &rotate(&p.reader.key_id, "{orders/9:read}"),
+    )
+    .expect("narrowing orders:read to orders/9:read");
+    assert_eq!(scopes_of(&mut p.su, &one_order[0]), ["orders/9:read"]);
+    let from_wildcard = as_manager(
+        &mut c,
+        &p.manager.token,
+        &rotate(&p.wide.key_id, "{orders/9:*,invoices/1:read}"),
+    )
+    .expect("narrowing orders:*,invoices:read to instances");
+    assert_eq!(
+        scopes_of(&mut p.su, &from_wildcard[0]),
+        ["orders/9:*", "invoices/1:read"]
+    );
+    for wider in [
+        "{orders:read}",
+        "{orders/8:read}",
+        "{orders/9:*}",
+        "{orders/9:write}",
+    ] {
+        assert_eq!(
+            sqlstate(as_manager(
+                &mut c,
+                &p.manager.token,
+                &rotate(&one_order[0], wider)
+            )),
+            INSUFFICIENT_PRIVILEGE,
+            "rotating orders/9:read to {wider}"
+        );
+    }
+    assert_eq!(scopes_of(&mut p.su, &one_order[0]), ["orders/9:read"]);
+}
+
 #[test]
 fn a_partner_cannot_enable_a_key_an_operator_disabled() {
     let mut p = partner();

@@ -405,6 +405,44 @@ fn nginx_auth_request_as_documented_resists_forged_headers() {
     attack(&gateway, &app, &k);
 }
 
+/// The documented `map` fills the order from the path: a key for order 7 reads order 7 and
+/// nothing else, while type-wide keys keep every order.
+#[test]
+fn nginx_checks_a_key_for_one_order_against_the_order_in_the_path() {
+    let mut c = superuser();
+    let k = keys(&mut c);
+    let order_7 = issue(&mut c, k.partner, &["orders/7:read"]);
+    let shim = shim_behind_a_gateway();
+    let app = App::start();
+    let gateway = nginx(shim.port, app.port);
+    let as_order_7 = [("X-API-Key", order_7.token.as_str())];
+    for path in ["/orders/7", "/orders/7?page=2"] {
+        let before = app.requests().len();
+        let response = gateway.request("GET", path, &as_order_7);
+        assert_eq!(response.status, 200, "GET {path}: {}", response.body);
+        assert_eq!(app.requests().len(), before + 1);
+    }
+    let before = app.requests().len();
+    for (method, path) in [
+        ("GET", "/orders/8"),
+        ("GET", "/orders/77"),
+        ("GET", "/orders/"),
+        ("GET", "/orders/7/items"),
+        ("GET", "/orders/%37"),
+        ("DELETE", "/orders/7"),
+    ] {
+        let response = gateway.request(method, path, &as_order_7);
+        assert_eq!(response.status, 403, "{method} {path}: {}", response.body);
+    }
+    assert_eq!(
+        app.requests().len(),
+        before,
+        "the application was not reached"
+    );
+    let response = gateway.request("GET", "/orders/8", &[("X-API-Key", &k.reader.token)]);
+    assert_eq!(response.status, 200, "orders:read reads every order");
+}
+
 #[test]
 fn caddy_forward_auth_as_documented_resists_forged_headers() {
     let mut c = superuser();

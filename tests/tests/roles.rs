@@ -1058,6 +1058,75 @@ fn application_policy_sees_only_the_verified_partners_rows() {
         .expect("drop the application's table");
 }
 
+/// `docs/examples/orders-policy.sql`, as the README quotes it, in a database of its own: each
+/// key sees the orders its resource scopes name, and only its partner's.
+#[test]
+fn the_documented_instance_policy_shows_each_key_only_its_orders() {
+    const POLICY: &str = include_str!("../../docs/examples/orders-policy.sql");
+    const README: &str = include_str!("../../README.md");
+    assert!(
+        README.contains(&format!("```sql\n{POLICY}```")),
+        "README.md must quote docs/examples/orders-policy.sql exactly"
+    );
+    let mut dbs = Databases::default();
+    let db = dbs.create("apikey_orders_app");
+    let mut su = connect_to("postgres", &db);
+    su.batch_execute("SET client_min_messages = warning; CREATE EXTENSION apikey")
+        .expect("CREATE EXTENSION apikey");
+    let app_role = login_role(&mut su, "orders_app", &[]);
+    su.batch_execute(&POLICY.replace("orders_app", &format!("\"{app_role}\"")))
+        .expect("the documented policy");
+    let a = create_partner(&mut su);
+    let b = create_partner(&mut su);
+    su.execute(
+        "INSERT INTO orders SELECT g, $1, 'a' || g FROM generate_series(1, 9) g",
+        &[&a],
+    )
+    .expect("partner a's orders");
+    su.execute("INSERT INTO orders VALUES (10, $1, 'b10')", &[&b])
+        .expect("partner b's order");
+    let cases: [(Issued, Vec<i64>); 6] = [
+        (issue(&mut su, a, &["orders:read"]), (1..=9).collect()),
+        (issue(&mut su, a, &["orders/7:read"]), vec![7]),
+        (
+            issue(&mut su, a, &["orders/3:read", "orders/8:*"]),
+            vec![3, 8],
+        ),
+        // Order 10 is partner b's: an instance scope does not cross partners.
+        (issue(&mut su, a, &["orders/10:read"]), vec![]),
+        (issue(&mut su, b, &["orders:*"]), vec![10]),
+        (
+            issue(&mut su, a, &["orders/7:write", "invoices:read"]),
+            vec![],
+        ),
+    ];
+    let mut app = connect_to(&app_role, &db);
+    let ids = |c: &mut postgres::Transaction<'_>| -> Vec<i64> {
+        c.query("SELECT id FROM orders ORDER BY id", &[])
+            .expect("the application reads its table")
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    for (key, expected) in &cases {
+        let mut tx = app.transaction().expect("begin");
+        let valid: bool = tx
+            .query_one("SELECT valid FROM apikey_verify($1)", &[&key.token])
+            .expect("verify")
+            .get(0);
+        assert!(valid);
+        let scopes: Vec<String> = tx
+            .query_one("SELECT apikey_current_scopes()", &[])
+            .expect("scopes")
+            .get(0);
+        assert_eq!(&ids(&mut tx), expected, "{scopes:?}");
+        tx.rollback().expect("rollback");
+    }
+    let mut tx = app.transaction().expect("begin");
+    assert_eq!(ids(&mut tx), Vec::<i64>::new(), "no key, no rows");
+    tx.rollback().expect("rollback");
+}
+
 // ---------------------------------------------------------------------------------------
 // Audit
 

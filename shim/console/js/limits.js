@@ -42,8 +42,9 @@ function applyLimits() {
 
 export const expiringSoonMs = () => limits.expiring_soon_days * 24 * 3600 * 1000;
 
-// Why a scope would be refused, or null: "*", or resource:action where resource, and action
-// unless it is "*", match the server's word pattern.
+// Why a scope would be refused, or null: "*", or resource:action or resource/instance:action
+// where resource, and action unless it is "*", match the server's word pattern and instance
+// its instance pattern.
 export function scopeProblem(scope) {
   if (new TextEncoder().encode(scope).length > limits.scope_max_bytes) {
     return `is longer than ${limits.scope_max_bytes} bytes`;
@@ -52,9 +53,17 @@ export function scopeProblem(scope) {
   const word = new RegExp(limits.scope_word_pattern);
   const colon = scope.indexOf(':');
   if (colon < 0) return 'expected resource:action, e.g. orders:read';
-  const resource = scope.slice(0, colon);
+  const head = scope.slice(0, colon);
   const action = scope.slice(colon + 1);
+  const slash = head.indexOf('/');
+  const resource = slash < 0 ? head : head.slice(0, slash);
   if (!word.test(resource)) return "the resource must be letters, digits, '_', '-' or '.'";
+  if (slash >= 0) {
+    const instance = head.slice(slash + 1);
+    if (!new RegExp(limits.scope_instance_pattern).test(instance)) {
+      return `the instance after '/' must be 1 to ${limits.scope_instance_max_bytes} letters, digits, '_', '-', '.' or '~'`;
+    }
+  }
   if (action !== '*' && !word.test(action)) return "the action must be '*' or letters, digits, '_', '-' or '.'";
   return null;
 }

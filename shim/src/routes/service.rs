@@ -121,6 +121,8 @@ pub fn limits_document() -> serde_json::Value {
     use apikey_contract::{limits, scope};
     json!({
         "scope_word_pattern": scope::WORD_PATTERN,
+        "scope_instance_pattern": scope::INSTANCE_PATTERN,
+        "scope_instance_max_bytes": scope::MAX_INSTANCE_LEN,
         "scope_max_bytes": scope::MAX_SCOPE_LEN,
         "scopes_max": scope::MAX_SCOPES,
         "rotation_grace_seconds_max": limits::MAX_ROTATION_GRACE_SECONDS,

@@ -398,6 +398,17 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s, vec!["orders:write"]);
+        let s = required_scopes(
+            Some("resource=orders/7"),
+            &headers(&[("x-original-method", "GET")]),
+        )
+        .unwrap();
+        assert_eq!(s, vec!["orders/7:read"]);
+        assert!(required_scopes(
+            Some("resource=orders/7%208"),
+            &headers(&[("x-original-method", "GET")])
+        )
+        .is_err());
         assert!(required_scopes(Some("resource=orders"), &HeaderMap::new()).is_err());
         assert!(required_scopes(
             Some("resource=orders"),
