@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Tests the README's "Deploy on your own PostgreSQL" guide on this machine: runs its sh
+# Tests the book's "Deploy on your own PostgreSQL" guide (docs/src/install.md) on this machine: runs its sh
 # blocks, in order, in one shell, against a Debian-managed cluster of its own
 # (pg_createcluster, on a port of its own), with the packages scripts/package.sh builds
 # installed by apt onto the system's PostgreSQL 15. Then it checks the result (a key issued
@@ -106,7 +106,7 @@ awk '
   inside && /^```sh$/ { block = 1; next }
   inside && block && /^```$/ { block = 0; print ""; next }
   inside && block { print }
-' "$root/README.md" >"$guide"
+' "$root/docs/src/install.md" >"$guide"
 grep -q '^CLUSTER=main PGPORT=5432$' "$guide" || die "the guide no longer names its cluster as expected"
 [ "$(grep -c 'systemctl' "$guide")" -eq 2 ] || die "the guide's systemctl lines changed: update this script"
 

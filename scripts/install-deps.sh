@@ -38,6 +38,13 @@ if ! cargo pgrx --version 2>/dev/null | grep -q "$PGRX_VERSION"; then
   cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
 fi
 
+# The documentation book (docs/), built by scripts/test.sh.
+MDBOOK_VERSION=0.4.52
+if ! mdbook --version 2>/dev/null | grep -q "v$MDBOOK_VERSION"; then
+  log "cargo install mdbook $MDBOOK_VERSION (about 3 minutes)"
+  cargo install mdbook --version "$MDBOOK_VERSION" --locked
+fi
+
 if ! grep -qs "pg15" "$HOME/.pgrx/config.toml"; then
   log "cargo pgrx init --pg15 $PG_CONFIG"
   cargo pgrx init --pg15 "$PG_CONFIG"

@@ -48,6 +48,7 @@ saved_log="${TMPDIR:-/tmp}/$(basename "$APIKEY_STATE_DIR")-postgresql.log"
 rm -f "$saved_log"
 # What cargo test printed, to check that every test target ran.
 cargo_output="$(mktemp "${TMPDIR:-/tmp}/apikey-cargo-test.XXXXXX")"
+book_output="$(mktemp "${TMPDIR:-/tmp}/apikey-book.XXXXXX")"
 
 results=()
 failed=0
@@ -66,7 +67,7 @@ finish() {
   if [ -f "$APIKEY_LOG" ]; then
     cp -f "$APIKEY_LOG" "$saved_log"
   fi
-  rm -f "$cargo_output"
+  rm -f "$cargo_output" "$book_output"
   # In a subshell: a die inside cluster_destroy must not skip the summary below.
   (cluster_destroy)
   echo
@@ -128,6 +129,22 @@ if [ "$#" -eq 0 ]; then
     else record "routes only through routes! (clippy)" FAIL; fi
   else
     record "routes only through routes! (cargo clippy is not installed)" skip
+  fi
+  # The book builds (every page of SUMMARY.md exists, every {{#include}} is found), no link
+  # in it is broken, and the README stays an introduction that links into it.
+  if [ "$APIKEY_PG_MAJOR" = 15 ]; then
+    rc=0
+    log "book: mdbook build docs"
+    (cd "$APIKEY_REPO_ROOT" && mdbook build docs 2>&1 | tee "$book_output") || rc=$?
+    if grep -q '\[ERROR\]\|\[WARN\]' "$book_output"; then rc=1; fi
+    (cd "$APIKEY_REPO_ROOT" && python3 scripts/check-book.py target/book) || rc=$?
+    readme_bytes="$(wc -c <"$APIKEY_REPO_ROOT/README.md")"
+    if [ "$readme_bytes" -gt 16384 ]; then
+      failure_notes+=("README.md is $readme_bytes bytes: at most 16384 (move the rest into docs/src)")
+      rc=1
+    fi
+    if [ "$rc" -eq 0 ]; then record "book builds, no broken link, README at most 16 KB" ok
+    else record "book builds, no broken link, README at most 16 KB" FAIL; fi
   fi
 else
   record "unit tests (only end-to-end files asked for)" skip
@@ -193,7 +210,7 @@ else
   record "end-to-end tests (tests/Cargo.toml missing)" skip
 fi
 
-# The README's deploy guide, run on a Debian-managed cluster of its own with the packages
+# The book's deploy guide, run on a Debian-managed cluster of its own with the packages
 # installed by apt (it puts the developer build's extension files back afterwards).
 if [ "$#" -eq 0 ] && [ "$APIKEY_PG_MAJOR" = 15 ]; then
   rc=0

@@ -240,11 +240,7 @@ pub unsafe extern "C-unwind" fn apikey_audit_log_is_append_only(
 /// ERROR leaves it to the caller to give `rows` back.
 pub fn write(db: u32, schema: &Schema, rows: &[usage::UsageRow], retention: bool) -> ApiResult<()> {
     Spi::connect_mut(|client| {
-        // A flush gives way to DDL on the tables it writes (ALTER EXTENSION apikey UPDATE,
-        // which may read a table before it alters it, and so deadlock with a writer): it
-        // stops waiting for a table lock well before deadlock_timeout (1 s by default) would
-        // pick a victim, and its counts go back for the next interval.
-        client.update("SET LOCAL lock_timeout = '200ms'", None, &[])?;
+        lock_tables_or_give_way(client)?;
         write_last_used(client, db)?;
         if matches!(schema, Schema::Current) {
             write_usage(client, rows)?;
@@ -254,6 +250,32 @@ pub fn write(db: u32, schema: &Schema, rows: &[usage::UsageRow], retention: bool
         }
         Ok(())
     })
+}
+
+/// Takes the flush's lock on every table of the extension at once, or fails at once. Taken
+/// one by one as its statements reach them, a flush could hold a lock on one table while
+/// waiting for another, and deadlock with DDL that does the same the other way round
+/// (`ALTER EXTENSION apikey UPDATE` builds an index or a constraint on a table before it
+/// alters it). ROW EXCLUSIVE conflicts with no reader or writer, only with DDL and explicit
+/// locks; a flush that meets one gives way, and its counts wait for the next interval.
+fn lock_tables_or_give_way(client: &mut SpiClient<'_>) -> ApiResult<()> {
+    let tables: Option<String> = client
+        .select(
+            "SELECT string_agg(format('%I.%I', schemaname, tablename), ', ' ORDER BY tablename) \
+             FROM pg_catalog.pg_tables WHERE schemaname = 'apikey'",
+            Some(1),
+            &[],
+        )?
+        .first()
+        .get(1)?;
+    if let Some(tables) = tables {
+        client.update(
+            &format!("LOCK TABLE {tables} IN ROW EXCLUSIVE MODE NOWAIT"),
+            None,
+            &[],
+        )?;
+    }
+    Ok(())
 }
 
 /// Notes a finished flush in the server-wide counters.

@@ -80,7 +80,7 @@ pub fn init() {
         GucRegistry::define_int_guc(
             c"apikey.max_keys",
             c"Keys whose proof, rate limit and last use the server keeps in shared memory.",
-            c"Fixed at server start. When full, the least recently used are evicted (they only pay Argon2id again).",
+            c"Fixed at server start. When full, a twentieth is evicted, first from partners holding more than an equal share, then least recently used (they pay Argon2id again).",
             &MAX_KEYS,
             100,
             10_000_000,

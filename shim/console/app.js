@@ -1,5 +1,5 @@
-// apikey key console: plain ES2020 modules, no framework, no build step (README, "Key
-// console"). This file wires the page's controls to the modules in js/ and starts.
+// apikey key console: plain ES2020 modules, no framework, no build step (docs/src/console.md).
+// This file wires the page's controls to the modules in js/ and starts.
 //
 // Rules every module keeps, because the page handles tokens under a strict CSP:
 // - every request goes through api() (js/api.js), which sends the key in the X-API-Key header

@@ -267,77 +267,126 @@ impl Metrics {
     }
 }
 
+/// One series `/metrics` can show, as its `# TYPE` and `# HELP` lines say.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Described {
+    pub name: String,
+    pub kind: String,
+    pub help: String,
+}
+
+/// Every series `/metrics` can show, read off a rendering in which the database answered
+/// with every `apikey_status()` column: the reference documentation is generated from this.
+pub fn catalogue() -> Vec<Described> {
+    let mut status = serde_json::json!({
+        "shared_memory": true,
+        "last_flush": "2026-01-01T00:00:00Z",
+    });
+    for (column, _) in SERVER_COUNTERS.iter().chain(SERVER_GAUGES.iter()) {
+        status[*column] = serde_json::json!(0);
+    }
+    let pool = PoolUse {
+        max_size: 0,
+        size: 0,
+        available: 0,
+        waiting: 0,
+    };
+    // A family with labels shows only once it has a series.
+    let metrics = Metrics::default();
+    metrics.observe("/v1/verify", 200, 0.001);
+    metrics.verify_outcome("ok");
+    let text = metrics.render(pool, Some(&status));
+    let mut described: Vec<Described> = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            described.push(Described {
+                name: name.to_string(),
+                kind: String::new(),
+                help: help.to_string(),
+            });
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+            if let Some(last) = described.last_mut().filter(|d| d.name == name) {
+                last.kind = kind.to_string();
+            }
+        }
+    }
+    described
+}
+
 fn saturating_i64(value: usize) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
 /// `apikey_status()`'s columns: counters for what only grows, gauges for the rest. Columns
 /// that are NULL (no shared memory) are left out, but `apikey_shared_memory` is always there.
+const SERVER_COUNTERS: [(&str, &str); 12] = [
+    (
+        "proof_hits",
+        "Verifications answered by a proof, without Argon2id",
+    ),
+    ("proof_misses", "Verifications that needed Argon2id"),
+    ("argon2_verified", "Argon2id verifications that matched"),
+    ("argon2_failed", "Argon2id verifications that did not match"),
+    (
+        "argon2_waits",
+        "Verifications that waited for the Argon2id gate",
+    ),
+    (
+        "argon2_refused",
+        "Guesses at a key answered rate_limited without Argon2id: its queue was full or its attack budget spent",
+    ),
+    (
+        "rate_limited",
+        "Verifications refused by a key's rate limit",
+    ),
+    (
+        "usage_dropped",
+        "Usage counts dropped because shared memory was full",
+    ),
+    (
+        "audit_suppressed",
+        "Unknown-key failures not audited: their sender networks' share of the marks was used up",
+    ),
+    ("keys_evicted", "Keys evicted from shared memory"),
+    ("flushes", "Background worker flushes"),
+    (
+        "flush_failures",
+        "Background worker flushes that failed and will be retried",
+    ),
+];
+const SERVER_GAUGES: [(&str, &str); 6] = [
+    ("keys_in_use", "Keys held in shared memory"),
+    (
+        "keys_capacity",
+        "Keys shared memory can hold (apikey.max_keys)",
+    ),
+    ("usage_entries", "Usage counts waiting for the worker"),
+    (
+        "usage_capacity",
+        "Usage counts shared memory can hold (apikey.max_usage_entries)",
+    ),
+    ("argon2_running", "Argon2id verifications running now"),
+    (
+        "argon2_max_concurrency",
+        "Argon2id verifications allowed at once",
+    ),
+];
+
 fn register_server_status(registry: &mut Registry, status: &serde_json::Value) {
-    const COUNTERS: [(&str, &str); 12] = [
-        (
-            "proof_hits",
-            "Verifications answered by a proof, without Argon2id",
-        ),
-        ("proof_misses", "Verifications that needed Argon2id"),
-        ("argon2_verified", "Argon2id verifications that matched"),
-        ("argon2_failed", "Argon2id verifications that did not match"),
-        (
-            "argon2_waits",
-            "Verifications that waited for the Argon2id gate",
-        ),
-        (
-            "argon2_refused",
-            "Guesses at a key answered rate_limited without Argon2id: its queue was full or its attack budget spent",
-        ),
-        (
-            "rate_limited",
-            "Verifications refused by a key's rate limit",
-        ),
-        (
-            "usage_dropped",
-            "Usage counts dropped because shared memory was full",
-        ),
-        (
-            "audit_suppressed",
-            "Unknown-key failures not audited: their sender networks' share of the marks was used up",
-        ),
-        ("keys_evicted", "Keys evicted from shared memory"),
-        ("flushes", "Background worker flushes"),
-        (
-            "flush_failures",
-            "Background worker flushes that failed and will be retried",
-        ),
-    ];
-    const GAUGES: [(&str, &str); 6] = [
-        ("keys_in_use", "Keys held in shared memory"),
-        (
-            "keys_capacity",
-            "Keys shared memory can hold (apikey.max_keys)",
-        ),
-        ("usage_entries", "Usage counts waiting for the worker"),
-        (
-            "usage_capacity",
-            "Usage counts shared memory can hold (apikey.max_usage_entries)",
-        ),
-        ("argon2_running", "Argon2id verifications running now"),
-        (
-            "argon2_max_concurrency",
-            "Argon2id verifications allowed at once",
-        ),
-    ];
     let shared = status["shared_memory"].as_bool().unwrap_or(false);
     registry.register(
         "apikey_shared_memory",
         "Whether the server runs apikey with shared memory (shared_preload_libraries)",
         ConstGauge::new(i64::from(shared)),
     );
-    for (column, help) in COUNTERS {
+    for (column, help) in SERVER_COUNTERS {
         if let Some(value) = status[column].as_u64() {
             registry.register(format!("apikey_{column}"), help, ConstCounter::new(value));
         }
     }
-    for (column, help) in GAUGES {
+    for (column, help) in SERVER_GAUGES {
         if let Some(value) = status[column].as_i64() {
             registry.register(format!("apikey_{column}"), help, ConstGauge::new(value));
         }

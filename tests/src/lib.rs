@@ -326,3 +326,39 @@ impl Drop for Databases {
         }
     }
 }
+
+/// Checks that the chapter `page` of the book (a path under `docs/src`) holds, in each of its
+/// generated blocks (between `<!-- generated: NAME ... -->` and `<!-- end generated -->`),
+/// the table given for it; with `APIKEY_WRITE_DOCS` set it rewrites them instead. `regenerate`
+/// is the command that does so, named in the failure.
+pub fn check_generated_blocks(page: &str, blocks: &[(&str, String)], regenerate: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../docs/src")
+        .join(page);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {page}: {e}"));
+    let generated = blocks.iter().fold(text.clone(), |text, (name, table)| {
+        with_generated_block(&text, name, table)
+    });
+    if std::env::var_os("APIKEY_WRITE_DOCS").is_some() {
+        std::fs::write(&path, &generated).unwrap_or_else(|e| panic!("write {page}: {e}"));
+        return;
+    }
+    assert!(
+        text == generated,
+        "a generated table of docs/src/{page} is stale: run `APIKEY_WRITE_DOCS=1 {regenerate}` \
+         and review the diff"
+    );
+}
+
+fn with_generated_block(page: &str, name: &str, table: &str) -> String {
+    let open = format!("<!-- generated: {name} ");
+    let start = page
+        .find(&open)
+        .unwrap_or_else(|| panic!("no {open}--> in the page"));
+    let body = start + page[start..].find("-->\n").expect("the marker's end") + 4;
+    let end = body
+        + page[body..]
+            .find("<!-- end generated -->")
+            .expect("the block's end");
+    format!("{}{table}{}", &page[..body], &page[end..])
+}

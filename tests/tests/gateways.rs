@@ -1,8 +1,8 @@
-//! The README's gateway configurations, run for real: Debian's nginx (`auth_request`) and
+//! The book's gateway configurations, run for real: Debian's nginx (`auth_request`) and
 //! Caddy (`forward_auth`) in front of the real shim and a small application server, with a
 //! client that forges every header the shim reads. The configurations are the files in
-//! `docs/gateways/`, which the README quotes verbatim (checked here too); only the three
-//! ports are changed to free ones.
+//! `docs/gateways/`, which `docs/src/gateways.md` includes (checked here too); only the
+//! three ports are changed to free ones.
 
 use apikey_tests::postgres::Client;
 use apikey_tests::shim::{send, Response, Shim};
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 const NGINX_CONF: &str = include_str!("../../docs/gateways/nginx.conf");
 const CADDYFILE: &str = include_str!("../../docs/gateways/Caddyfile");
-const README: &str = include_str!("../../README.md");
+const GATEWAYS_PAGE: &str = include_str!("../../docs/src/gateways.md");
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -454,15 +454,15 @@ fn caddy_forward_auth_as_documented_resists_forged_headers() {
 }
 
 #[test]
-fn the_readme_quotes_the_tested_configurations_verbatim() {
-    for (fence, file, path) in [
-        ("```nginx\n", NGINX_CONF, "docs/gateways/nginx.conf"),
-        ("```caddyfile\n", CADDYFILE, "docs/gateways/Caddyfile"),
+fn the_book_shows_the_tested_configurations() {
+    for (fence, include) in [
+        ("```nginx\n", "../gateways/nginx.conf"),
+        ("```caddyfile\n", "../gateways/Caddyfile"),
     ] {
-        let block = format!("{fence}{file}```");
+        let block = format!("{fence}{{{{#include {include}}}}}\n```");
         assert!(
-            README.contains(&block),
-            "README.md must quote {path} exactly, in a {} block",
+            GATEWAYS_PAGE.contains(&block),
+            "docs/src/gateways.md must include {include} in a {} block",
             fence.trim()
         );
     }

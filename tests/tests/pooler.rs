@@ -1,5 +1,5 @@
 //! The shim behind Debian's pgbouncer in transaction mode, configured as
-//! `docs/poolers/pgbouncer.ini` (which the README quotes verbatim; only its ports, socket and
+//! `docs/poolers/pgbouncer.ini` (which `docs/src/http.md` includes; only its ports, socket and
 //! file paths and its pool size are changed here). Each transaction may run on another server
 //! connection, so a statement prepared on one is missing on the next: every request must
 //! still succeed, verification, management and webhook delivery alike.
@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const PGBOUNCER_INI: &str = include_str!("../../docs/poolers/pgbouncer.ini");
-const README: &str = include_str!("../../README.md");
+const HTTP_PAGE: &str = include_str!("../../docs/src/http.md");
 const PASSWORD: &str = "pooled-shim-password";
 
 fn free_port() -> u16 {
@@ -130,12 +130,12 @@ impl Drop for Pgbouncer {
 }
 
 #[test]
-fn the_readme_quotes_the_tested_pgbouncer_configuration() {
-    let block = format!("```ini\n{PGBOUNCER_INI}```");
+fn the_book_shows_the_tested_pgbouncer_configuration() {
     assert!(
-        README.contains(&block),
-        "README.md must quote docs/poolers/pgbouncer.ini exactly, in an ini block"
+        HTTP_PAGE.contains("```ini\n{{#include ../poolers/pgbouncer.ini}}\n```"),
+        "docs/src/http.md must include docs/poolers/pgbouncer.ini in an ini block"
     );
+    assert!(PGBOUNCER_INI.contains("pool_mode = transaction"));
 }
 
 #[test]

@@ -1058,15 +1058,15 @@ fn application_policy_sees_only_the_verified_partners_rows() {
         .expect("drop the application's table");
 }
 
-/// `docs/examples/orders-policy.sql`, as the README quotes it, in a database of its own: each
+/// `docs/examples/orders-policy.sql`, as the SQL reference shows it, in a database of its own: each
 /// key sees the orders its resource scopes name, and only its partner's.
 #[test]
 fn the_documented_instance_policy_shows_each_key_only_its_orders() {
     const POLICY: &str = include_str!("../../docs/examples/orders-policy.sql");
-    const README: &str = include_str!("../../README.md");
+    const SQL_PAGE: &str = include_str!("../../docs/src/sql.md");
     assert!(
-        README.contains(&format!("```sql\n{POLICY}```")),
-        "README.md must quote docs/examples/orders-policy.sql exactly"
+        SQL_PAGE.contains("```sql\n{{#include ../examples/orders-policy.sql}}\n```"),
+        "docs/src/sql.md must include docs/examples/orders-policy.sql"
     );
     let mut dbs = Databases::default();
     let db = dbs.create("apikey_orders_app");
