@@ -27,6 +27,21 @@ CREATE TRIGGER partners_changed
     AFTER UPDATE OR DELETE OR TRUNCATE ON apikey.partners
     FOR EACH STATEMENT EXECUTE FUNCTION apikey.forget_known_keys();
 
+-- A balance's row changes for the worker's writes too, which keep the balance as it was
+-- (see extension/src/credits.rs): only a set, a top-up, a refill or a move to a successor
+-- needs sessions to read it again.
+CREATE TRIGGER key_credits_added_or_removed
+    AFTER INSERT OR DELETE OR TRUNCATE ON apikey.key_credits
+    FOR EACH STATEMENT EXECUTE FUNCTION apikey.forget_known_keys();
+CREATE TRIGGER key_credits_changed
+    AFTER UPDATE ON apikey.key_credits
+    FOR EACH ROW
+    WHEN ((OLD.key_id, OLD.generation, OLD.refill_amount, OLD.next_refill_at)
+          IS DISTINCT FROM (NEW.key_id, NEW.generation, NEW.refill_amount, NEW.next_refill_at))
+    EXECUTE FUNCTION apikey.forget_known_keys();
+
 ALTER TABLE apikey.keys ENABLE ALWAYS TRIGGER keys_added_or_removed;
 ALTER TABLE apikey.keys ENABLE ALWAYS TRIGGER keys_verification_columns_changed;
 ALTER TABLE apikey.partners ENABLE ALWAYS TRIGGER partners_changed;
+ALTER TABLE apikey.key_credits ENABLE ALWAYS TRIGGER key_credits_added_or_removed;
+ALTER TABLE apikey.key_credits ENABLE ALWAYS TRIGGER key_credits_changed;

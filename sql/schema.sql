@@ -93,6 +93,29 @@ CREATE TABLE apikey.usage (
 CREATE INDEX usage_key_id_idx ON apikey.usage (key_id, minute);
 CREATE INDEX usage_partner_id_idx ON apikey.usage (partner_id, minute);
 
+-- Credit balances of keys (extension/src/credits.rs). Verification spends in shared memory;
+-- the background worker moves what was spent into `remaining` and records in `spent_mark`
+-- how much of the server's running count (of epoch `mark_epoch`) the row holds, so a write
+-- is never lost or applied twice. The row moves to a rotated key's successor: the family
+-- spends one balance. `credit_id` names the balance in shared memory and is never reused.
+CREATE TABLE apikey.key_credits (
+    key_id          text PRIMARY KEY REFERENCES apikey.keys (key_id) ON DELETE CASCADE,
+    credit_id       bigint GENERATED ALWAYS AS IDENTITY UNIQUE,
+    remaining       bigint NOT NULL,
+    refill_amount   bigint CHECK (refill_amount >= 0),
+    refill_interval interval,
+    -- When the balance was set: refills fall at set_at + n * refill_interval (UTC).
+    set_at          timestamptz NOT NULL,
+    next_refill_at  timestamptz,
+    spent_mark      bigint NOT NULL DEFAULT 0,
+    mark_epoch      bigint NOT NULL DEFAULT 0,
+    -- Moves on with every set and top-up (what sessions must read again); the worker's
+    -- writes keep the balance as it was and leave it alone.
+    generation      bigint NOT NULL DEFAULT 0,
+    CHECK ((refill_amount IS NULL) = (refill_interval IS NULL)),
+    CHECK ((refill_amount IS NULL) = (next_refill_at IS NULL))
+);
+
 -- The outbox: events for partners (key.issued, key.revoked, ...), written in the same
 -- transaction as their cause, so a change that rolls back announces nothing. Deleted by the
 -- background worker after apikey.event_retention. Never holds a token or a secret.
@@ -206,3 +229,5 @@ SELECT pg_catalog.pg_extension_config_dump('apikey.webhook_attempts', '');
 SELECT pg_catalog.pg_extension_config_dump('apikey.webhook_deliveries_delivery_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('apikey.webhook_attempts_attempt_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('apikey.key_reminders', '');
+SELECT pg_catalog.pg_extension_config_dump('apikey.key_credits', '');
+SELECT pg_catalog.pg_extension_config_dump('apikey.key_credits_credit_id_seq', '');

@@ -186,3 +186,15 @@ CREATE POLICY admin_reads_all ON apikey.key_reminders FOR SELECT TO apikey_admin
 
 -- Leak reports: the shim's POST /v1/secret-scanning, authenticated by GitHub's signature.
 GRANT EXECUTE ON FUNCTION @extschema@.apikey_leak_report TO apikey_admin;
+
+-- Credits (0.7.0). Balances are money: only an operator sets, tops up or charges them, and
+-- only an operator reads their rows (a row's `remaining` leaves out what was spent since the
+-- worker's last write; apikey_verify's credits_remaining is the balance).
+GRANT EXECUTE ON FUNCTION
+    @extschema@.apikey_set_credits,
+    @extschema@.apikey_add_credits
+TO apikey_admin;
+GRANT SELECT ON apikey.key_credits TO apikey_admin;
+ALTER TABLE apikey.key_credits ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apikey.key_credits FORCE ROW LEVEL SECURITY;
+CREATE POLICY admin_reads_all ON apikey.key_credits FOR SELECT TO apikey_admin USING (true);

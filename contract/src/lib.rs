@@ -4,6 +4,7 @@
 
 pub mod address;
 pub mod argument;
+pub mod credits;
 pub mod key_state;
 pub mod limits;
 pub mod reason;

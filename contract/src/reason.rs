@@ -16,10 +16,12 @@ pub enum Reason {
     IpNotAllowed,
     InsufficientScope,
     RateLimited,
+    /// A balance the verification spends from holds less than its cost.
+    UsageExceeded,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 14] = [
         Reason::Ok,
         Reason::MissingKey,
         Reason::Malformed,
@@ -33,6 +35,7 @@ impl Reason {
         Reason::IpNotAllowed,
         Reason::InsufficientScope,
         Reason::RateLimited,
+        Reason::UsageExceeded,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -50,6 +53,7 @@ impl Reason {
             Reason::IpNotAllowed => "ip_not_allowed",
             Reason::InsufficientScope => "insufficient_scope",
             Reason::RateLimited => "rate_limited",
+            Reason::UsageExceeded => "usage_exceeded",
         }
     }
 
@@ -70,7 +74,11 @@ impl Reason {
     pub fn reveals_identity(self) -> bool {
         matches!(
             self,
-            Reason::Ok | Reason::IpNotAllowed | Reason::InsufficientScope | Reason::RateLimited
+            Reason::Ok
+                | Reason::IpNotAllowed
+                | Reason::InsufficientScope
+                | Reason::RateLimited
+                | Reason::UsageExceeded
         )
     }
 }
@@ -86,7 +94,7 @@ mod tests {
             assert_eq!(Reason::from_code(reason.code()), Some(reason));
             assert_eq!(Reason::parse(reason.as_str()), Some(reason));
         }
-        assert_eq!(Reason::from_code(13), None);
+        assert_eq!(Reason::from_code(14), None);
         assert_eq!(Reason::parse("OK"), None);
     }
 
@@ -102,7 +110,8 @@ mod tests {
                 Reason::Ok,
                 Reason::IpNotAllowed,
                 Reason::InsufficientScope,
-                Reason::RateLimited
+                Reason::RateLimited,
+                Reason::UsageExceeded
             ]
         );
     }

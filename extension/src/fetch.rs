@@ -68,6 +68,7 @@ fn name_is(name: &pg_sys::NameData, column: &str) -> bool {
 enum Table {
     Keys,
     Partners,
+    KeyCredits,
 }
 
 impl Table {
@@ -75,12 +76,13 @@ impl Table {
         match self {
             Table::Keys => (c"keys", c"keys_pkey"),
             Table::Partners => (c"partners", c"partners_pkey"),
+            Table::KeyCredits => (c"key_credits", c"key_credits_pkey"),
         }
     }
 
     fn eq_proc(self) -> pg_sys::Oid {
         pg_sys::Oid::from(match self {
-            Table::Keys => pg_sys::F_TEXTEQ,
+            Table::Keys | Table::KeyCredits => pg_sys::F_TEXTEQ,
             Table::Partners => pg_sys::F_UUID_EQ,
         })
     }
@@ -89,10 +91,10 @@ impl Table {
 /// (table, index) OIDs per [`Table`], resolved by name once per backend: three catalog
 /// lookups per table showed in profiles. Cleared by any relcache invalidation of a cached
 /// relation (DROP / CREATE EXTENSION, ALTER), so a stale OID is not used.
-type CachedOids = [Option<(pg_sys::Oid, pg_sys::Oid)>; 2];
+type CachedOids = [Option<(pg_sys::Oid, pg_sys::Oid)>; 3];
 
 thread_local! {
-    static OIDS: Cell<CachedOids> = const { Cell::new([None; 2]) };
+    static OIDS: Cell<CachedOids> = const { Cell::new([None; 3]) };
 }
 
 /// Registers the invalidation callback. Called once per process, from `_PG_init`.
@@ -120,8 +122,22 @@ unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid:
 }
 
 fn oids(table: Table) -> ApiResult<(pg_sys::Oid, pg_sys::Oid)> {
+    find_oids(table).ok_or_else(|| {
+        ApiError::internal(format!(
+            "apikey.{} or its index is missing: reinstall the extension",
+            table.names().0.to_string_lossy()
+        ))
+    })
+}
+
+/// Whether the database has `apikey.key_credits` (0.7.0 and later).
+pub fn has_key_credits() -> bool {
+    find_oids(Table::KeyCredits).is_some()
+}
+
+fn find_oids(table: Table) -> Option<(pg_sys::Oid, pg_sys::Oid)> {
     if let Some(found) = OIDS.get()[table as usize] {
-        return Ok(found);
+        return Some(found);
     }
     let (table_name, index_name) = table.names();
     // SAFETY: catalog lookups by name; missing objects yield InvalidOid, not an error.
@@ -133,15 +149,12 @@ fn oids(table: Table) -> ApiResult<(pg_sys::Oid, pg_sys::Oid)> {
         )
     };
     if found.0 == pg_sys::InvalidOid || found.1 == pg_sys::InvalidOid {
-        return Err(ApiError::internal(format!(
-            "apikey.{} or its index is missing: reinstall the extension",
-            table_name.to_string_lossy()
-        )));
+        return None;
     }
     let mut cached = OIDS.get();
     cached[table as usize] = Some(found);
     OIDS.set(cached);
-    Ok(found)
+    Some(found)
 }
 
 /// Opens `oid` if it still is the relation called `name`, with AccessShareLock.
@@ -258,6 +271,8 @@ unsafe fn open(table: Table, part: Part) -> ApiResult<Opened> {
 pub enum PrimaryKey<'a> {
     Key(&'a str),
     Partner(pgrx::Uuid),
+    /// The balance of a key (`apikey.key_credits`, by key id).
+    KeyCredits(&'a str),
 }
 
 impl PrimaryKey<'_> {
@@ -265,12 +280,13 @@ impl PrimaryKey<'_> {
         match self {
             PrimaryKey::Key(_) => Table::Keys,
             PrimaryKey::Partner(_) => Table::Partners,
+            PrimaryKey::KeyCredits(_) => Table::KeyCredits,
         }
     }
 
     fn datum(self) -> Option<pg_sys::Datum> {
         match self {
-            PrimaryKey::Key(key_id) => key_id.into_datum(),
+            PrimaryKey::Key(key_id) | PrimaryKey::KeyCredits(key_id) => key_id.into_datum(),
             PrimaryKey::Partner(partner_id) => partner_id.into_datum(),
         }
     }
@@ -278,7 +294,9 @@ impl PrimaryKey<'_> {
     /// Whether `found` is the row of this key (a remembered TID may now hold another row).
     fn is_row_of(self, found: &Found) -> ApiResult<bool> {
         Ok(match self {
-            PrimaryKey::Key(key_id) => found.get::<String>("key_id")?.as_deref() == Some(key_id),
+            PrimaryKey::Key(key_id) | PrimaryKey::KeyCredits(key_id) => {
+                found.get::<String>("key_id")?.as_deref() == Some(key_id)
+            }
             PrimaryKey::Partner(partner_id) => {
                 found.get::<pgrx::Uuid>("partner_id")? == Some(partner_id)
             }
@@ -295,6 +313,7 @@ impl PrimaryKey<'_> {
 struct KnownTids {
     keys: HashMap<String, pg_sys::ItemPointerData>,
     partners: HashMap<[u8; 16], pg_sys::ItemPointerData>,
+    key_credits: HashMap<String, pg_sys::ItemPointerData>,
 }
 
 const MAX_KNOWN_TIDS: usize = 10_000;
@@ -307,12 +326,13 @@ fn known_tid(key: PrimaryKey<'_>) -> Option<pg_sys::ItemPointerData> {
     TIDS.with_borrow(|tids| match key {
         PrimaryKey::Key(key_id) => tids.keys.get(key_id).copied(),
         PrimaryKey::Partner(partner_id) => tids.partners.get(partner_id.as_bytes()).copied(),
+        PrimaryKey::KeyCredits(key_id) => tids.key_credits.get(key_id).copied(),
     })
 }
 
 fn set_known_tid(key: PrimaryKey<'_>, tid: Option<pg_sys::ItemPointerData>) {
     TIDS.with_borrow_mut(|tids| {
-        if tids.keys.len() + tids.partners.len() >= MAX_KNOWN_TIDS {
+        if tids.keys.len() + tids.partners.len() + tids.key_credits.len() >= MAX_KNOWN_TIDS {
             *tids = KnownTids::default();
         }
         match (key, tid) {
@@ -328,12 +348,18 @@ fn set_known_tid(key: PrimaryKey<'_>, tid: Option<pg_sys::ItemPointerData>) {
             (PrimaryKey::Partner(partner_id), None) => {
                 tids.partners.remove(partner_id.as_bytes());
             }
+            (PrimaryKey::KeyCredits(key_id), Some(tid)) => {
+                tids.key_credits.insert(key_id.to_string(), tid);
+            }
+            (PrimaryKey::KeyCredits(key_id), None) => {
+                tids.key_credits.remove(key_id);
+            }
         }
     });
 }
 
 fn forget_all() {
-    OIDS.set([None; 2]);
+    OIDS.set([None; 3]);
     TIDS.set(KnownTids::default());
     GENERATION.set(GENERATION.get().wrapping_add(1));
 }

@@ -56,6 +56,14 @@ pub struct StoredKey {
     /// The successor of a rotated key. Rotation sets it with `revoked_at`, whose change is
     /// what makes every session read the row again.
     pub rotated_to: Option<String>,
+    /// The balance this key spends (its own, or in its grace period its successor's).
+    pub credits: Option<StoredCredits>,
+}
+
+/// A balance's row as verification reads it (`apikey.key_credits`).
+pub struct StoredCredits {
+    pub credit_id: i64,
+    pub row: apikey_contract::credits::Row,
 }
 
 impl StoredKey {
@@ -151,11 +159,27 @@ fn read(key_id: &str) -> ApiResult<Option<StoredKey>> {
                 partner_active: false,
                 allowed_cidrs: row.get("allowed_cidrs")?,
                 rotated_to: row.get("rotated_to")?,
+                credits: None,
             })
         })?;
         let Some(mut row) = found else {
             return Ok(None);
         };
+        if fetch::has_key_credits() {
+            let bucket = row.rate_bucket(key_id).to_string();
+            row.credits = snapshot.by_primary_key(PrimaryKey::KeyCredits(&bucket), |c| {
+                Ok(StoredCredits {
+                    credit_id: c.get("credit_id")?.ok_or_else(missing)?,
+                    row: apikey_contract::credits::Row {
+                        remaining: c.get("remaining")?.ok_or_else(missing)?,
+                        spent_mark: c.get("spent_mark")?.ok_or_else(missing)?,
+                        mark_epoch: c.get("mark_epoch")?.ok_or_else(missing)?,
+                        refill_amount: c.get("refill_amount")?,
+                        next_refill_at: at(c.get("next_refill_at")?),
+                    },
+                })
+            })?;
+        }
         row.secret_hash_fingerprint = crate::hash::fingerprint(&row.secret_hash);
         row.partner_active = snapshot
             .by_primary_key(PrimaryKey::Partner(row.partner_id), |p| {

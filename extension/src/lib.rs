@@ -26,6 +26,7 @@ mod access;
 mod audit;
 mod clock;
 mod compat;
+mod credits;
 mod db;
 mod error;
 mod events;

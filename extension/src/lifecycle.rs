@@ -354,6 +354,15 @@ fn rotate(
             &[new.key_id.as_str().into()],
         )?;
     }
+    // The family spends one balance: it moves to the successor, which the old key's
+    // verifications spend from during the grace period.
+    if version::schema_has(version::CREDITS)? {
+        client.update(
+            "UPDATE apikey.key_credits SET key_id = $2 WHERE key_id = $1",
+            None,
+            &[key_id.as_str().into(), new.key_id.as_str().into()],
+        )?;
+    }
     // The old key lives on for the grace period, but never past its own expiry.
     client.update(
         "UPDATE apikey.keys SET rotated_to = $2, revoke_reason = 'rotated', \

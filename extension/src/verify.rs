@@ -18,6 +18,7 @@ use crate::known_keys::{self, StoredKey};
 use crate::pepper::PepperSet;
 use crate::proof::{self, Checked};
 use crate::reason::Reason;
+use crate::shared::credits::{self, Spent};
 use crate::shared::keys::Rate;
 use crate::shared::marks::{self, Subject};
 use crate::shared::Stat;
@@ -40,21 +41,29 @@ v1_call_info!(pg_finfo_apikey_verify);
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub unsafe extern "C-unwind" fn apikey_verify(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
-    // SAFETY: PostgreSQL calls this with the three arguments sql/verify.sql declares
-    // (text, text[], inet); NULLs are checked before a datum is read.
-    let (token, required, client_ip) = unsafe {
+    // SAFETY: PostgreSQL calls this with the arguments sql/verify.sql declares (text, text[],
+    // inet, and from 0.7.0 integer); NULLs are checked before a datum is read.
+    let (token, required, client_ip, cost) = unsafe {
+        let cost = if (*fcinfo).nargs > 3 {
+            pgrx::fcinfo::pg_getarg::<i32>(fcinfo, 3).ok_or_else(|| ApiError::null("cost"))
+        } else {
+            Ok(1)
+        };
         (
             pgrx::fcinfo::pg_getarg_datum(fcinfo, 0).map(|d| sqltypes::text(d)),
             pgrx::fcinfo::pg_getarg_datum(fcinfo, 1)
                 .map(|d| sqltypes::text_array(d))
                 .unwrap_or_default(),
             pgrx::fcinfo::pg_getarg_datum(fcinfo, 2).map(|d| InetDatum::new(d)),
+            cost,
         )
     };
+    let cost = cost.and_then(checked_cost).or_raise();
     let request = Request {
         token: token.as_deref(),
         required: &required,
         client_ip,
+        cost,
         now: clock::now(),
     };
     let outcome = verify(&request).or_raise();
@@ -63,11 +72,27 @@ pub unsafe extern "C-unwind" fn apikey_verify(fcinfo: pg_sys::FunctionCallInfo) 
     unsafe { srf::return_one_row(fcinfo, &mut values, &mut nulls) }
 }
 
+/// Most credits one verification may spend.
+const MAX_COST: i32 = 1_000_000;
+
+fn checked_cost(cost: i32) -> ApiResult<i64> {
+    if (0..=MAX_COST).contains(&cost) {
+        Ok(i64::from(cost))
+    } else {
+        Err(ApiError::invalid(
+            "cost",
+            format!("{cost} is not between 0 and {MAX_COST}"),
+        ))
+    }
+}
+
 struct Request<'a> {
     token: Option<&'a str>,
     /// `None` for a NULL element, which no key satisfies.
     required: &'a [Option<String>],
     client_ip: Option<InetDatum>,
+    /// Credits a verification that is otherwise ok spends from the key's balance.
+    cost: i64,
     /// The time of this call (`clock_timestamp()`), which every time comparison uses.
     now: pg_sys::TimestampTz,
 }
@@ -79,6 +104,8 @@ struct Outcome<'a> {
     /// The rate limit after this verification, where it was consulted (shared memory, a
     /// verification that was otherwise ok).
     rate: Option<Rate>,
+    /// The key's balance after this verification, where it has one and it was consulted.
+    credits: Option<i64>,
     /// The secret was shown to match the key: only then may a reason reveal its identity.
     authentic: bool,
     /// Set on success when the stored hash uses an old pepper or old Argon2 parameters.
@@ -92,8 +119,9 @@ struct Rehash<'a> {
 }
 
 /// Columns of the result: the contract's seven, then `rate_remaining` and
-/// `rate_reset_seconds` (added in 0.2.0; a database still declaring seven gets seven).
-const COLUMNS: usize = 9;
+/// `rate_reset_seconds` (added in 0.2.0) and `credits_remaining` (0.7.0); a database still
+/// declaring fewer gets the leading ones.
+const COLUMNS: usize = 10;
 
 impl Outcome<'_> {
     /// The result row: `valid`, `reason`, then the identity columns, which stay NULL unless
@@ -118,6 +146,7 @@ impl Outcome<'_> {
                 row.expires_at.into_datum(),
                 remaining.into_datum(),
                 reset.into_datum(),
+                self.credits.into_datum(),
             ],
             None => [
                 valid.into_datum(),
@@ -129,6 +158,7 @@ impl Outcome<'_> {
                 None,
                 remaining.into_datum(),
                 reset.into_datum(),
+                None,
             ],
         };
         (
@@ -202,6 +232,7 @@ fn decide<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
             key_id,
             row,
             rate: None,
+            credits: None,
             authentic: false,
             rehash: None,
         })
@@ -242,6 +273,7 @@ fn decide<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
                 key_id: Some(key_id),
                 row: Some(row),
                 rate: Some(Rate::RETRY_IN_A_SECOND),
+                credits: None,
                 authentic: false,
                 rehash: None,
             });
@@ -277,6 +309,25 @@ fn decide<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
         }
         _ => reason,
     };
+    // Then the balance, all or nothing: a balance too short gives the rate token back.
+    let (reason, credits) = match (&row.credits, reason) {
+        (Some(balance), Reason::Ok) => {
+            match credits::spend(balance.credit_id, &balance.row, request.cost, now) {
+                Spent::Taken(after) => (Reason::Ok, Some(after)),
+                refused => {
+                    if rate.is_some() {
+                        shared::keys::give_back(row.rate_bucket(key_id), now);
+                    }
+                    let balance = match refused {
+                        Spent::Short(balance) => Some(balance),
+                        _ => None,
+                    };
+                    (Reason::UsageExceeded, balance)
+                }
+            }
+        }
+        (_, reason) => (reason, None),
+    };
     let stale = reason == Reason::Ok
         && (peppers.newest().fingerprint != row.pepper_fingerprint
             || proof::needs_rehash(key_id, &row.secret_hash, proof, params))
@@ -286,6 +337,7 @@ fn decide<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
         key_id: Some(key_id),
         row: Some(row),
         rate,
+        credits,
         authentic: true,
         rehash: stale.then_some(Rehash {
             peppers,

@@ -20,6 +20,9 @@ pub const WEBHOOKS: Release = Release(0, 4, 0);
 /// The release that added endpoint pauses (`failures_in_a_row`, `paused_until`) and
 /// `apikey.keys.disabled_by_operator`.
 pub const ROUND_THREE: Release = Release(0, 5, 0);
+/// The release that added credit balances (`apikey.key_credits`) and `apikey_verify`'s
+/// `cost`.
+pub const CREDITS: Release = Release(0, 7, 0);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Release(pub u32, pub u32, pub u32);

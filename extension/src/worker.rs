@@ -10,7 +10,7 @@
 //!   needed. A database without the extension (or dropped) has its shared state discarded.
 
 use crate::flush::{self, Schema};
-use crate::shared::{keys, usage};
+use crate::shared::{credits, keys, usage};
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, DynamicBackgroundWorker,
     SignalWakeFlags,
@@ -176,7 +176,8 @@ fn flush_once(db: u32, retention: bool) -> Option<Schema> {
             Schema::Absent => {
                 keys::forget_database(db);
                 usage::forget_database(db);
-                return Some(schema);
+                credits::forget_database(db);
+                return Some((schema, Vec::new()));
             }
             Schema::WithoutUsage => {
                 usage::forget_database(db);
@@ -189,8 +190,8 @@ fn flush_once(db: u32, retention: bool) -> Option<Schema> {
                 committed,
             ),
         };
-        flush::write(db, &schema, &rows, retention).unwrap_or_else(|e| e.raise());
-        Some(schema)
+        let spending = flush::write(db, &schema, &rows, retention).unwrap_or_else(|e| e.raise());
+        Some((schema, spending))
     })
     .catch_others(|error| {
         usage::give_back(db);
@@ -214,9 +215,13 @@ fn flush_once(db: u32, retention: bool) -> Option<Schema> {
             pg_sys::AbortCurrentTransaction();
         }
     }
-    if outcome.is_some() {
+    let outcome = outcome.map(|(schema, spending)| {
         usage::landed(db);
-    }
+        for (credit_id, spent) in spending {
+            credits::written(db, credit_id, spent);
+        }
+        schema
+    });
     flush::note_flush(outcome.is_some());
     outcome
 }

@@ -19,6 +19,8 @@ pub enum AppError {
         message: String,
     },
     RateLimited(crate::rate::Rate),
+    /// The key's credit balance holds less than the request's cost.
+    UsageExceeded,
     /// A request authenticated by a signature (GitHub's secret scanning reports) whose
     /// signature is missing, names no configured key, or does not match.
     BadSignature(&'static str),
@@ -87,6 +89,7 @@ impl AppError {
                 reset_seconds: 1,
                 refused: true,
             }),
+            "usage_exceeded" => AppError::UsageExceeded,
             "insufficient_scope" => AppError::Forbidden {
                 reason: reason.into(),
                 message: "the key lacks a required scope".into(),
@@ -116,6 +119,12 @@ impl AppError {
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
                 "rate limit exceeded".into(),
+                None,
+            ),
+            AppError::UsageExceeded => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "usage_exceeded",
+                "the key's credits are used up".into(),
                 None,
             ),
             AppError::BadSignature(message) => (
@@ -306,6 +315,7 @@ mod tests {
             AppError::Unauthorized { .. } => "Unauthorized",
             AppError::Forbidden { .. } => "Forbidden",
             AppError::RateLimited(_) => "RateLimited",
+            AppError::UsageExceeded => "UsageExceeded",
             AppError::BadSignature(_) => "BadSignature",
             AppError::BadRequest { .. } => "BadRequest",
             AppError::Unprocessable { .. } => "Unprocessable",
@@ -327,6 +337,7 @@ mod tests {
             AppError::from_reason("revoked"),
             AppError::from_sqlstate("42501", "permission denied", None),
             AppError::from_reason("rate_limited"),
+            AppError::from_reason("usage_exceeded"),
             AppError::BadSignature("no signature"),
             AppError::bad_request("bad"),
             AppError::invalid_field("limit", "bad"),
@@ -602,6 +613,13 @@ mod tests {
                     header("ratelimit-policy", "\"key\";q=300;w=60"),
                     header("retry-after", "30"),
                 ],
+            ),
+            (
+                AppError::from_reason("usage_exceeded"),
+                429,
+                "usage_exceeded",
+                "the key's credits are used up",
+                vec![],
             ),
             (
                 AppError::bad_request("no"),

@@ -105,6 +105,20 @@ pub fn login_role(admin: &mut Client, prefix: &str, member_of: &[&str]) -> Strin
     name
 }
 
+/// Kills the server process of `c` with SIGKILL: a crash, after which the postmaster resets
+/// every backend and shared memory.
+pub fn kill_backend(mut c: Client) {
+    let pid: i32 = c
+        .query_one("SELECT pg_backend_pid()", &[])
+        .expect("pid")
+        .get(0);
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+}
+
 pub fn create_partner(c: &mut Client) -> Uuid {
     c.query_one(
         "SELECT apikey_partner_create($1, 'ops@example.com')",

@@ -126,6 +126,7 @@ fn assert_security_intact(c: &mut Client) {
     let expected = [
         "audit_log",
         "events",
+        "key_credits",
         "key_reminders",
         "keys",
         "partners",
@@ -160,6 +161,8 @@ fn dump_and_restore_keep_every_key_working() {
     src.batch_execute("SET client_min_messages = warning; CREATE EXTENSION apikey")
         .expect("CREATE EXTENSION apikey");
     let fixture = populate(&mut src);
+    src.execute("SELECT apikey_set_credits($1, 42)", &[&fixture.live.key_id])
+        .expect("a balance");
     let before = snapshot(&mut src);
     assert_eq!(before.keys.len(), 6);
     assert!(
@@ -206,6 +209,19 @@ fn dump_and_restore_keep_every_key_working() {
         "partners, keys, audit log and its sequence"
     );
     assert_eq!(count(&mut dst, policies_sql), policies, "policies");
+    let balances = |c: &mut Client| -> Vec<(String, i64, i64)> {
+        c.query(
+            "SELECT key_id, credit_id, remaining FROM apikey.key_credits ORDER BY key_id",
+            &[],
+        )
+        .expect("key_credits")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+    };
+    let restored = balances(&mut dst);
+    assert_eq!(restored, balances(&mut src), "credit balances");
+    assert_eq!(restored.len(), 1);
     assert_security_intact(&mut dst);
     assert_eq!(count(&mut dst, "SELECT count(*) FROM apikey.key_info"), 6);
 

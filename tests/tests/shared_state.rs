@@ -800,16 +800,7 @@ fn counts_and_proofs_survive_a_clean_restart_and_the_worker_recovers_from_a_cras
 
     // A crash: every backend is reset, shared memory with it (what it held is lost); the
     // server and the worker come back and count again.
-    let pid: i32 = c
-        .query_one("SELECT pg_backend_pid()", &[])
-        .expect("pid")
-        .get(0);
-    let killed = std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
-    drop(c);
+    kill_backend(c);
     let mut c = cluster.wait_until_up();
     assert_eq!(reason(&mut c, &key.token), "ok");
     assert_eq!(

@@ -382,6 +382,12 @@ pub fn take(
     Some(rate)
 }
 
+/// Gives back the verification [`take`] took from the bucket of `bucket_of` for one that
+/// was refused after all (its balance was short).
+pub fn give_back(bucket_of: &str, now: i64) {
+    with_key(bucket_of, now, |state| state.tokens += 1.0);
+}
+
 /// Where `key_id` stands now, without taking anything: `None` without shared memory.
 pub fn peek(key_id: &str, rate_per_minute: i32, now: i64) -> Option<Rate> {
     let handles = handles()?;
@@ -560,16 +566,7 @@ pub fn forget_database(db: u32) {
     let Some(handles) = handles() else {
         return;
     };
-    let mut table = handles.keys.exclusive();
-    let tags: Vec<KeyTag> = table
-        .entries()
-        .into_iter()
-        .filter(|e| e.tag.db == db)
-        .map(|e| e.tag)
-        .collect();
-    for tag in &tags {
-        table.remove(tag);
-    }
+    handles.keys.exclusive().remove_where(|tag| tag.db == db);
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! do alone (see `apikey_status()`).
 
 pub mod argon2;
+pub mod credits;
 pub mod keys;
 pub mod marks;
 mod persist;
@@ -22,12 +23,13 @@ use table::{size_of_table, SharedTable};
 
 /// One LWLock per table.
 const TRANCHE: &std::ffi::CStr = c"apikey";
-const LOCKS: i32 = 3;
+const LOCKS: i32 = 4;
 
 pub struct Handles {
     pub keys: SharedTable<keys::KeyEntry>,
     pub usage: SharedTable<usage::UsageEntry>,
     pub marks: SharedTable<marks::MarkEntry>,
+    pub credits: SharedTable<credits::CreditEntry>,
     pub control: &'static Control,
 }
 
@@ -82,6 +84,11 @@ pub struct Control {
     /// `TimestampTz` of the last successful flush, 0 before the first.
     pub last_flush: AtomicI64,
     pub network_marks: marks::NetworkShare,
+    /// When this shared memory was made (a `TimestampTz`): the epoch of its credit spending
+    /// counters, which a restart or a crash starts again.
+    pub epoch: i64,
+    /// When the full credit table was last logged (`credits`).
+    pub credits_full_logged: AtomicI64,
 }
 
 impl Control {
@@ -91,6 +98,9 @@ impl Control {
             gate: PgSpinLock::new(keys::Gate::default()),
             last_flush: AtomicI64::new(0),
             network_marks: marks::NetworkShare::default(),
+            // SAFETY: reads the clock; the postmaster makes shared memory once per lifetime.
+            epoch: unsafe { pg_sys::GetCurrentTimestamp() },
+            credits_full_logged: AtomicI64::new(0),
         }
     }
 
@@ -121,6 +131,7 @@ fn shmem_size() -> usize {
         + size_of_table::<keys::KeyEntry>(keys)
         + size_of_table::<usage::UsageEntry>(usage)
         + size_of_table::<marks::MarkEntry>(usage)
+        + size_of_table::<credits::CreditEntry>(keys)
 }
 
 static mut PREV_REQUEST_HOOK: pg_sys::shmem_request_hook_type = None;
@@ -181,6 +192,7 @@ unsafe extern "C-unwind" fn start_shmem() {
             keys: SharedTable::init(c"apikey keys", key_capacity, lock(0)),
             usage: SharedTable::init(c"apikey usage", usage_capacity, lock(1)),
             marks: SharedTable::init(c"apikey audit marks", usage_capacity, lock(2)),
+            credits: SharedTable::init(c"apikey credits", key_capacity, lock(3)),
             control: &*control,
         };
         pg_sys::LWLockRelease(init_lock);

@@ -6,12 +6,13 @@
 //!
 //! The file is text, one entry a line: `u <db> <minute> <reason code> <count> <partner or ->
 //! <key id or ->` for usage counts, `l <db> <last used> <key id>` for unwritten uses, and
-//! `p <db> <touched> <key id> <stored-hash fingerprint> <digest>` (hex) for proofs. Key ids
+//! `p <db> <touched> <key id> <stored-hash fingerprint> <digest>` (hex) for proofs, and
+//! `c <db> <credit id> <credits>` for credit spending not yet written. Key ids
 //! are `[A-Za-z0-9_]`, so nothing needs quoting. It lives in the data directory (only the
 //! server's OS user reads it) between a shutdown and the next start, which removes it. A
 //! proof is HMAC-SHA256 under the pepper, which is not in the data directory.
 
-use super::{keys, usage};
+use super::{credits, keys, usage};
 use crate::hash::to_hex as hex;
 use crate::reason::Reason;
 use std::io::Write;
@@ -41,6 +42,9 @@ pub fn save() {
             hex(&stored),
             hex(&digest)
         ));
+    }
+    for (db, credit_id, unwritten) in credits::unwritten_everywhere() {
+        text.push_str(&format!("c {db} {credit_id} {unwritten}\n"));
     }
     if text.is_empty() {
         return;
@@ -91,6 +95,15 @@ pub fn load() {
                     parse_hex(digest),
                 ) {
                     keys::proven_in(db, key_id, touched, &stored, &digest);
+                }
+            }
+            ["c", db, credit_id, unwritten] => {
+                if let (Ok(db), Ok(credit_id), Ok(unwritten)) = (
+                    db.parse::<u32>(),
+                    credit_id.parse::<i64>(),
+                    unwritten.parse::<i64>(),
+                ) {
+                    credits::restore(db, credit_id, unwritten);
                 }
             }
             _ => {}

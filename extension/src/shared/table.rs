@@ -20,6 +20,12 @@ pub unsafe trait TableEntry: Sized {
     fn new(tag: Self::Tag) -> Self;
 }
 
+/// The tag of an entry, its first field (see [`TableEntry`]).
+fn tag_of<E: TableEntry>(entry: &E) -> &E::Tag {
+    // SAFETY: TableEntry guarantees a repr(C) struct whose first field is its Tag.
+    unsafe { &*(entry as *const E).cast::<E::Tag>() }
+}
+
 /// A handle on a table created at server start, valid in every backend (the postmaster
 /// creates it before forking them).
 pub struct SharedTable<E: TableEntry> {
@@ -144,6 +150,19 @@ impl<'t, E: TableEntry> Locked<'t, E> {
     pub fn remove(&mut self, tag: &E::Tag) {
         assert!(self.exclusive, "removing needs the exclusive lock");
         self.search(tag, pg_sys::HASHACTION::HASH_REMOVE);
+    }
+
+    /// Removes every entry whose tag `doomed` picks.
+    pub fn remove_where(&mut self, doomed: impl Fn(&E::Tag) -> bool) {
+        let tags: Vec<E::Tag> = self
+            .entries()
+            .into_iter()
+            .map(|e| *tag_of(e))
+            .filter(|tag| doomed(tag))
+            .collect();
+        for tag in &tags {
+            self.remove(tag);
+        }
     }
 
     pub fn len(&self) -> usize {

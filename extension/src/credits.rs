@@ -1,0 +1,329 @@
+//! Credit balances of keys: `apikey_set_credits` and `apikey_add_credits`, and the worker's
+//! write of spending into `apikey.key_credits`. Verification spends in shared memory
+//! (`shared::credits`); every write here moves that spending into the row in the same
+//! UPDATE that changes it, so a set or a top-up is exact whatever was spent meanwhile.
+
+use crate::access;
+use crate::audit::{self, Event};
+use crate::clock;
+use crate::error::{ApiError, ApiResult, OrRaise};
+use crate::shared::{self, credits::Settled};
+use apikey_contract::credits::{self, Interval as RefillInterval, Row};
+use pgrx::datum::{Interval, TimestampWithTimeZone};
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use serde_json::json;
+
+#[pg_extern(volatile, security_definer, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn apikey_set_credits(
+    key_id: Option<&str>,
+    remaining: Option<i64>,
+    refill_amount: default!(Option<i64>, "NULL"),
+    refill_interval: default!(Option<Interval>, "NULL"),
+) {
+    Spi::connect_mut(|client| set(client, key_id, remaining, refill_amount, refill_interval))
+        .or_raise()
+}
+
+#[pg_extern(volatile, security_definer, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn apikey_add_credits(key_id: Option<&str>, amount: Option<i64>) -> i64 {
+    Spi::connect_mut(|client| add(client, key_id, amount)).or_raise()
+}
+
+/// A balance row, locked.
+struct Locked {
+    credit_id: i64,
+    row: Row,
+    set_at: i64,
+    refill_interval: Option<RefillInterval>,
+}
+
+fn timestamp(at: i64) -> ApiResult<TimestampWithTimeZone> {
+    TimestampWithTimeZone::try_from(at)
+        .map_err(|e| ApiError::internal(format!("timestamp out of range: {e:?}")))
+}
+
+fn refill_interval(interval: &Interval) -> RefillInterval {
+    RefillInterval {
+        months: interval.months(),
+        days: interval.days(),
+        micros: interval.micros(),
+    }
+}
+
+/// The key `key_id` locked, checked to be the caller's to change and to hold its own balance
+/// (a rotated key spends its successor's).
+fn lock_key(client: &mut SpiClient<'_>, key_id: Option<&str>) -> ApiResult<(String, pgrx::Uuid)> {
+    access::require_admin("changing a key's credits")?;
+    let key_id = key_id.ok_or_else(|| ApiError::null("key_id"))?;
+    let rows = client.update(
+        "SELECT partner_id, rotated_to FROM apikey.keys WHERE key_id = $1 FOR UPDATE",
+        Some(1),
+        &[key_id.into()],
+    )?;
+    let Some(row) = rows.into_iter().next() else {
+        return Err(access::key_not_found(key_id));
+    };
+    let partner: pgrx::Uuid = row
+        .get(1)?
+        .ok_or_else(|| ApiError::internal("key without partner"))?;
+    if let Some(successor) = row.get::<String>(2)? {
+        return Err(ApiError::state(format!(
+            "key {key_id} was rotated to {successor}, whose balance it spends"
+        ))
+        .with_hint("Change the successor's credits instead."));
+    }
+    Ok((key_id.to_string(), partner))
+}
+
+/// The columns of a balance row a write needs, as [`locked`] reads them.
+const BALANCE_COLUMNS: &str = "credit_id, remaining, spent_mark, mark_epoch, refill_amount, \
+    next_refill_at, set_at, refill_interval";
+
+fn lock_balance(client: &mut SpiClient<'_>, key_id: &str) -> ApiResult<Option<Locked>> {
+    let rows = client.update(
+        &format!("SELECT {BALANCE_COLUMNS} FROM apikey.key_credits WHERE key_id = $1 FOR UPDATE"),
+        Some(1),
+        &[key_id.into()],
+    )?;
+    rows.into_iter().next().map(|row| locked(&row)).transpose()
+}
+
+/// A row of the columns [`BALANCE_COLUMNS`] names, in that order.
+fn locked(row: &pgrx::spi::SpiHeapTupleData<'_>) -> ApiResult<Locked> {
+    let missing = || ApiError::internal("apikey.key_credits row has NULL in a NOT NULL column");
+    let at = |t: Option<TimestampWithTimeZone>| t.map(pg_sys::TimestampTz::from);
+    Ok(Locked {
+        credit_id: row.get(1)?.ok_or_else(missing)?,
+        row: Row {
+            remaining: row.get(2)?.ok_or_else(missing)?,
+            spent_mark: row.get(3)?.ok_or_else(missing)?,
+            mark_epoch: row.get(4)?.ok_or_else(missing)?,
+            refill_amount: row.get(5)?,
+            next_refill_at: at(row.get(6)?),
+        },
+        set_at: at(row.get(7)?).ok_or_else(missing)?,
+        refill_interval: row.get::<Interval>(8)?.as_ref().map(refill_interval),
+    })
+}
+
+/// What moving the spending counted for `credit_id` into its row sets, in this database.
+/// Without shared memory nothing is counted there: the row is what it says.
+fn settle(locked: &Locked, now: i64) -> Settled {
+    shared::credits::settle(shared::database(), locked.credit_id, &locked.row, now).unwrap_or(
+        Settled {
+            remaining: locked.row.remaining,
+            spent_mark: 0,
+            refilled: false,
+            epoch: 0,
+        },
+    )
+}
+
+/// The refill after `now` of a schedule that started at `set_at`.
+fn next_refill(set_at: i64, interval: RefillInterval, now: i64) -> ApiResult<i64> {
+    credits::next_refill_after(set_at, interval, now)
+        .map(|(_, at)| at)
+        .ok_or_else(|| ApiError::invalid("refill_interval", "the next refill is out of range"))
+}
+
+fn set(
+    client: &mut SpiClient<'_>,
+    key_id: Option<&str>,
+    remaining: Option<i64>,
+    refill_amount: Option<i64>,
+    interval: Option<Interval>,
+) -> ApiResult<()> {
+    let (key_id, partner) = lock_key(client, key_id)?;
+    let now = clock::now();
+    let schedule = match (refill_amount, interval.as_ref().map(refill_interval)) {
+        (None, None) => None,
+        (Some(amount), Some(interval)) => {
+            if amount < 0 {
+                return Err(ApiError::invalid("refill_amount", "must not be negative"));
+            }
+            if !interval.is_valid_refill() {
+                return Err(ApiError::invalid(
+                    "refill_interval",
+                    "must be positive in every part and at least one second",
+                ));
+            }
+            Some((amount, interval, next_refill(now, interval, now)?))
+        }
+        (Some(_), None) => return Err(ApiError::null("refill_interval")),
+        (None, Some(_)) => return Err(ApiError::null("refill_amount")),
+    };
+    if remaining.is_some_and(|r| r < 0) {
+        return Err(ApiError::invalid("remaining", "must not be negative"));
+    }
+    if remaining.is_none() && schedule.is_some() {
+        return Err(ApiError::null("remaining"));
+    }
+    let existing = lock_balance(client, &key_id)?;
+    match remaining {
+        None => {
+            client.update(
+                "DELETE FROM apikey.key_credits WHERE key_id = $1",
+                None,
+                &[key_id.as_str().into()],
+            )?;
+        }
+        Some(remaining) => {
+            // The spending counted so far is the set's: what is spent from now on is spent
+            // from the new balance.
+            let (spent_mark, epoch) = match &existing {
+                Some(locked) => {
+                    let settled = settle(locked, now);
+                    (settled.spent_mark, settled.epoch)
+                }
+                None => (0, shared::credits::epoch().unwrap_or(0)),
+            };
+            let (amount, interval, next) = match schedule {
+                Some((amount, interval, next)) => (Some(amount), Some(interval), Some(next)),
+                None => (None, None, None),
+            };
+            let interval = interval
+                .map(|i| Interval::new(i.months, i.days, i.micros))
+                .transpose();
+            let interval =
+                interval.map_err(|e| ApiError::invalid("refill_interval", format!("{e:?}")))?;
+            client.update(
+                "INSERT INTO apikey.key_credits AS c (key_id, remaining, refill_amount, \
+                    refill_interval, set_at, next_refill_at, spent_mark, mark_epoch) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 ON CONFLICT (key_id) DO UPDATE SET remaining = excluded.remaining, \
+                    refill_amount = excluded.refill_amount, \
+                    refill_interval = excluded.refill_interval, set_at = excluded.set_at, \
+                    next_refill_at = excluded.next_refill_at, \
+                    spent_mark = excluded.spent_mark, mark_epoch = excluded.mark_epoch, \
+                    generation = c.generation + 1",
+                None,
+                &[
+                    key_id.as_str().into(),
+                    remaining.into(),
+                    amount.into(),
+                    interval.into(),
+                    timestamp(now)?.into(),
+                    next.map(timestamp).transpose()?.into(),
+                    spent_mark.into(),
+                    epoch.into(),
+                ],
+            )?;
+        }
+    }
+    let mut event = Event::new("credits_set");
+    event.key_id = Some(&key_id);
+    event.partner_id = Some(partner);
+    event.detail = json!({
+        "remaining": remaining,
+        "refill_amount": refill_amount,
+        "refill_interval": interval.map(|i| i.to_string()),
+    });
+    audit::record_action(client, event)?;
+    Ok(())
+}
+
+fn add(client: &mut SpiClient<'_>, key_id: Option<&str>, amount: Option<i64>) -> ApiResult<i64> {
+    let amount = amount.ok_or_else(|| ApiError::null("amount"))?;
+    let (key_id, partner) = lock_key(client, key_id)?;
+    let Some(locked) = lock_balance(client, &key_id)? else {
+        return Err(
+            ApiError::state(format!("key {key_id} has no credit balance"))
+                .with_hint("Give it one with apikey_set_credits."),
+        );
+    };
+    let now = clock::now();
+    let settled = settle(&locked, now);
+    let balance = settled
+        .remaining
+        .checked_add(amount)
+        .ok_or_else(|| ApiError::invalid("amount", "the balance would be out of range"))?;
+    let next = match (settled.refilled, locked.refill_interval) {
+        (true, Some(interval)) => Some(next_refill(locked.set_at, interval, now)?),
+        _ => locked.row.next_refill_at,
+    };
+    client.update(
+        "UPDATE apikey.key_credits SET remaining = $2, spent_mark = $3, mark_epoch = $4, \
+            next_refill_at = $5, generation = generation + 1 \
+         WHERE credit_id = $1",
+        None,
+        &[
+            locked.credit_id.into(),
+            balance.into(),
+            settled.spent_mark.into(),
+            settled.epoch.into(),
+            next.map(timestamp).transpose()?.into(),
+        ],
+    )?;
+    let mut event = Event::new(if amount < 0 {
+        "credits_charged"
+    } else {
+        "credits_added"
+    });
+    event.key_id = Some(&key_id);
+    event.partner_id = Some(partner);
+    event.detail = json!({ "amount": amount, "balance": balance });
+    audit::record_action(client, event)?;
+    Ok(balance)
+}
+
+/// Moves the spending counted for this database's balances into `apikey.key_credits`, and
+/// applies the refills due. Balances whose row a transaction holds (a set or a top-up in
+/// progress) are skipped: that transaction moves their spending itself. Returns what was
+/// written, for [`shared::credits::written`] once the transaction has committed.
+pub fn write_spending(client: &mut SpiClient<'_>, db: u32) -> ApiResult<Vec<(i64, i64)>> {
+    let now = clock::now();
+    let unwritten = shared::credits::unwritten(db);
+    let rows = client.update(
+        &format!(
+            "SELECT {BALANCE_COLUMNS} FROM apikey.key_credits \
+             WHERE credit_id = ANY ($1) OR next_refill_at <= $2 FOR UPDATE SKIP LOCKED"
+        ),
+        None,
+        &[unwritten.clone().into(), timestamp(now)?.into()],
+    )?;
+    let balances: Vec<Locked> = rows
+        .into_iter()
+        .map(|row| locked(&row))
+        .collect::<ApiResult<_>>()?;
+    let mut written = Vec::new();
+    for balance in &balances {
+        let Some(settled) = shared::credits::settle(db, balance.credit_id, &balance.row, now)
+        else {
+            continue;
+        };
+        let next = match (settled.refilled, balance.refill_interval) {
+            (true, Some(interval)) => Some(next_refill(balance.set_at, interval, now)?),
+            _ => balance.row.next_refill_at,
+        };
+        client.update(
+            "UPDATE apikey.key_credits SET remaining = $2, spent_mark = $3, mark_epoch = $4, \
+                next_refill_at = $5 \
+             WHERE credit_id = $1",
+            None,
+            &[
+                balance.credit_id.into(),
+                settled.remaining.into(),
+                settled.spent_mark.into(),
+                settled.epoch.into(),
+                next.map(timestamp).transpose()?.into(),
+            ],
+        )?;
+        written.push((balance.credit_id, settled.spent_mark));
+    }
+    // Balances that no longer exist (removed, or their key deleted): their spending has
+    // nowhere to go, and their ids are never used again.
+    let gone: Vec<i64> = client
+        .select(
+            "SELECT x FROM unnest($1::bigint[]) AS x \
+             WHERE NOT EXISTS (SELECT 1 FROM apikey.key_credits WHERE credit_id = x)",
+            None,
+            &[unwritten.into()],
+        )?
+        .filter_map(|row| row.get::<i64>(1).ok().flatten())
+        .collect();
+    shared::credits::forget(db, &gone);
+    Ok(written)
+}

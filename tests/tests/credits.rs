@@ -1,0 +1,360 @@
+//! Credit balances of keys: `apikey_set_credits`, `apikey_add_credits` and
+//! `apikey_verify(..., cost)`, against the test cluster (shared memory preloaded) and, for
+//! restarts and crashes, a cluster of their own.
+
+use apikey_tests::cluster::PrivateCluster;
+use apikey_tests::postgres::Client;
+use apikey_tests::*;
+use std::time::Duration;
+
+/// A key of a new partner with a rate no test here meets.
+fn key(c: &mut Client) -> Issued {
+    let partner = create_partner(c);
+    issue_with(c, "$1, '{a:b}', rate_per_minute => 100000", &[&partner])
+}
+
+/// `apikey_verify` with a cost: (reason, credits_remaining).
+fn spend(c: &mut Client, token: &str, cost: i32) -> (String, Option<i64>) {
+    let row = c
+        .query_one(
+            "SELECT reason, credits_remaining FROM apikey_verify($1, '{}', NULL, $2)",
+            &[&token, &cost],
+        )
+        .expect("apikey_verify");
+    (row.get(0), row.get(1))
+}
+
+fn set(c: &mut Client, key_id: &str, remaining: Option<i64>) {
+    c.execute("SELECT apikey_set_credits($1, $2)", &[&key_id, &remaining])
+        .expect("apikey_set_credits");
+}
+
+#[test]
+fn concurrent_verifications_spend_exactly_the_balance() {
+    let mut c = superuser();
+    let key = key(&mut c);
+    set(&mut c, &key.key_id, Some(100));
+    let sessions: Vec<_> = (0..8)
+        .map(|_| {
+            let token = key.token.clone();
+            std::thread::spawn(move || {
+                let mut c = superuser();
+                (0..40)
+                    .map(|_| spend(&mut c, &token, 1).0)
+                    .filter(|r| r == "ok")
+                    .count()
+            })
+        })
+        .collect();
+    let accepted: usize = sessions
+        .into_iter()
+        .map(|s| s.join().expect("session"))
+        .sum();
+    assert_eq!(accepted, 100, "8 sessions x 40 against 100 credits");
+    assert_eq!(
+        spend(&mut c, &key.token, 1),
+        ("usage_exceeded".into(), Some(0))
+    );
+    // The refusal shows the key's identity (it is authentic) and takes nothing from the rate.
+    let row = c
+        .query_one(
+            "SELECT valid, key_id, partner_id IS NOT NULL FROM apikey_verify($1)",
+            &[&key.token],
+        )
+        .expect("verify");
+    assert_eq!(
+        (
+            row.get::<_, bool>(0),
+            row.get::<_, Option<String>>(1),
+            row.get::<_, bool>(2)
+        ),
+        (false, Some(key.key_id.clone()), true)
+    );
+}
+
+#[test]
+fn cost_is_checked_and_spent_all_or_nothing() {
+    let mut c = superuser();
+    let key = key(&mut c);
+    assert_eq!(
+        spend(&mut c, &key.token, 5),
+        ("ok".into(), None),
+        "no balance: unlimited"
+    );
+    set(&mut c, &key.key_id, Some(10));
+    assert_eq!(spend(&mut c, &key.token, 3), ("ok".into(), Some(7)));
+    assert_eq!(
+        spend(&mut c, &key.token, 0),
+        ("ok".into(), Some(7)),
+        "cost 0 spends nothing"
+    );
+    assert_eq!(
+        spend(&mut c, &key.token, 8),
+        ("usage_exceeded".into(), Some(7))
+    );
+    assert_eq!(spend(&mut c, &key.token, 7), ("ok".into(), Some(0)));
+    assert_eq!(spend(&mut c, &key.token, 0), ("ok".into(), Some(0)));
+    assert_eq!(
+        reason(&mut c, &key.token),
+        "usage_exceeded",
+        "three arguments spend 1"
+    );
+    for cost in [-1, 1_000_001, i32::MIN] {
+        let error = c
+            .query_one(
+                "SELECT * FROM apikey_verify($1, '{}', NULL, $2)",
+                &[&key.token, &cost],
+            )
+            .expect_err("an invalid cost raises");
+        let db = error.as_db_error().expect("a database error");
+        assert_eq!(
+            (db.code().code(), db.detail()),
+            ("22023", Some("argument: cost")),
+            "cost {cost}: {}",
+            db.message()
+        );
+    }
+    assert_eq!(
+        sqlstate(c.query_one(
+            "SELECT * FROM apikey_verify($1, '{}', NULL, NULL)",
+            &[&key.token]
+        )),
+        "22004"
+    );
+    assert_eq!(spend(&mut c, &key.token, 1_000_000).0, "usage_exceeded");
+    // A failure before the balance (a wrong scope) spends nothing and shows no balance.
+    set(&mut c, &key.key_id, Some(1));
+    let row = c
+        .query_one(
+            "SELECT reason, credits_remaining FROM apikey_verify($1, '{x:y}', NULL, 1)",
+            &[&key.token],
+        )
+        .expect("verify");
+    assert_eq!(
+        (row.get::<_, String>(0), row.get::<_, Option<i64>>(1)),
+        ("insufficient_scope".into(), None)
+    );
+    assert_eq!(spend(&mut c, &key.token, 1), ("ok".into(), Some(0)));
+}
+
+#[test]
+fn top_ups_charges_and_removal() {
+    let mut c = superuser();
+    let key = key(&mut c);
+    set(&mut c, &key.key_id, Some(2));
+    assert_eq!(spend(&mut c, &key.token, 2).1, Some(0));
+    let add = |c: &mut Client, amount: i64| -> i64 {
+        c.query_one("SELECT apikey_add_credits($1, $2)", &[&key.key_id, &amount])
+            .expect("apikey_add_credits")
+            .get(0)
+    };
+    assert_eq!(add(&mut c, 5), 5);
+    assert_eq!(spend(&mut c, &key.token, 1).1, Some(4));
+    // A charge after the fact may take the balance below zero; verification never does.
+    assert_eq!(add(&mut c, -6), -2);
+    assert_eq!(
+        spend(&mut c, &key.token, 0),
+        ("usage_exceeded".into(), Some(-2))
+    );
+    // A top-up in a transaction that rolls back adds nothing.
+    c.batch_execute("BEGIN").expect("begin");
+    assert_eq!(add(&mut c, 100), 98);
+    c.batch_execute("ROLLBACK").expect("rollback");
+    assert_eq!(spend(&mut c, &key.token, 0).1, Some(-2));
+    set(&mut c, &key.key_id, None);
+    assert_eq!(
+        spend(&mut c, &key.token, 50),
+        ("ok".into(), None),
+        "unlimited again"
+    );
+    assert_eq!(
+        sqlstate(c.query_one("SELECT apikey_add_credits($1, 1)", &[&key.key_id])),
+        "55000",
+        "no balance to add to"
+    );
+    for (args, code) in [
+        ("NULL::text, 1::bigint", "22004"),
+        ("'nope_live_0000000000000000', 1::bigint", "P0002"),
+        ("$1, -1::bigint", "22023"),
+        ("$1, 5::bigint, 5::bigint", "22004"),
+        ("$1, 5::bigint, -1::bigint, '1 day'::interval", "22023"),
+        ("$1, 5::bigint, 1::bigint, '0.5 seconds'::interval", "22023"),
+        ("$1, 5::bigint, 1::bigint, '-1 day'::interval", "22023"),
+        (
+            "$1, 5::bigint, 1::bigint, '1 month -40 days'::interval",
+            "22023",
+        ),
+        ("$1, NULL::bigint, 1::bigint, '1 day'::interval", "22004"),
+    ] {
+        let sql = format!("SELECT apikey_set_credits({args})");
+        let result = if args.contains("$1") {
+            c.query_one(&sql, &[&key.key_id])
+        } else {
+            c.query_one(&sql, &[])
+        };
+        assert_eq!(sqlstate(result), code, "{args}");
+    }
+    // Balances are money: a partner cannot top up its own key.
+    let role = login_role(&mut c, "credits_partner", &["apikey_partner"]);
+    let mut partner = connect(&role);
+    assert_eq!(
+        sqlstate(partner.query_one("SELECT apikey_add_credits($1, 1000)", &[&key.key_id])),
+        "42501"
+    );
+    assert_eq!(
+        sqlstate(partner.query_one("SELECT count(*) FROM apikey.key_credits", &[])),
+        "42501"
+    );
+    let audited: i64 = c
+        .query_one(
+            "SELECT count(*) FROM apikey.audit_log WHERE key_id = $1 \
+             AND action IN ('credits_set', 'credits_added', 'credits_charged')",
+            &[&key.key_id],
+        )
+        .expect("audit")
+        .get(0);
+    assert_eq!(
+        audited, 4,
+        "set, add, charge, set NULL (the rolled-back add left nothing)"
+    );
+}
+
+#[test]
+fn a_rotation_family_spends_one_balance() {
+    let mut c = superuser();
+    let old = key(&mut c);
+    set(&mut c, &old.key_id, Some(5));
+    assert_eq!(spend(&mut c, &old.token, 1).1, Some(4));
+    let row = c
+        .query_one(
+            "SELECT key_id, token FROM apikey_rotate($1, grace => '1 hour')",
+            &[&old.key_id],
+        )
+        .expect("rotate");
+    let new = Issued {
+        key_id: row.get(0),
+        token: row.get(1),
+    };
+    assert_eq!(spend(&mut c, &new.token, 2).1, Some(2));
+    assert_eq!(
+        spend(&mut c, &old.token, 2).1,
+        Some(0),
+        "the old token spends the successor's"
+    );
+    assert_eq!(spend(&mut c, &new.token, 1).0, "usage_exceeded");
+    assert_eq!(spend(&mut c, &old.token, 1).0, "usage_exceeded");
+    assert_eq!(
+        sqlstate(c.query_one("SELECT apikey_add_credits($1, 1)", &[&old.key_id])),
+        "55000",
+        "the old key holds no balance of its own"
+    );
+    let balance: i64 = c
+        .query_one("SELECT apikey_add_credits($1, 3)", &[&new.key_id])
+        .expect("top up the successor")
+        .get(0);
+    assert_eq!(balance, 3);
+    assert_eq!(spend(&mut c, &old.token, 3).1, Some(0));
+}
+
+#[test]
+fn a_balance_refills_on_its_schedule() {
+    let mut c = superuser();
+    let key = key(&mut c);
+    c.execute(
+        "SELECT apikey_set_credits($1, 2, 3, '2 seconds')",
+        &[&key.key_id],
+    )
+    .expect("set with a refill");
+    assert_eq!(spend(&mut c, &key.token, 2).1, Some(0));
+    assert_eq!(spend(&mut c, &key.token, 1).0, "usage_exceeded");
+    let refilled = eventually("the refill", || {
+        std::thread::sleep(Duration::from_millis(100));
+        let (reason, left) = spend(&mut c, &key.token, 1);
+        (reason == "ok").then_some(left)
+    });
+    assert_eq!(refilled, Some(2), "set back to 3, one spent");
+    // The refill sets the balance back, it does not add: two more, then short until the next.
+    assert_eq!(spend(&mut c, &key.token, 2).1, Some(0));
+    assert_eq!(spend(&mut c, &key.token, 1).0, "usage_exceeded");
+}
+
+fn balance(c: &mut Client, token: &str) -> Option<i64> {
+    spend(c, token, 0).1
+}
+
+#[test]
+fn spending_is_written_by_the_worker_kept_by_a_restart_and_never_doubled_by_a_crash() {
+    let cluster = PrivateCluster::start(&[
+        "shared_preload_libraries = 'apikey'",
+        "apikey.usage_flush_interval = '1h'",
+    ]);
+    let mut c = cluster.connect("apikey");
+    let key = key(&mut c);
+    set(&mut c, &key.key_id, Some(50));
+    let stored = |c: &mut Client| -> i64 {
+        c.query_one(
+            "SELECT remaining FROM apikey.key_credits WHERE key_id = $1",
+            &[&key.key_id],
+        )
+        .expect("key_credits")
+        .get(0)
+    };
+    for _ in 0..3 {
+        assert_eq!(spend(&mut c, &key.token, 1).0, "ok");
+    }
+    // The flusher starts for the database and writes at once; then it waits an hour.
+    eventually("the first write of spending", || {
+        (stored(&mut c) == 47).then_some(())
+    });
+    for _ in 0..7 {
+        assert_eq!(spend(&mut c, &key.token, 1).0, "ok");
+    }
+    assert_eq!(balance(&mut c, &key.token), Some(40));
+    assert_eq!(stored(&mut c), 47, "the next write is an hour away");
+    drop(c);
+    cluster.restart();
+    let mut c = cluster.connect("apikey");
+    assert_eq!(
+        balance(&mut c, &key.token),
+        Some(40),
+        "a clean restart keeps the balance"
+    );
+    eventually("the shutdown wrote the spending", || {
+        (stored(&mut c) == 40).then_some(())
+    });
+
+    for _ in 0..5 {
+        assert_eq!(spend(&mut c, &key.token, 1).0, "ok");
+    }
+    kill_backend(c);
+    let mut c = cluster.wait_until_up();
+    // A crash may give back what was spent since the last write (5 here), never charge twice.
+    let after = balance(&mut c, &key.token).expect("a balance");
+    assert!(
+        (35..=40).contains(&after),
+        "balance after the crash: {after}"
+    );
+    assert_eq!(spend(&mut c, &key.token, 1).1, Some(after - 1));
+    drop(c);
+    cluster.restart();
+    let mut c = cluster.connect("apikey");
+    assert_eq!(balance(&mut c, &key.token), Some(after - 1));
+}
+
+#[test]
+fn a_spent_balance_is_a_429_over_http() {
+    let mut c = superuser();
+    let key = key(&mut c);
+    set(&mut c, &key.key_id, Some(1));
+    let shim = apikey_tests::shim::Shim::start();
+    assert_eq!(shim.get_as(&key.token, "/v1/verify").status, 200);
+    let refused = shim.get_as(&key.token, "/v1/verify");
+    assert_eq!(
+        (refused.status, refused.reason()),
+        (429, "usage_exceeded".to_string())
+    );
+    assert!(
+        !shim.log().contains(key.secret()),
+        "no secret in the shim's log"
+    );
+}
