@@ -39,9 +39,21 @@ CREATE TRIGGER key_credits_changed
     WHEN ((OLD.key_id, OLD.generation, OLD.refill_amount, OLD.next_refill_at)
           IS DISTINCT FROM (NEW.key_id, NEW.generation, NEW.refill_amount, NEW.next_refill_at))
     EXECUTE FUNCTION apikey.forget_known_keys();
+CREATE TRIGGER partner_credits_added_or_removed
+    AFTER INSERT OR DELETE OR TRUNCATE ON apikey.partner_credits
+    FOR EACH STATEMENT EXECUTE FUNCTION apikey.forget_known_keys();
+CREATE TRIGGER partner_credits_changed
+    AFTER UPDATE ON apikey.partner_credits
+    FOR EACH ROW
+    WHEN ((OLD.partner_id, OLD.generation, OLD.refill_amount, OLD.next_refill_at)
+          IS DISTINCT FROM
+          (NEW.partner_id, NEW.generation, NEW.refill_amount, NEW.next_refill_at))
+    EXECUTE FUNCTION apikey.forget_known_keys();
 
 ALTER TABLE apikey.keys ENABLE ALWAYS TRIGGER keys_added_or_removed;
 ALTER TABLE apikey.keys ENABLE ALWAYS TRIGGER keys_verification_columns_changed;
 ALTER TABLE apikey.partners ENABLE ALWAYS TRIGGER partners_changed;
 ALTER TABLE apikey.key_credits ENABLE ALWAYS TRIGGER key_credits_added_or_removed;
 ALTER TABLE apikey.key_credits ENABLE ALWAYS TRIGGER key_credits_changed;
+ALTER TABLE apikey.partner_credits ENABLE ALWAYS TRIGGER partner_credits_added_or_removed;
+ALTER TABLE apikey.partner_credits ENABLE ALWAYS TRIGGER partner_credits_changed;

@@ -10,7 +10,10 @@ CREATE TABLE apikey.partners (
     contact_email text CHECK (length(contact_email) <= 254),
     active        boolean NOT NULL DEFAULT true,
     created_at    timestamptz NOT NULL DEFAULT now(),
-    updated_at    timestamptz NOT NULL DEFAULT now()
+    updated_at    timestamptz NOT NULL DEFAULT now(),
+    -- One bucket shared by every key of the partner, checked as well as each key's own
+    -- (apikey_partner_set_limits); NULL: none.
+    rate_per_minute integer CHECK (rate_per_minute >= 1)
 );
 CREATE UNIQUE INDEX partners_name_key ON apikey.partners (lower(name));
 
@@ -111,6 +114,25 @@ CREATE TABLE apikey.key_credits (
     mark_epoch      bigint NOT NULL DEFAULT 0,
     -- Moves on with every set and top-up (what sessions must read again); the worker's
     -- writes keep the balance as it was and leave it alone.
+    generation      bigint NOT NULL DEFAULT 0,
+    CHECK ((refill_amount IS NULL) = (refill_interval IS NULL)),
+    CHECK ((refill_amount IS NULL) = (next_refill_at IS NULL))
+);
+
+-- The balance every key of a partner spends from as well as its own
+-- (apikey_partner_set_limits), kept as apikey.key_credits keeps a key's. Its credit_id comes
+-- from the same sequence, so one id names one balance in shared memory.
+CREATE TABLE apikey.partner_credits (
+    partner_id      uuid PRIMARY KEY REFERENCES apikey.partners (partner_id) ON DELETE CASCADE,
+    credit_id       bigint NOT NULL UNIQUE
+                    DEFAULT nextval('apikey.key_credits_credit_id_seq'),
+    remaining       bigint NOT NULL,
+    refill_amount   bigint CHECK (refill_amount >= 0),
+    refill_interval interval,
+    set_at          timestamptz NOT NULL,
+    next_refill_at  timestamptz,
+    spent_mark      bigint NOT NULL DEFAULT 0,
+    mark_epoch      bigint NOT NULL DEFAULT 0,
     generation      bigint NOT NULL DEFAULT 0,
     CHECK ((refill_amount IS NULL) = (refill_interval IS NULL)),
     CHECK ((refill_amount IS NULL) = (next_refill_at IS NULL))
@@ -231,3 +253,4 @@ SELECT pg_catalog.pg_extension_config_dump('apikey.webhook_attempts_attempt_id_s
 SELECT pg_catalog.pg_extension_config_dump('apikey.key_reminders', '');
 SELECT pg_catalog.pg_extension_config_dump('apikey.key_credits', '');
 SELECT pg_catalog.pg_extension_config_dump('apikey.key_credits_credit_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('apikey.partner_credits', '');

@@ -198,3 +198,13 @@ GRANT SELECT ON apikey.key_credits TO apikey_admin;
 ALTER TABLE apikey.key_credits ENABLE ROW LEVEL SECURITY;
 ALTER TABLE apikey.key_credits FORCE ROW LEVEL SECURITY;
 CREATE POLICY admin_reads_all ON apikey.key_credits FOR SELECT TO apikey_admin USING (true);
+
+-- Partner-wide limits (0.8.0), as a key's credits: set and topped up by an operator only.
+GRANT EXECUTE ON FUNCTION
+    @extschema@.apikey_partner_set_limits,
+    @extschema@.apikey_partner_add_credits
+TO apikey_admin;
+GRANT SELECT ON apikey.partner_credits TO apikey_admin;
+ALTER TABLE apikey.partner_credits ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apikey.partner_credits FORCE ROW LEVEL SECURITY;
+CREATE POLICY admin_reads_all ON apikey.partner_credits FOR SELECT TO apikey_admin USING (true);

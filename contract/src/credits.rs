@@ -89,6 +89,16 @@ pub fn spend(
     Ok(balance - cost)
 }
 
+/// Gives back `cost` spent by [`spend`] for a verification refused after all (another of its
+/// limits was short). `refill_due` is `spending.refill_due` as that spend left it: a refill
+/// first seen since then counted the cost as spent before it, and forgets it there too.
+pub fn give_back(spending: &mut Spending, cost: i64, refill_due: i64) {
+    spending.spent = spending.spent.saturating_sub(cost);
+    if spending.refill_due != refill_due {
+        spending.spent_at_refill = spending.spent_at_refill.saturating_sub(cost);
+    }
+}
+
 /// What the worker writes for a row whose spending it moves into the table: the new
 /// `remaining` and `spent_mark`, and whether it applies the refill noted in `spending`.
 pub fn settle(row: &Row, spending: &Spending, epoch: i64) -> (i64, i64, bool) {
@@ -290,6 +300,34 @@ mod tests {
         // Written twice (a retried write): nothing doubles.
         let (again, _) = row_after(&new, &s);
         assert_eq!(again, 65);
+    }
+
+    #[test]
+    fn a_cost_given_back_is_as_if_never_spent_even_across_a_refill() {
+        let row = Row {
+            refill_amount: Some(10),
+            next_refill_at: Some(100),
+            ..row(10, 0)
+        };
+        let mut s = Spending::default();
+        assert_eq!(spend(&row, &mut s, 1, 50, 4), Ok(6));
+        let due = s.refill_due;
+        give_back(&mut s, 4, due);
+        assert_eq!(balance(&row, &mut s, 1, 50), 10);
+
+        // Spent before the refill is first seen, given back after it: the refilled balance
+        // is the amount less what was spent after it, and nothing of the given-back cost.
+        assert_eq!(spend(&row, &mut s, 1, 60, 3), Ok(7));
+        let due = s.refill_due;
+        assert_eq!(
+            spend(&row, &mut s, 1, 100, 2),
+            Ok(8),
+            "refilled to 10, then 2"
+        );
+        give_back(&mut s, 3, due);
+        assert_eq!(balance(&row, &mut s, 1, 100), 8);
+        let (remaining, _, refilled) = settle(&row, &s, 1);
+        assert_eq!((remaining, refilled), (8, true));
     }
 
     #[test]

@@ -1,7 +1,9 @@
-//! Credit balances of keys: `apikey_set_credits` and `apikey_add_credits`, and the worker's
-//! write of spending into `apikey.key_credits`. Verification spends in shared memory
-//! (`shared::credits`); every write here moves that spending into the row in the same
-//! UPDATE that changes it, so a set or a top-up is exact whatever was spent meanwhile.
+//! Credit balances of keys (`apikey_set_credits`, `apikey_add_credits`) and partners
+//! (`apikey_partner_set_limits`, `apikey_partner_add_credits`), and the worker's write of
+//! spending into `apikey.key_credits` and `apikey.partner_credits`. Verification spends in
+//! shared memory (`shared::credits`); every write here moves that spending into the row in the
+//! same UPDATE that changes it, so a set or a top-up is exact whatever was spent meanwhile.
+//! Both tables draw `credit_id` from one sequence: it names a balance in shared memory.
 
 use crate::access;
 use crate::audit::{self, Event};
@@ -22,14 +24,110 @@ fn apikey_set_credits(
     refill_amount: default!(Option<i64>, "NULL"),
     refill_interval: default!(Option<Interval>, "NULL"),
 ) {
-    Spi::connect_mut(|client| set(client, key_id, remaining, refill_amount, refill_interval))
-        .or_raise()
+    let balance = Balance {
+        remaining,
+        refill_amount,
+        refill_interval,
+    };
+    Spi::connect_mut(|client| set(client, key_id, balance)).or_raise()
 }
 
 #[pg_extern(volatile, security_definer, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn apikey_add_credits(key_id: Option<&str>, amount: Option<i64>) -> i64 {
     Spi::connect_mut(|client| add(client, key_id, amount)).or_raise()
+}
+
+#[pg_extern(volatile, security_definer, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn apikey_partner_set_limits(
+    partner_id: Option<pgrx::Uuid>,
+    rate_per_minute: default!(Option<i32>, "NULL"),
+    credits: default!(Option<i64>, "NULL"),
+    credits_refill_amount: default!(Option<i64>, "NULL"),
+    credits_refill_interval: default!(Option<Interval>, "NULL"),
+) {
+    let balance = Balance {
+        remaining: credits,
+        refill_amount: credits_refill_amount,
+        refill_interval: credits_refill_interval,
+    };
+    Spi::connect_mut(|client| set_partner_limits(client, partner_id, rate_per_minute, balance))
+        .or_raise()
+}
+
+#[pg_extern(volatile, security_definer, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn apikey_partner_add_credits(partner_id: Option<pgrx::Uuid>, amount: Option<i64>) -> i64 {
+    Spi::connect_mut(|client| add_partner(client, partner_id, amount)).or_raise()
+}
+
+/// Whose balance a row is.
+#[derive(Clone, Copy)]
+enum Owner<'a> {
+    Key(&'a str),
+    Partner(pgrx::Uuid),
+}
+
+impl Owner<'_> {
+    /// The table and its owner column.
+    fn table(self) -> (&'static str, &'static str) {
+        match self {
+            Owner::Key(_) => ("apikey.key_credits", "key_id"),
+            Owner::Partner(_) => ("apikey.partner_credits", "partner_id"),
+        }
+    }
+
+    fn datum(self) -> pgrx::datum::DatumWithOid<'static> {
+        match self {
+            Owner::Key(key_id) => key_id.to_string().into(),
+            Owner::Partner(partner_id) => partner_id.into(),
+        }
+    }
+}
+
+/// The names of the arguments a balance is set with, for errors that name one.
+pub struct BalanceArguments {
+    remaining: &'static str,
+    refill_amount: &'static str,
+    refill_interval: &'static str,
+}
+
+/// `apikey_set_credits`'s.
+const KEY_ARGUMENTS: BalanceArguments = BalanceArguments {
+    remaining: "remaining",
+    refill_amount: "refill_amount",
+    refill_interval: "refill_interval",
+};
+
+/// `apikey_partner_set_limits`'s and `apikey_issue`'s.
+pub const CREDITS_ARGUMENTS: BalanceArguments = BalanceArguments {
+    remaining: "credits",
+    refill_amount: "credits_refill_amount",
+    refill_interval: "credits_refill_interval",
+};
+
+/// A balance as `apikey_set_credits`, `apikey_partner_set_limits` and `apikey_issue` take it.
+pub struct Balance {
+    /// `None` removes the balance.
+    pub remaining: Option<i64>,
+    pub refill_amount: Option<i64>,
+    pub refill_interval: Option<Interval>,
+}
+
+impl Balance {
+    /// Whether any part was given.
+    pub fn is_given(&self) -> bool {
+        self.remaining.is_some() || self.refill_amount.is_some() || self.refill_interval.is_some()
+    }
+
+    pub fn detail(&self) -> serde_json::Value {
+        json!({
+            "remaining": self.remaining,
+            "refill_amount": self.refill_amount,
+            "refill_interval": self.refill_interval.map(|i| i.to_string()),
+        })
+    }
 }
 
 /// A balance row, locked.
@@ -82,11 +180,30 @@ fn lock_key(client: &mut SpiClient<'_>, key_id: Option<&str>) -> ApiResult<(Stri
 const BALANCE_COLUMNS: &str = "credit_id, remaining, spent_mark, mark_epoch, refill_amount, \
     next_refill_at, set_at, refill_interval";
 
-fn lock_balance(client: &mut SpiClient<'_>, key_id: &str) -> ApiResult<Option<Locked>> {
+/// The partner `partner_id` locked, for an operator.
+fn lock_partner(
+    client: &mut SpiClient<'_>,
+    partner_id: Option<pgrx::Uuid>,
+) -> ApiResult<pgrx::Uuid> {
+    access::require_admin("changing a partner's limits")?;
+    let partner_id = partner_id.ok_or_else(|| ApiError::null("partner_id"))?;
     let rows = client.update(
-        &format!("SELECT {BALANCE_COLUMNS} FROM apikey.key_credits WHERE key_id = $1 FOR UPDATE"),
+        "SELECT 1 FROM apikey.partners WHERE partner_id = $1 FOR UPDATE",
         Some(1),
-        &[key_id.into()],
+        &[partner_id.into()],
+    )?;
+    if rows.is_empty() {
+        return Err(ApiError::not_found(format!("partner_id {partner_id}")));
+    }
+    Ok(partner_id)
+}
+
+fn lock_balance(client: &mut SpiClient<'_>, owner: Owner<'_>) -> ApiResult<Option<Locked>> {
+    let (table, column) = owner.table();
+    let rows = client.update(
+        &format!("SELECT {BALANCE_COLUMNS} FROM {table} WHERE {column} = $1 FOR UPDATE"),
+        Some(1),
+        &[owner.datum()],
     )?;
     rows.into_iter().next().map(|row| locked(&row)).transpose()
 }
@@ -129,110 +246,188 @@ fn next_refill(set_at: i64, interval: RefillInterval, now: i64) -> ApiResult<i64
         .ok_or_else(|| ApiError::invalid("refill_interval", "the next refill is out of range"))
 }
 
-fn set(
-    client: &mut SpiClient<'_>,
-    key_id: Option<&str>,
-    remaining: Option<i64>,
-    refill_amount: Option<i64>,
-    interval: Option<Interval>,
-) -> ApiResult<()> {
+fn set(client: &mut SpiClient<'_>, key_id: Option<&str>, balance: Balance) -> ApiResult<()> {
     let (key_id, partner) = lock_key(client, key_id)?;
+    set_balance(client, Owner::Key(&key_id), &balance, &KEY_ARGUMENTS)?;
+    let mut event = Event::new("credits_set");
+    event.key_id = Some(&key_id);
+    event.partner_id = Some(partner);
+    event.detail = balance.detail();
+    audit::record_action(client, event)?;
+    Ok(())
+}
+
+fn set_partner_limits(
+    client: &mut SpiClient<'_>,
+    partner_id: Option<pgrx::Uuid>,
+    rate_per_minute: Option<i32>,
+    balance: Balance,
+) -> ApiResult<()> {
+    let partner = lock_partner(client, partner_id)?;
+    if rate_per_minute.is_some_and(|r| r < 1) {
+        return Err(ApiError::invalid("rate_per_minute", "must be at least 1"));
+    }
+    set_balance(
+        client,
+        Owner::Partner(partner),
+        &balance,
+        &CREDITS_ARGUMENTS,
+    )?;
+    client.update(
+        "UPDATE apikey.partners SET rate_per_minute = $2 WHERE partner_id = $1",
+        None,
+        &[partner.into(), rate_per_minute.into()],
+    )?;
+    let mut event = Event::new("partner_limits_set");
+    event.partner_id = Some(partner);
+    event.detail = json!({ "rate_per_minute": rate_per_minute, "credits": balance.detail() });
+    audit::record_action(client, event)?;
+    Ok(())
+}
+
+/// Gives the key `key_id`, just issued by this transaction, its first balance.
+pub fn set_issued(client: &mut SpiClient<'_>, key_id: &str, balance: &Balance) -> ApiResult<()> {
+    set_balance(client, Owner::Key(key_id), balance, &CREDITS_ARGUMENTS)
+}
+
+/// Sets (or, with `remaining` NULL, removes) the balance of `owner`, whose row in
+/// `apikey.keys` or `apikey.partners` the caller has locked. `names` name the arguments in
+/// errors.
+fn set_balance(
+    client: &mut SpiClient<'_>,
+    owner: Owner<'_>,
+    balance: &Balance,
+    names: &BalanceArguments,
+) -> ApiResult<()> {
     let now = clock::now();
-    let schedule = match (refill_amount, interval.as_ref().map(refill_interval)) {
+    let interval = balance.refill_interval.as_ref().map(refill_interval);
+    let schedule = match (balance.refill_amount, interval) {
         (None, None) => None,
         (Some(amount), Some(interval)) => {
             if amount < 0 {
-                return Err(ApiError::invalid("refill_amount", "must not be negative"));
+                return Err(ApiError::invalid(
+                    names.refill_amount,
+                    "must not be negative",
+                ));
             }
             if !interval.is_valid_refill() {
                 return Err(ApiError::invalid(
-                    "refill_interval",
+                    names.refill_interval,
                     "must be positive in every part and at least one second",
                 ));
             }
             Some((amount, interval, next_refill(now, interval, now)?))
         }
-        (Some(_), None) => return Err(ApiError::null("refill_interval")),
-        (None, Some(_)) => return Err(ApiError::null("refill_amount")),
+        (Some(_), None) => return Err(ApiError::null(names.refill_interval)),
+        (None, Some(_)) => return Err(ApiError::null(names.refill_amount)),
     };
-    if remaining.is_some_and(|r| r < 0) {
-        return Err(ApiError::invalid("remaining", "must not be negative"));
+    if balance.remaining.is_some_and(|r| r < 0) {
+        return Err(ApiError::invalid(names.remaining, "must not be negative"));
     }
-    if remaining.is_none() && schedule.is_some() {
-        return Err(ApiError::null("remaining"));
+    if balance.remaining.is_none() && schedule.is_some() {
+        return Err(ApiError::null(names.remaining));
     }
-    let existing = lock_balance(client, &key_id)?;
-    match remaining {
-        None => {
-            client.update(
-                "DELETE FROM apikey.key_credits WHERE key_id = $1",
-                None,
-                &[key_id.as_str().into()],
-            )?;
+    let existing = lock_balance(client, owner)?;
+    let (table, column) = owner.table();
+    let Some(remaining) = balance.remaining else {
+        client.update(
+            &format!("DELETE FROM {table} WHERE {column} = $1"),
+            None,
+            &[owner.datum()],
+        )?;
+        return Ok(());
+    };
+    // The spending counted so far is the set's: what is spent from now on is spent from the
+    // new balance.
+    let (spent_mark, epoch) = match &existing {
+        Some(locked) => {
+            let settled = settle(locked, now);
+            (settled.spent_mark, settled.epoch)
         }
-        Some(remaining) => {
-            // The spending counted so far is the set's: what is spent from now on is spent
-            // from the new balance.
-            let (spent_mark, epoch) = match &existing {
-                Some(locked) => {
-                    let settled = settle(locked, now);
-                    (settled.spent_mark, settled.epoch)
-                }
-                None => (0, shared::credits::epoch().unwrap_or(0)),
-            };
-            let (amount, interval, next) = match schedule {
-                Some((amount, interval, next)) => (Some(amount), Some(interval), Some(next)),
-                None => (None, None, None),
-            };
-            let interval = interval
-                .map(|i| Interval::new(i.months, i.days, i.micros))
-                .transpose();
-            let interval =
-                interval.map_err(|e| ApiError::invalid("refill_interval", format!("{e:?}")))?;
-            client.update(
-                "INSERT INTO apikey.key_credits AS c (key_id, remaining, refill_amount, \
-                    refill_interval, set_at, next_refill_at, spent_mark, mark_epoch) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-                 ON CONFLICT (key_id) DO UPDATE SET remaining = excluded.remaining, \
-                    refill_amount = excluded.refill_amount, \
-                    refill_interval = excluded.refill_interval, set_at = excluded.set_at, \
-                    next_refill_at = excluded.next_refill_at, \
-                    spent_mark = excluded.spent_mark, mark_epoch = excluded.mark_epoch, \
-                    generation = c.generation + 1",
-                None,
-                &[
-                    key_id.as_str().into(),
-                    remaining.into(),
-                    amount.into(),
-                    interval.into(),
-                    timestamp(now)?.into(),
-                    next.map(timestamp).transpose()?.into(),
-                    spent_mark.into(),
-                    epoch.into(),
-                ],
-            )?;
-        }
-    }
-    let mut event = Event::new("credits_set");
-    event.key_id = Some(&key_id);
-    event.partner_id = Some(partner);
-    event.detail = json!({
-        "remaining": remaining,
-        "refill_amount": refill_amount,
-        "refill_interval": interval.map(|i| i.to_string()),
-    });
-    audit::record_action(client, event)?;
+        None => (0, shared::credits::epoch().unwrap_or(0)),
+    };
+    let (amount, interval, next) = match schedule {
+        Some((amount, interval, next)) => (Some(amount), Some(interval), Some(next)),
+        None => (None, None, None),
+    };
+    let interval = interval
+        .map(|i| Interval::new(i.months, i.days, i.micros))
+        .transpose()
+        .map_err(|e| ApiError::invalid(names.refill_interval, format!("{e:?}")))?;
+    client.update(
+        &format!(
+            "INSERT INTO {table} AS c ({column}, remaining, refill_amount, refill_interval, \
+                set_at, next_refill_at, spent_mark, mark_epoch) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT ({column}) DO UPDATE SET remaining = excluded.remaining, \
+                refill_amount = excluded.refill_amount, \
+                refill_interval = excluded.refill_interval, set_at = excluded.set_at, \
+                next_refill_at = excluded.next_refill_at, \
+                spent_mark = excluded.spent_mark, mark_epoch = excluded.mark_epoch, \
+                generation = c.generation + 1"
+        ),
+        None,
+        &[
+            owner.datum(),
+            remaining.into(),
+            amount.into(),
+            interval.into(),
+            timestamp(now)?.into(),
+            next.map(timestamp).transpose()?.into(),
+            spent_mark.into(),
+            epoch.into(),
+        ],
+    )?;
     Ok(())
 }
 
 fn add(client: &mut SpiClient<'_>, key_id: Option<&str>, amount: Option<i64>) -> ApiResult<i64> {
     let amount = amount.ok_or_else(|| ApiError::null("amount"))?;
     let (key_id, partner) = lock_key(client, key_id)?;
-    let Some(locked) = lock_balance(client, &key_id)? else {
-        return Err(
-            ApiError::state(format!("key {key_id} has no credit balance"))
+    let balance = add_to_balance(client, Owner::Key(&key_id), amount)?;
+    let mut event = Event::new(credits_action(amount));
+    event.key_id = Some(&key_id);
+    event.partner_id = Some(partner);
+    event.detail = json!({ "amount": amount, "balance": balance });
+    audit::record_action(client, event)?;
+    Ok(balance)
+}
+
+fn add_partner(
+    client: &mut SpiClient<'_>,
+    partner_id: Option<pgrx::Uuid>,
+    amount: Option<i64>,
+) -> ApiResult<i64> {
+    let amount = amount.ok_or_else(|| ApiError::null("amount"))?;
+    let partner = lock_partner(client, partner_id)?;
+    let balance = add_to_balance(client, Owner::Partner(partner), amount)?;
+    let mut event = Event::new(credits_action(amount));
+    event.partner_id = Some(partner);
+    event.detail = json!({ "amount": amount, "balance": balance, "partner_wide": true });
+    audit::record_action(client, event)?;
+    Ok(balance)
+}
+
+fn credits_action(amount: i64) -> &'static str {
+    if amount < 0 {
+        "credits_charged"
+    } else {
+        "credits_added"
+    }
+}
+
+/// Adds `amount` (negative: charges it) to the balance of `owner`, whose row the caller has
+/// locked; the balance after.
+fn add_to_balance(client: &mut SpiClient<'_>, owner: Owner<'_>, amount: i64) -> ApiResult<i64> {
+    let Some(locked) = lock_balance(client, owner)? else {
+        return Err(match owner {
+            Owner::Key(key_id) => ApiError::state(format!("key {key_id} has no credit balance"))
                 .with_hint("Give it one with apikey_set_credits."),
-        );
+            Owner::Partner(partner_id) => {
+                ApiError::state(format!("partner {partner_id} has no credit balance"))
+                    .with_hint("Give it one with apikey_partner_set_limits.")
+            }
+        });
     };
     let now = clock::now();
     let settled = settle(&locked, now);
@@ -244,10 +439,13 @@ fn add(client: &mut SpiClient<'_>, key_id: Option<&str>, amount: Option<i64>) ->
         (true, Some(interval)) => Some(next_refill(locked.set_at, interval, now)?),
         _ => locked.row.next_refill_at,
     };
+    let (table, _) = owner.table();
     client.update(
-        "UPDATE apikey.key_credits SET remaining = $2, spent_mark = $3, mark_epoch = $4, \
-            next_refill_at = $5, generation = generation + 1 \
-         WHERE credit_id = $1",
+        &format!(
+            "UPDATE {table} SET remaining = $2, spent_mark = $3, mark_epoch = $4, \
+                next_refill_at = $5, generation = generation + 1 \
+             WHERE credit_id = $1"
+        ),
         None,
         &[
             locked.credit_id.into(),
@@ -257,32 +455,59 @@ fn add(client: &mut SpiClient<'_>, key_id: Option<&str>, amount: Option<i64>) ->
             next.map(timestamp).transpose()?.into(),
         ],
     )?;
-    let mut event = Event::new(if amount < 0 {
-        "credits_charged"
-    } else {
-        "credits_added"
-    });
-    event.key_id = Some(&key_id);
-    event.partner_id = Some(partner);
-    event.detail = json!({ "amount": amount, "balance": balance });
-    audit::record_action(client, event)?;
     Ok(balance)
 }
 
-/// Moves the spending counted for this database's balances into `apikey.key_credits`, and
-/// applies the refills due. Balances whose row a transaction holds (a set or a top-up in
-/// progress) are skipped: that transaction moves their spending itself. Returns what was
-/// written, for [`shared::credits::written`] once the transaction has committed.
+/// Moves the spending counted for this database's balances into `apikey.key_credits` and
+/// `apikey.partner_credits`, and applies the refills due. Balances whose row a transaction
+/// holds (a set or a top-up in progress) are skipped: that transaction moves their spending
+/// itself. Returns what was written, for [`shared::credits::written`] once the transaction
+/// has committed.
 pub fn write_spending(client: &mut SpiClient<'_>, db: u32) -> ApiResult<Vec<(i64, i64)>> {
     let now = clock::now();
     let unwritten = shared::credits::unwritten(db);
+    let tables: &[&str] = if crate::version::schema_has(crate::version::PARTNER_LIMITS)? {
+        &["apikey.key_credits", "apikey.partner_credits"]
+    } else {
+        &["apikey.key_credits"]
+    };
+    let mut written = Vec::new();
+    for table in tables {
+        written.extend(write_table(client, db, table, &unwritten, now)?);
+    }
+    // Balances that no longer exist (removed, or their key or partner deleted): their
+    // spending has nowhere to go, and their ids are never used again.
+    let exists = tables
+        .iter()
+        .map(|t| format!("EXISTS (SELECT 1 FROM {t} WHERE credit_id = x)"))
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    let gone: Vec<i64> = client
+        .select(
+            &format!("SELECT x FROM unnest($1::bigint[]) AS x WHERE NOT ({exists})"),
+            None,
+            &[unwritten.into()],
+        )?
+        .filter_map(|row| row.get::<i64>(1).ok().flatten())
+        .collect();
+    shared::credits::forget(db, &gone);
+    Ok(written)
+}
+
+fn write_table(
+    client: &mut SpiClient<'_>,
+    db: u32,
+    table: &str,
+    unwritten: &[i64],
+    now: i64,
+) -> ApiResult<Vec<(i64, i64)>> {
     let rows = client.update(
         &format!(
-            "SELECT {BALANCE_COLUMNS} FROM apikey.key_credits \
+            "SELECT {BALANCE_COLUMNS} FROM {table} \
              WHERE credit_id = ANY ($1) OR next_refill_at <= $2 FOR UPDATE SKIP LOCKED"
         ),
         None,
-        &[unwritten.clone().into(), timestamp(now)?.into()],
+        &[unwritten.to_vec().into(), timestamp(now)?.into()],
     )?;
     let balances: Vec<Locked> = rows
         .into_iter()
@@ -299,9 +524,11 @@ pub fn write_spending(client: &mut SpiClient<'_>, db: u32) -> ApiResult<Vec<(i64
             _ => balance.row.next_refill_at,
         };
         client.update(
-            "UPDATE apikey.key_credits SET remaining = $2, spent_mark = $3, mark_epoch = $4, \
-                next_refill_at = $5 \
-             WHERE credit_id = $1",
+            &format!(
+                "UPDATE {table} SET remaining = $2, spent_mark = $3, mark_epoch = $4, \
+                    next_refill_at = $5 \
+                 WHERE credit_id = $1"
+            ),
             None,
             &[
                 balance.credit_id.into(),
@@ -313,17 +540,5 @@ pub fn write_spending(client: &mut SpiClient<'_>, db: u32) -> ApiResult<Vec<(i64
         )?;
         written.push((balance.credit_id, settled.spent_mark));
     }
-    // Balances that no longer exist (removed, or their key deleted): their spending has
-    // nowhere to go, and their ids are never used again.
-    let gone: Vec<i64> = client
-        .select(
-            "SELECT x FROM unnest($1::bigint[]) AS x \
-             WHERE NOT EXISTS (SELECT 1 FROM apikey.key_credits WHERE credit_id = x)",
-            None,
-            &[unwritten.into()],
-        )?
-        .filter_map(|row| row.get::<i64>(1).ok().flatten())
-        .collect();
-    shared::credits::forget(db, &gone);
     Ok(written)
 }

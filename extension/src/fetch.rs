@@ -69,6 +69,7 @@ enum Table {
     Keys,
     Partners,
     KeyCredits,
+    PartnerCredits,
 }
 
 impl Table {
@@ -77,13 +78,14 @@ impl Table {
             Table::Keys => (c"keys", c"keys_pkey"),
             Table::Partners => (c"partners", c"partners_pkey"),
             Table::KeyCredits => (c"key_credits", c"key_credits_pkey"),
+            Table::PartnerCredits => (c"partner_credits", c"partner_credits_pkey"),
         }
     }
 
     fn eq_proc(self) -> pg_sys::Oid {
         pg_sys::Oid::from(match self {
             Table::Keys | Table::KeyCredits => pg_sys::F_TEXTEQ,
-            Table::Partners => pg_sys::F_UUID_EQ,
+            Table::Partners | Table::PartnerCredits => pg_sys::F_UUID_EQ,
         })
     }
 }
@@ -91,10 +93,10 @@ impl Table {
 /// (table, index) OIDs per [`Table`], resolved by name once per backend: three catalog
 /// lookups per table showed in profiles. Cleared by any relcache invalidation of a cached
 /// relation (DROP / CREATE EXTENSION, ALTER), so a stale OID is not used.
-type CachedOids = [Option<(pg_sys::Oid, pg_sys::Oid)>; 3];
+type CachedOids = [Option<(pg_sys::Oid, pg_sys::Oid)>; 4];
 
 thread_local! {
-    static OIDS: Cell<CachedOids> = const { Cell::new([None; 3]) };
+    static OIDS: Cell<CachedOids> = const { Cell::new([None; 4]) };
 }
 
 /// Registers the invalidation callback. Called once per process, from `_PG_init`.
@@ -133,6 +135,12 @@ fn oids(table: Table) -> ApiResult<(pg_sys::Oid, pg_sys::Oid)> {
 /// Whether the database has `apikey.key_credits` (0.7.0 and later).
 pub fn has_key_credits() -> bool {
     find_oids(Table::KeyCredits).is_some()
+}
+
+/// Whether the database has partner-wide limits: `apikey.partner_credits` and
+/// `apikey.partners.rate_per_minute` (0.8.0 and later).
+pub fn has_partner_limits() -> bool {
+    find_oids(Table::PartnerCredits).is_some()
 }
 
 fn find_oids(table: Table) -> Option<(pg_sys::Oid, pg_sys::Oid)> {
@@ -273,6 +281,8 @@ pub enum PrimaryKey<'a> {
     Partner(pgrx::Uuid),
     /// The balance of a key (`apikey.key_credits`, by key id).
     KeyCredits(&'a str),
+    /// The balance a partner's keys share (`apikey.partner_credits`, by partner id).
+    PartnerCredits(pgrx::Uuid),
 }
 
 impl PrimaryKey<'_> {
@@ -281,13 +291,16 @@ impl PrimaryKey<'_> {
             PrimaryKey::Key(_) => Table::Keys,
             PrimaryKey::Partner(_) => Table::Partners,
             PrimaryKey::KeyCredits(_) => Table::KeyCredits,
+            PrimaryKey::PartnerCredits(_) => Table::PartnerCredits,
         }
     }
 
     fn datum(self) -> Option<pg_sys::Datum> {
         match self {
             PrimaryKey::Key(key_id) | PrimaryKey::KeyCredits(key_id) => key_id.into_datum(),
-            PrimaryKey::Partner(partner_id) => partner_id.into_datum(),
+            PrimaryKey::Partner(partner_id) | PrimaryKey::PartnerCredits(partner_id) => {
+                partner_id.into_datum()
+            }
         }
     }
 
@@ -297,7 +310,7 @@ impl PrimaryKey<'_> {
             PrimaryKey::Key(key_id) | PrimaryKey::KeyCredits(key_id) => {
                 found.get::<String>("key_id")?.as_deref() == Some(key_id)
             }
-            PrimaryKey::Partner(partner_id) => {
+            PrimaryKey::Partner(partner_id) | PrimaryKey::PartnerCredits(partner_id) => {
                 found.get::<pgrx::Uuid>("partner_id")? == Some(partner_id)
             }
         })
@@ -314,6 +327,7 @@ struct KnownTids {
     keys: HashMap<String, pg_sys::ItemPointerData>,
     partners: HashMap<[u8; 16], pg_sys::ItemPointerData>,
     key_credits: HashMap<String, pg_sys::ItemPointerData>,
+    partner_credits: HashMap<[u8; 16], pg_sys::ItemPointerData>,
 }
 
 const MAX_KNOWN_TIDS: usize = 10_000;
@@ -327,12 +341,19 @@ fn known_tid(key: PrimaryKey<'_>) -> Option<pg_sys::ItemPointerData> {
         PrimaryKey::Key(key_id) => tids.keys.get(key_id).copied(),
         PrimaryKey::Partner(partner_id) => tids.partners.get(partner_id.as_bytes()).copied(),
         PrimaryKey::KeyCredits(key_id) => tids.key_credits.get(key_id).copied(),
+        PrimaryKey::PartnerCredits(partner_id) => {
+            tids.partner_credits.get(partner_id.as_bytes()).copied()
+        }
     })
 }
 
 fn set_known_tid(key: PrimaryKey<'_>, tid: Option<pg_sys::ItemPointerData>) {
     TIDS.with_borrow_mut(|tids| {
-        if tids.keys.len() + tids.partners.len() + tids.key_credits.len() >= MAX_KNOWN_TIDS {
+        let held = tids.keys.len()
+            + tids.partners.len()
+            + tids.key_credits.len()
+            + tids.partner_credits.len();
+        if held >= MAX_KNOWN_TIDS {
             *tids = KnownTids::default();
         }
         match (key, tid) {
@@ -354,12 +375,18 @@ fn set_known_tid(key: PrimaryKey<'_>, tid: Option<pg_sys::ItemPointerData>) {
             (PrimaryKey::KeyCredits(key_id), None) => {
                 tids.key_credits.remove(key_id);
             }
+            (PrimaryKey::PartnerCredits(partner_id), Some(tid)) => {
+                tids.partner_credits.insert(*partner_id.as_bytes(), tid);
+            }
+            (PrimaryKey::PartnerCredits(partner_id), None) => {
+                tids.partner_credits.remove(partner_id.as_bytes());
+            }
         }
     });
 }
 
 fn forget_all() {
-    OIDS.set([None; 3]);
+    OIDS.set([None; 4]);
     TIDS.set(KnownTids::default());
     GENERATION.set(GENERATION.get().wrapping_add(1));
 }

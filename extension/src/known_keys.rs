@@ -58,6 +58,9 @@ pub struct StoredKey {
     pub rotated_to: Option<String>,
     /// The balance this key spends (its own, or in its grace period its successor's).
     pub credits: Option<StoredCredits>,
+    /// The partner's own limits, shared by all its keys (0.8.0): a rate and a balance.
+    pub partner_rate_per_minute: Option<i32>,
+    pub partner_credits: Option<StoredCredits>,
 }
 
 /// A balance's row as verification reads it (`apikey.key_credits`).
@@ -160,33 +163,44 @@ fn read(key_id: &str) -> ApiResult<Option<StoredKey>> {
                 allowed_cidrs: row.get("allowed_cidrs")?,
                 rotated_to: row.get("rotated_to")?,
                 credits: None,
+                partner_rate_per_minute: None,
+                partner_credits: None,
             })
         })?;
         let Some(mut row) = found else {
             return Ok(None);
         };
+        let balance = |c: &fetch::Found| {
+            Ok(StoredCredits {
+                credit_id: c.get("credit_id")?.ok_or_else(missing)?,
+                row: apikey_contract::credits::Row {
+                    remaining: c.get("remaining")?.ok_or_else(missing)?,
+                    spent_mark: c.get("spent_mark")?.ok_or_else(missing)?,
+                    mark_epoch: c.get("mark_epoch")?.ok_or_else(missing)?,
+                    refill_amount: c.get("refill_amount")?,
+                    next_refill_at: at(c.get("next_refill_at")?),
+                },
+            })
+        };
         if fetch::has_key_credits() {
             let bucket = row.rate_bucket(key_id).to_string();
-            row.credits = snapshot.by_primary_key(PrimaryKey::KeyCredits(&bucket), |c| {
-                Ok(StoredCredits {
-                    credit_id: c.get("credit_id")?.ok_or_else(missing)?,
-                    row: apikey_contract::credits::Row {
-                        remaining: c.get("remaining")?.ok_or_else(missing)?,
-                        spent_mark: c.get("spent_mark")?.ok_or_else(missing)?,
-                        mark_epoch: c.get("mark_epoch")?.ok_or_else(missing)?,
-                        refill_amount: c.get("refill_amount")?,
-                        next_refill_at: at(c.get("next_refill_at")?),
-                    },
-                })
-            })?;
+            row.credits = snapshot.by_primary_key(PrimaryKey::KeyCredits(&bucket), balance)?;
         }
         row.secret_hash_fingerprint = crate::hash::fingerprint(&row.secret_hash);
-        row.partner_active = snapshot
-            .by_primary_key(PrimaryKey::Partner(row.partner_id), |p| {
-                p.get::<bool>("active")
-            })?
-            .flatten()
-            .unwrap_or(false);
+        let partner_limits = fetch::has_partner_limits();
+        let partner = snapshot.by_primary_key(PrimaryKey::Partner(row.partner_id), |p| {
+            let rate = if partner_limits {
+                p.get::<i32>("rate_per_minute")?
+            } else {
+                None
+            };
+            Ok((p.get::<bool>("active")?.unwrap_or(false), rate))
+        })?;
+        (row.partner_active, row.partner_rate_per_minute) = partner.unwrap_or((false, None));
+        if partner_limits {
+            row.partner_credits =
+                snapshot.by_primary_key(PrimaryKey::PartnerCredits(row.partner_id), balance)?;
+        }
         Ok(Some(row))
     })
 }

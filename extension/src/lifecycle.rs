@@ -4,6 +4,7 @@
 
 use crate::access;
 use crate::audit::{self, Event};
+use crate::credits::Balance;
 use crate::error::{ApiError, ApiResult, OrRaise};
 use crate::events;
 use crate::sqltypes::CidrArray;
@@ -18,9 +19,9 @@ use serde_json::json;
 type IssuedKey = (String, String);
 
 #[allow(clippy::too_many_arguments)]
-#[pg_extern(volatile, security_definer, parallel_unsafe)]
+#[pg_extern(name = "apikey_issue", volatile, security_definer, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
-fn apikey_issue(
+fn apikey_issue_with_credits(
     partner_id: Option<pgrx::Uuid>,
     scopes: Option<Vec<Option<String>>>,
     name: default!(Option<String>, "NULL"),
@@ -32,6 +33,9 @@ fn apikey_issue(
     tags: default!(Option<Vec<Option<String>>>, "'{}'"),
     metadata: default!(Option<JsonB>, "'{}'"),
     prefix: default!(Option<String>, "NULL"),
+    credits: default!(Option<i64>, "NULL"),
+    credits_refill_amount: default!(Option<i64>, "NULL"),
+    credits_refill_interval: default!(Option<Interval>, "NULL"),
 ) -> TableIterator<'static, (name!(key_id, String), name!(token, String))> {
     let request = IssueRequest {
         partner_id,
@@ -45,9 +49,50 @@ fn apikey_issue(
         tags,
         metadata,
         prefix,
+        credits: Balance {
+            remaining: credits,
+            refill_amount: credits_refill_amount,
+            refill_interval: credits_refill_interval,
+        },
     };
     let issued = Spi::connect_mut(|client| issue(client, request)).or_raise();
     TableIterator::once(issued)
+}
+
+/// `apikey_issue` as releases before 0.8.0 declare it (without a balance), for a database
+/// not yet updated to this library's release; never declared by this release's SQL.
+#[allow(clippy::too_many_arguments)]
+#[pg_extern(sql = false, volatile, security_definer, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn apikey_issue(
+    partner_id: Option<pgrx::Uuid>,
+    scopes: Option<Vec<Option<String>>>,
+    name: Option<String>,
+    expires_at: Option<TimestampWithTimeZone>,
+    not_before: Option<TimestampWithTimeZone>,
+    rate_per_minute: Option<i32>,
+    allowed_cidrs: Option<CidrArray>,
+    environment: Option<String>,
+    tags: Option<Vec<Option<String>>>,
+    metadata: Option<JsonB>,
+    prefix: Option<String>,
+) -> TableIterator<'static, (name!(key_id, String), name!(token, String))> {
+    apikey_issue_with_credits(
+        partner_id,
+        scopes,
+        name,
+        expires_at,
+        not_before,
+        rate_per_minute,
+        allowed_cidrs,
+        environment,
+        tags,
+        metadata,
+        prefix,
+        None,
+        None,
+        None,
+    )
 }
 
 struct IssueRequest {
@@ -62,6 +107,7 @@ struct IssueRequest {
     tags: Option<Vec<Option<String>>>,
     metadata: Option<JsonB>,
     prefix: Option<String>,
+    credits: Balance,
 }
 
 fn issue(client: &mut SpiClient<'_>, r: IssueRequest) -> ApiResult<IssuedKey> {
@@ -146,6 +192,10 @@ fn issue(client: &mut SpiClient<'_>, r: IssueRequest) -> ApiResult<IssuedKey> {
         event.key_id = Some(&new.key_id);
         event.partner_id = Some(partner_id);
         event.detail = json!({ "scopes": scopes, "environment": environment, "tags": tags });
+        if r.credits.is_given() {
+            crate::credits::set_issued(client, &new.key_id, &r.credits)?;
+            event.detail["credits"] = r.credits.detail();
+        }
         audit::record_action(client, event)?;
         events::record_key_event(client, events::KEY_ISSUED, &new.key_id, json!({}))?;
         return Ok((new.key_id.clone(), new.token.clone()));

@@ -91,7 +91,8 @@ struct Request<'a> {
     /// `None` for a NULL element, which no key satisfies.
     required: &'a [Option<String>],
     client_ip: Option<InetDatum>,
-    /// Credits a verification that is otherwise ok spends from the key's balance.
+    /// Credits a verification that is otherwise ok spends from the key's balance and its
+    /// partner's.
     cost: i64,
     /// The time of this call (`clock_timestamp()`), which every time comparison uses.
     now: pg_sys::TimestampTz,
@@ -104,7 +105,8 @@ struct Outcome<'a> {
     /// The rate limit after this verification, where it was consulted (shared memory, a
     /// verification that was otherwise ok).
     rate: Option<Rate>,
-    /// The key's balance after this verification, where it has one and it was consulted.
+    /// The smaller of the key's and its partner's balances after this verification, where
+    /// either has one and it was consulted.
     credits: Option<i64>,
     /// The secret was shown to match the key: only then may a reason reveal its identity.
     authentic: bool,
@@ -289,44 +291,10 @@ fn decide<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
     } else {
         Reason::Ok
     };
-    // Only verifications that would otherwise be ok use up the rate limit.
-    let rate = (reason == Reason::Ok)
-        .then(|| {
-            let partner = row.partner_id.as_bytes();
-            shared::keys::take(
-                key_id,
-                partner,
-                row.rate_bucket(key_id),
-                row.rate_per_minute,
-                now,
-            )
-        })
-        .flatten();
-    let reason = match rate {
-        Some(rate) if !rate.allowed => {
-            shared::count(Stat::RateLimited);
-            Reason::RateLimited
-        }
-        _ => reason,
-    };
-    // Then the balance, all or nothing: a balance too short gives the rate token back.
-    let (reason, credits) = match (&row.credits, reason) {
-        (Some(balance), Reason::Ok) => {
-            match credits::spend(balance.credit_id, &balance.row, request.cost, now) {
-                Spent::Taken(after) => (Reason::Ok, Some(after)),
-                refused => {
-                    if rate.is_some() {
-                        shared::keys::give_back(row.rate_bucket(key_id), now);
-                    }
-                    let balance = match refused {
-                        Spent::Short(balance) => Some(balance),
-                        _ => None,
-                    };
-                    (Reason::UsageExceeded, balance)
-                }
-            }
-        }
-        (_, reason) => (reason, None),
+    let (reason, rate, credits) = if reason == Reason::Ok {
+        take_limits(key_id, &row, request.cost, now)
+    } else {
+        (reason, None, None)
     };
     let stale = reason == Reason::Ok
         && (peppers.newest().fingerprint != row.pepper_fingerprint
@@ -345,6 +313,88 @@ fn decide<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
             params,
         }),
     })
+}
+
+/// Takes from every limit a verification that is otherwise ok is held to, all or nothing: one
+/// from the key's rate bucket and its partner's, `cost` from the key's balance and its
+/// partner's. The first that is short refuses it (`rate_limited` for a bucket,
+/// `usage_exceeded` for a balance) and what was taken before it is given back. Returns the
+/// reason, the tighter of the two rates and the smaller balance after.
+fn take_limits(
+    key_id: &str,
+    row: &StoredKey,
+    cost: i64,
+    now: pg_sys::TimestampTz,
+) -> (Reason, Option<Rate>, Option<i64>) {
+    let partner = row.partner_id.as_bytes();
+    let bucket = row.rate_bucket(key_id);
+    let mut taken = Taken::default();
+    let refuse = |taken: &Taken, reason| {
+        taken.give_back(bucket, partner, now);
+        reason
+    };
+    let key_rate = shared::keys::take(key_id, partner, bucket, row.rate_per_minute, now);
+    if let Some(rate) = key_rate {
+        if !rate.allowed {
+            shared::count(Stat::RateLimited);
+            return (Reason::RateLimited, key_rate, None);
+        }
+        taken.key_rate = true;
+    }
+    let partner_rate = row
+        .partner_rate_per_minute
+        .and_then(|limit| shared::keys::take_partner(partner, limit, now));
+    if let Some(rate) = partner_rate {
+        if !rate.allowed {
+            shared::count(Stat::RateLimited);
+            return (refuse(&taken, Reason::RateLimited), partner_rate, None);
+        }
+        taken.partner_rate = true;
+    }
+    let rate = match (key_rate, partner_rate) {
+        (Some(k), Some(p)) => Some(if p.remaining < k.remaining { p } else { k }),
+        (k, p) => k.or(p),
+    };
+    let mut smallest: Option<i64> = None;
+    let balances = [&row.credits, &row.partner_credits];
+    for (i, balance) in balances.into_iter().enumerate() {
+        let Some(balance) = balance else { continue };
+        match credits::spend(balance.credit_id, &balance.row, cost, now) {
+            Spent::Taken(after, receipt) => {
+                taken.receipts[i] = Some(receipt);
+                smallest = Some(smallest.map_or(after, |s| s.min(after)));
+            }
+            Spent::Short(left) => {
+                let reason = refuse(&taken, Reason::UsageExceeded);
+                return (reason, rate, Some(smallest.map_or(left, |s| s.min(left))));
+            }
+            Spent::Unavailable => return (refuse(&taken, Reason::UsageExceeded), rate, None),
+        }
+    }
+    (Reason::Ok, rate, smallest)
+}
+
+/// What [`take_limits`] took so far, to give back when a later limit refuses.
+#[derive(Default)]
+struct Taken {
+    key_rate: bool,
+    partner_rate: bool,
+    /// The key's balance, then the partner's.
+    receipts: [Option<credits::Receipt>; 2],
+}
+
+impl Taken {
+    fn give_back(&self, bucket: &str, partner: &[u8; 16], now: pg_sys::TimestampTz) {
+        if self.key_rate {
+            shared::keys::give_back(bucket, now);
+        }
+        if self.partner_rate {
+            shared::keys::give_back_partner(partner, now);
+        }
+        for receipt in self.receipts.into_iter().flatten() {
+            credits::give_back(receipt);
+        }
+    }
 }
 
 /// Most required scopes a failure's audit row lists; the count is always there.

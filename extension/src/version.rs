@@ -23,6 +23,9 @@ pub const ROUND_THREE: Release = Release(0, 5, 0);
 /// The release that added credit balances (`apikey.key_credits`) and `apikey_verify`'s
 /// `cost`.
 pub const CREDITS: Release = Release(0, 7, 0);
+/// The release that added partner-wide limits (`apikey.partner_credits`,
+/// `apikey.partners.rate_per_minute`).
+pub const PARTNER_LIMITS: Release = Release(0, 8, 0);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Release(pub u32, pub u32, pub u32);

@@ -1,6 +1,7 @@
-//! Credit balances of keys: `apikey_set_credits`, `apikey_add_credits` and
-//! `apikey_verify(..., cost)`, against the test cluster (shared memory preloaded) and, for
-//! restarts and crashes, a cluster of their own.
+//! Credit balances of keys (`apikey_set_credits`, `apikey_add_credits`), partner-wide limits
+//! (`apikey_partner_set_limits`, `apikey_partner_add_credits`) and `apikey_verify(..., cost)`,
+//! against the test cluster (shared memory preloaded) and, for restarts and crashes, a cluster
+//! of their own.
 
 use apikey_tests::cluster::PrivateCluster;
 use apikey_tests::postgres::Client;
@@ -278,6 +279,272 @@ fn a_balance_refills_on_its_schedule() {
     assert_eq!(spend(&mut c, &key.token, 1).0, "usage_exceeded");
 }
 
+#[test]
+fn a_key_can_be_issued_with_its_balance() {
+    let mut c = superuser();
+    let partner = create_partner(&mut c);
+    let key = issue_with(
+        &mut c,
+        "$1, '{a:b}', credits => 3, credits_refill_amount => 10, \
+         credits_refill_interval => '1 day'",
+        &[&partner],
+    );
+    assert_eq!(spend(&mut c, &key.token, 3), ("ok".into(), Some(0)));
+    assert_eq!(spend(&mut c, &key.token, 1).0, "usage_exceeded");
+    let row = c
+        .query_one(
+            "SELECT c.refill_amount, c.next_refill_at = c.set_at + interval '1 day', \
+                a.detail -> 'credits' ->> 'remaining' \
+             FROM apikey.key_credits c JOIN apikey.audit_log a USING (key_id) \
+             WHERE key_id = $1 AND a.action = 'issue'",
+            &[&key.key_id],
+        )
+        .expect("the stored balance and the issue's audit row");
+    assert_eq!(
+        (
+            row.get::<_, Option<i64>>(0),
+            row.get::<_, bool>(1),
+            row.get::<_, Option<String>>(2)
+        ),
+        (Some(10), true, Some("3".into()))
+    );
+    for (args, detail) in [
+        ("credits => -1", "argument: credits"),
+        (
+            "credits_refill_amount => 5",
+            "argument: credits_refill_interval",
+        ),
+        (
+            "credits_refill_amount => 5, credits_refill_interval => '1 day'",
+            "argument: credits",
+        ),
+    ] {
+        let error = c
+            .query_one(
+                &format!("SELECT * FROM apikey_issue($1, '{{a:b}}', {args})"),
+                &[&partner],
+            )
+            .expect_err(args);
+        let db = error.as_db_error().expect("a database error");
+        assert_eq!(
+            (db.code().code() < "23", db.detail()),
+            (true, Some(detail)),
+            "{args}"
+        );
+    }
+    let keys: i64 = c
+        .query_one(
+            "SELECT count(*) FROM apikey.keys WHERE partner_id = $1",
+            &[&partner],
+        )
+        .expect("count keys")
+        .get(0);
+    assert_eq!(keys, 1, "a refused issue leaves no key behind");
+}
+
+fn partner_of(c: &mut Client, key_id: &str) -> uuid::Uuid {
+    c.query_one(
+        "SELECT partner_id FROM apikey.keys WHERE key_id = $1",
+        &[&key_id],
+    )
+    .expect("partner of a key")
+    .get(0)
+}
+
+#[test]
+fn two_keys_of_a_partner_spend_one_partner_balance() {
+    let mut c = superuser();
+    let first = key(&mut c);
+    let partner = partner_of(&mut c, &first.key_id);
+    let second = issue_with(
+        &mut c,
+        "$1, '{a:b}', rate_per_minute => 100000",
+        &[&partner],
+    );
+    c.execute(
+        "SELECT apikey_partner_set_limits($1, credits => 5)",
+        &[&partner],
+    )
+    .expect("apikey_partner_set_limits");
+    let sessions: Vec<_> = [&first, &second, &first, &second]
+        .into_iter()
+        .map(|key| {
+            let token = key.token.clone();
+            std::thread::spawn(move || {
+                let mut c = superuser();
+                (0..10)
+                    .map(|_| spend(&mut c, &token, 1).0)
+                    .filter(|r| r == "ok")
+                    .count()
+            })
+        })
+        .collect();
+    let accepted: usize = sessions
+        .into_iter()
+        .map(|s| s.join().expect("session"))
+        .sum();
+    assert_eq!(accepted, 5, "4 sessions x 10 over two keys against 5");
+    assert_eq!(
+        spend(&mut c, &second.token, 1),
+        ("usage_exceeded".into(), Some(0))
+    );
+
+    // All or nothing: a key balance is not spent when the partner's is short, and the
+    // smaller of the two is what verification reports.
+    set(&mut c, &first.key_id, Some(10));
+    let add = |c: &mut Client, amount: i64| -> i64 {
+        c.query_one(
+            "SELECT apikey_partner_add_credits($1, $2)",
+            &[&partner, &amount],
+        )
+        .expect("apikey_partner_add_credits")
+        .get(0)
+    };
+    assert_eq!(add(&mut c, 3), 3);
+    assert_eq!(spend(&mut c, &first.token, 2), ("ok".into(), Some(1)));
+    assert_eq!(
+        spend(&mut c, &first.token, 2),
+        ("usage_exceeded".into(), Some(1))
+    );
+    assert_eq!(spend(&mut c, &second.token, 1), ("ok".into(), Some(0)));
+    c.execute("SELECT apikey_partner_set_limits($1)", &[&partner])
+        .expect("remove the partner's limits");
+    assert_eq!(
+        balance(&mut c, &first.token),
+        Some(8),
+        "the key paid only for what it was granted"
+    );
+    assert_eq!(spend(&mut c, &second.token, 100).1, None, "unlimited again");
+    assert_eq!(
+        sqlstate(c.query_one("SELECT apikey_partner_add_credits($1, 1)", &[&partner])),
+        "55000",
+        "no partner balance to add to"
+    );
+}
+
+#[test]
+fn a_partner_rate_is_shared_by_its_keys() {
+    let mut c = superuser();
+    let partner = create_partner(&mut c);
+    let fast = issue_with(
+        &mut c,
+        "$1, '{a:b}', rate_per_minute => 100000",
+        &[&partner],
+    );
+    let slow = issue_with(&mut c, "$1, '{a:b}', rate_per_minute => 2", &[&partner]);
+    c.execute(
+        "SELECT apikey_partner_set_limits($1, rate_per_minute => 3)",
+        &[&partner],
+    )
+    .expect("a partner rate");
+    let verify = |c: &mut Client, token: &str| -> (String, Option<i32>) {
+        let row = c
+            .query_one(
+                "SELECT reason, rate_remaining FROM apikey_verify($1)",
+                &[&token],
+            )
+            .expect("verify");
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(verify(&mut c, &fast.token), ("ok".into(), Some(2)));
+    assert_eq!(verify(&mut c, &slow.token), ("ok".into(), Some(1)));
+    assert_eq!(verify(&mut c, &fast.token), ("ok".into(), Some(0)));
+    assert_eq!(verify(&mut c, &slow.token).0, "rate_limited");
+    assert_eq!(verify(&mut c, &fast.token).0, "rate_limited");
+    c.execute("SELECT apikey_partner_set_limits($1)", &[&partner])
+        .expect("remove the partner rate");
+    // The refusal by the partner's bucket gave the key's token back: one of two is left.
+    assert_eq!(verify(&mut c, &slow.token), ("ok".into(), Some(0)));
+    assert_eq!(verify(&mut c, &slow.token).0, "rate_limited");
+}
+
+#[test]
+fn partner_limits_take_clear_errors_and_only_from_an_operator() {
+    let mut c = superuser();
+    let partner = create_partner(&mut c);
+    for (args, code, detail) in [
+        ("NULL::uuid", "22004", Some("argument: partner_id")),
+        ("gen_random_uuid()", "P0002", None),
+        ("$1, 0", "22023", Some("argument: rate_per_minute")),
+        ("$1, NULL, -1", "22023", Some("argument: credits")),
+        (
+            "$1, NULL, 5, 5",
+            "22004",
+            Some("argument: credits_refill_interval"),
+        ),
+        (
+            "$1, NULL, NULL, 5, '1 day'",
+            "22004",
+            Some("argument: credits"),
+        ),
+        (
+            "$1, NULL, 5, 5, '0.5 seconds'",
+            "22023",
+            Some("argument: credits_refill_interval"),
+        ),
+        (
+            "$1, NULL, 5, -5, '1 day'",
+            "22023",
+            Some("argument: credits_refill_amount"),
+        ),
+    ] {
+        let sql = format!("SELECT apikey_partner_set_limits({args})");
+        let result = if args.contains("$1") {
+            c.query_one(&sql, &[&partner])
+        } else {
+            c.query_one(&sql, &[])
+        };
+        let error = result.expect_err(args);
+        let db = error.as_db_error().expect("a database error");
+        assert_eq!((db.code().code(), db.detail()), (code, detail), "{args}");
+    }
+    assert_eq!(
+        sqlstate(c.query_one("SELECT apikey_partner_add_credits($1, NULL)", &[&partner])),
+        "22004"
+    );
+    c.execute(
+        "SELECT apikey_partner_set_limits($1, 60, 1000, 1000, '1 month')",
+        &[&partner],
+    )
+    .expect("limits with a monthly refill");
+    let (rate, remaining, next): (Option<i32>, i64, bool) = {
+        let row = c
+            .query_one(
+                "SELECT p.rate_per_minute, c.remaining,                     c.next_refill_at = c.set_at + interval '1 month'                  FROM apikey.partners p JOIN apikey.partner_credits c USING (partner_id)                  WHERE partner_id = $1",
+                &[&partner],
+            )
+            .expect("the stored limits");
+        (row.get(0), row.get(1), row.get(2))
+    };
+    assert_eq!((rate, remaining, next), (Some(60), 1000, true));
+    let role = login_role(&mut c, "partner_limits_partner", &["apikey_partner"]);
+    let mut own = connect(&role);
+    for sql in [
+        "SELECT apikey_partner_set_limits($1, credits => 1000000)",
+        "SELECT apikey_partner_add_credits($1, 1000000)",
+    ] {
+        assert_eq!(sqlstate(own.query_one(sql, &[&partner])), "42501", "{sql}");
+    }
+    assert_eq!(
+        sqlstate(own.query_one("SELECT count(*) FROM apikey.partner_credits", &[])),
+        "42501"
+    );
+    let audited: Vec<String> = c
+        .query(
+            "SELECT action FROM apikey.audit_log WHERE partner_id = $1 AND key_id IS NULL \
+             ORDER BY id",
+            &[&partner],
+        )
+        .expect("audit")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        audited.ends_with(&["partner_limits_set".to_string()]),
+        "{audited:?}"
+    );
+}
+
 fn balance(c: &mut Client, token: &str) -> Option<i64> {
     spend(c, token, 0).1
 }
@@ -291,13 +558,24 @@ fn spending_is_written_by_the_worker_kept_by_a_restart_and_never_doubled_by_a_cr
     let mut c = cluster.connect("apikey");
     let key = key(&mut c);
     set(&mut c, &key.key_id, Some(50));
+    let partner = partner_of(&mut c, &key.key_id);
+    c.execute(
+        "SELECT apikey_partner_set_limits($1, credits => 1050)",
+        &[&partner],
+    )
+    .expect("a partner balance");
+    // The key's balance; the partner's, which the same verifications spend, is 1000 more.
     let stored = |c: &mut Client| -> i64 {
-        c.query_one(
-            "SELECT remaining FROM apikey.key_credits WHERE key_id = $1",
-            &[&key.key_id],
-        )
-        .expect("key_credits")
-        .get(0)
+        let row = c
+            .query_one(
+                "SELECT k.remaining, p.remaining FROM apikey.key_credits k, \
+                    apikey.partner_credits p WHERE k.key_id = $1 AND p.partner_id = $2",
+                &[&key.key_id, &partner],
+            )
+            .expect("key_credits");
+        let (key, partner): (i64, i64) = (row.get(0), row.get(1));
+        assert_eq!(partner - key, 1000, "written in one transaction");
+        key
     };
     for _ in 0..3 {
         assert_eq!(spend(&mut c, &key.token, 1).0, "ok");

@@ -129,6 +129,7 @@ fn assert_security_intact(c: &mut Client) {
         "key_credits",
         "key_reminders",
         "keys",
+        "partner_credits",
         "partners",
         "usage",
         "webhook_attempts",
@@ -163,6 +164,11 @@ fn dump_and_restore_keep_every_key_working() {
     let fixture = populate(&mut src);
     src.execute("SELECT apikey_set_credits($1, 42)", &[&fixture.live.key_id])
         .expect("a balance");
+    src.execute(
+        "SELECT apikey_partner_set_limits($1, 600, 7000)",
+        &[&fixture.partner],
+    )
+    .expect("partner limits");
     let before = snapshot(&mut src);
     assert_eq!(before.keys.len(), 6);
     assert!(
@@ -211,7 +217,9 @@ fn dump_and_restore_keep_every_key_working() {
     assert_eq!(count(&mut dst, policies_sql), policies, "policies");
     let balances = |c: &mut Client| -> Vec<(String, i64, i64)> {
         c.query(
-            "SELECT key_id, credit_id, remaining FROM apikey.key_credits ORDER BY key_id",
+            "SELECT key_id, credit_id, remaining FROM apikey.key_credits \
+             UNION ALL SELECT partner_id || ' ' || rate_per_minute, credit_id, remaining \
+             FROM apikey.partner_credits JOIN apikey.partners USING (partner_id) ORDER BY 2",
             &[],
         )
         .expect("key_credits")
@@ -220,8 +228,12 @@ fn dump_and_restore_keep_every_key_working() {
         .collect()
     };
     let restored = balances(&mut dst);
-    assert_eq!(restored, balances(&mut src), "credit balances");
-    assert_eq!(restored.len(), 1);
+    assert_eq!(
+        restored,
+        balances(&mut src),
+        "credit balances and partner limits"
+    );
+    assert_eq!(restored.len(), 2);
     assert_security_intact(&mut dst);
     assert_eq!(count(&mut dst, "SELECT count(*) FROM apikey.key_info"), 6);
 

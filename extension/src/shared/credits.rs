@@ -113,8 +113,8 @@ fn note_full(handles: &Handles) {
 /// What spending from a balance came to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Spent {
-    /// Taken; the balance after.
-    Taken(i64),
+    /// Taken: the balance after, and what [`give_back`] needs to undo it.
+    Taken(i64, Receipt),
     /// Short; the balance, nothing taken.
     Short(i64),
     /// The server cannot count spending now (no shared memory, or its table is full).
@@ -128,11 +128,34 @@ pub fn spend(credit_id: i64, row: &Row, cost: i64, now: i64) -> Spent {
     };
     match with_balance(database(), credit_id, |state| {
         credits::spend(row, &mut state.spending, epoch, now, cost)
+            .map(|after| (after, state.spending.refill_due))
     }) {
-        Some(Ok(after)) => Spent::Taken(after),
+        Some(Ok((after, refill_due))) => Spent::Taken(
+            after,
+            Receipt {
+                credit_id,
+                cost,
+                refill_due,
+            },
+        ),
         Some(Err(balance)) => Spent::Short(balance),
         None => Spent::Unavailable,
     }
+}
+
+/// A spend that may still be given back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Receipt {
+    credit_id: i64,
+    cost: i64,
+    refill_due: i64,
+}
+
+/// Gives back a spend of this session's database, for a verification refused after all.
+pub fn give_back(receipt: Receipt) {
+    with_balance(database(), receipt.credit_id, |state| {
+        credits::give_back(&mut state.spending, receipt.cost, receipt.refill_due);
+    });
 }
 
 /// What a write that moves the spending of `credit_id` (row `row`) into the table sets:

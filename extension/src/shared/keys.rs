@@ -388,6 +388,28 @@ pub fn give_back(bucket_of: &str, now: i64) {
     with_key(bucket_of, now, |state| state.tokens += 1.0);
 }
 
+/// The name a partner's shared bucket has in the key table: no key id starts with `#`, and
+/// entries under it never hold a proof or a use, so nothing else reads them.
+fn partner_bucket(partner: &[u8; 16]) -> String {
+    format!("#{}", hash::to_hex(partner))
+}
+
+/// Takes one verification from the bucket that every key of `partner` shares.
+pub fn take_partner(partner: &[u8; 16], rate_per_minute: i32, now: i64) -> Option<Rate> {
+    with_key(&partner_bucket(partner), now, |state| {
+        state.partner = *partner;
+        let (tokens, rate) = bucket::take(state.tokens, state.refilled_at, rate_per_minute, now);
+        state.tokens = tokens;
+        state.refilled_at = now;
+        rate
+    })
+}
+
+/// Gives back what [`take_partner`] took, for a verification refused after all.
+pub fn give_back_partner(partner: &[u8; 16], now: i64) {
+    give_back(&partner_bucket(partner), now);
+}
+
 /// Where `key_id` stands now, without taking anything: `None` without shared memory.
 pub fn peek(key_id: &str, rate_per_minute: i32, now: i64) -> Option<Rate> {
     let handles = handles()?;
