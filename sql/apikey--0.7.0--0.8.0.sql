@@ -103,3 +103,27 @@ REVOKE ALL ON FUNCTION @extschema@.apikey_issue(uuid, text[], text, timestamptz,
     integer, cidr[], text, text[], jsonb, text, bigint, bigint, interval) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.apikey_issue(uuid, text[], text, timestamptz, timestamptz,
     integer, cidr[], text, text[], jsonb, text, bigint, bigint, interval) TO apikey_admin;
+
+-- Credits spent per key, minute and reason, and apikey_usage's spent column: a new result
+-- type, so the function is made again.
+ALTER TABLE apikey.usage ADD COLUMN spent bigint NOT NULL DEFAULT 0 CHECK (spent >= 0);
+DROP FUNCTION @extschema@.apikey_usage(text, uuid, timestamptz, interval);
+CREATE FUNCTION @extschema@."apikey_usage"(
+	"key_id" TEXT DEFAULT NULL,
+	"partner_id" uuid DEFAULT NULL,
+	"since" timestamp with time zone DEFAULT now() - interval '24 hours',
+	"bucket" interval DEFAULT '1 hour'
+) RETURNS TABLE (
+	"bucket" timestamp with time zone,
+	"key_id" TEXT,
+	"reason" TEXT,
+	"count" bigint,
+	"spent" bigint
+)
+STABLE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'apikey_usage_with_spent_wrapper';
+REVOKE ALL ON FUNCTION @extschema@.apikey_usage(text, uuid, timestamptz, interval) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.apikey_usage(text, uuid, timestamptz, interval)
+    TO apikey_admin, apikey_partner;

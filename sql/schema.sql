@@ -91,6 +91,8 @@ CREATE TABLE apikey.usage (
     partner_id uuid,
     reason     text NOT NULL,
     count      bigint NOT NULL CHECK (count > 0),
+    -- Credits these verifications spent from a key's or partner's balance (0.8.0).
+    spent      bigint NOT NULL DEFAULT 0 CHECK (spent >= 0),
     CONSTRAINT usage_minute_key_id_reason_key UNIQUE NULLS NOT DISTINCT (minute, key_id, reason)
 );
 CREATE INDEX usage_key_id_idx ON apikey.usage (key_id, minute);

@@ -78,8 +78,9 @@ pub fn write_last_used(client: &mut SpiClient<'_>, db: u32) -> ApiResult<()> {
     Ok(())
 }
 
-/// Usage rows as five SQL arrays (minute, key id, partner, reason, count), for `unnest`.
-pub fn usage_arrays(rows: &[usage::UsageRow]) -> ApiResult<[DatumWithOid<'static>; 5]> {
+/// Usage rows as six SQL arrays (minute, key id, partner, reason, count, spent), for
+/// `unnest`.
+pub fn usage_arrays(rows: &[usage::UsageRow]) -> ApiResult<[DatumWithOid<'static>; 6]> {
     let minutes: Vec<TimestampWithTimeZone> = rows
         .iter()
         .map(|r| timestamp(r.minute))
@@ -90,34 +91,50 @@ pub fn usage_arrays(rows: &[usage::UsageRow]) -> ApiResult<[DatumWithOid<'static
         .map(|r| r.partner.map(pgrx::Uuid::from_bytes))
         .collect();
     let reasons: Vec<String> = rows.iter().map(|r| r.reason.as_str().to_string()).collect();
-    let counts: Vec<i64> = rows
-        .iter()
-        .map(|r| i64::try_from(r.count).unwrap_or(i64::MAX))
-        .collect();
+    let bigint = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    let counts: Vec<i64> = rows.iter().map(|r| bigint(r.count.verifications)).collect();
+    let spent: Vec<i64> = rows.iter().map(|r| bigint(r.count.spent)).collect();
     Ok([
         minutes.into(),
         key_ids.into(),
         partners.into(),
         reasons.into(),
         counts.into(),
+        spent.into(),
     ])
 }
 
 /// Adds this database's pending usage counts to `apikey.usage`. The counts are taken out of
-/// shared memory first; if the transaction fails, the caller gives them back.
+/// shared memory first; if the transaction fails, the caller gives them back. A database
+/// before 0.8.0 has no `spent` column: what was spent is in the balances all the same.
 pub fn write_usage(client: &mut SpiClient<'_>, rows: &[usage::UsageRow]) -> ApiResult<()> {
     if rows.is_empty() {
         return Ok(());
     }
-    let [minutes, key_ids, partners, reasons, counts] = usage_arrays(rows)?;
-    client.update(
-        "INSERT INTO apikey.usage AS u (minute, key_id, partner_id, reason, count) \
-         SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::uuid[], $4::text[], $5::bigint[]) \
-         ON CONFLICT (minute, key_id, reason) DO UPDATE \
-         SET count = u.count + excluded.count, partner_id = coalesce(excluded.partner_id, u.partner_id)",
-        None,
-        &[minutes, key_ids, partners, reasons, counts],
-    )?;
+    let [minutes, key_ids, partners, reasons, counts, spent] = usage_arrays(rows)?;
+    if version::schema_has(version::USAGE_SPENT)? {
+        client.update(
+            "INSERT INTO apikey.usage AS u (minute, key_id, partner_id, reason, count, spent) \
+             SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::uuid[], $4::text[], \
+                                  $5::bigint[], $6::bigint[]) \
+             ON CONFLICT (minute, key_id, reason) DO UPDATE \
+             SET count = u.count + excluded.count, spent = u.spent + excluded.spent, \
+                 partner_id = coalesce(excluded.partner_id, u.partner_id)",
+            None,
+            &[minutes, key_ids, partners, reasons, counts, spent],
+        )?;
+    } else {
+        client.update(
+            "INSERT INTO apikey.usage AS u (minute, key_id, partner_id, reason, count) \
+             SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::uuid[], $4::text[], \
+                                  $5::bigint[]) \
+             ON CONFLICT (minute, key_id, reason) DO UPDATE \
+             SET count = u.count + excluded.count, \
+                 partner_id = coalesce(excluded.partner_id, u.partner_id)",
+            None,
+            &[minutes, key_ids, partners, reasons, counts],
+        )?;
+    }
     Ok(())
 }
 

@@ -1,5 +1,6 @@
-//! `apikey_usage(...)`: verification counts per bucket, key and reason, from `apikey.usage`
-//! plus what the server has counted but the worker not yet written. Operators see every
+//! `apikey_usage(...)`: verification counts and the credits they spent per bucket, key and
+//! reason, from `apikey.usage` plus what the server has counted but the worker not yet
+//! written. Operators see every
 //! partner's; a partner (a `keys:manage` key verified in the transaction) only its own.
 
 use crate::error::{ApiError, ApiResult, OrRaise};
@@ -8,9 +9,9 @@ use crate::{access, flush, identity};
 use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
 
-#[pg_extern(stable, security_definer, parallel_unsafe)]
+#[pg_extern(name = "apikey_usage", stable, security_definer, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
-fn apikey_usage(
+fn apikey_usage_with_spent(
     key_id: default!(Option<&str>, "NULL"),
     partner_id: default!(Option<pgrx::Uuid>, "NULL"),
     since: default!(Option<TimestampWithTimeZone>, "now() - interval '24 hours'"),
@@ -22,12 +23,35 @@ fn apikey_usage(
         name!(key_id, Option<String>),
         name!(reason, String),
         name!(count, i64),
+        name!(spent, i64),
     ),
 > {
-    TableIterator::new(report(key_id, partner_id, since, bucket).or_raise())
+    TableIterator::new(report(key_id, partner_id, since, bucket, true).or_raise())
 }
 
-type Row = (TimestampWithTimeZone, Option<String>, String, i64);
+/// `apikey_usage` as releases before 0.8.0 declare it (without `spent`), for a database not
+/// yet updated to this library's release; never declared by this release's SQL.
+#[pg_extern(sql = false, stable, security_definer, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn apikey_usage(
+    key_id: Option<&str>,
+    partner_id: Option<pgrx::Uuid>,
+    since: Option<TimestampWithTimeZone>,
+    bucket: Option<Interval>,
+) -> TableIterator<
+    'static,
+    (
+        name!(bucket, TimestampWithTimeZone),
+        name!(key_id, Option<String>),
+        name!(reason, String),
+        name!(count, i64),
+    ),
+> {
+    let rows = report(key_id, partner_id, since, bucket, false).or_raise();
+    TableIterator::new(rows.into_iter().map(|(b, k, r, c, _)| (b, k, r, c)))
+}
+
+type Row = (TimestampWithTimeZone, Option<String>, String, i64, i64);
 
 /// Whether the rows transaction `xid` wrote are in what this query reads (committed before
 /// its snapshot): then counts that transaction had in flight are not added again.
@@ -91,6 +115,7 @@ fn report(
     partner_id: Option<pgrx::Uuid>,
     since: Option<TimestampWithTimeZone>,
     bucket: Option<Interval>,
+    with_spent: bool,
 ) -> ApiResult<Vec<Row>> {
     let since = since.ok_or_else(|| ApiError::null("since"))?;
     let bucket = bucket.ok_or_else(|| ApiError::null("bucket"))?;
@@ -105,8 +130,14 @@ fn report(
             _ => return Ok(Vec::new()),
         }
     };
-    let [minutes, key_ids, partners, reasons, counts] =
+    let [minutes, key_ids, partners, reasons, counts, spent] =
         flush::usage_arrays(&usage::pending(shared::database(), visible))?;
+    // A database before 0.8.0 has no apikey.usage.spent (and no balances to spend from).
+    let stored_spent = if with_spent {
+        "spent"
+    } else {
+        "0::bigint AS spent"
+    };
     Spi::connect(|client| {
         let valid = client
             .select(
@@ -125,19 +156,22 @@ fn report(
             ));
         }
         let rows = client.select(
-            "WITH everything AS ( \
-                 SELECT minute, key_id, partner_id, reason, count FROM apikey.usage \
-                 UNION ALL \
-                 SELECT * FROM unnest($5::timestamptz[], $6::text[], $7::uuid[], $8::text[], \
-                                      $9::bigint[]) \
-             ) \
-             SELECT date_bin($4, minute, timestamptz '2000-01-01 00:00:00+00'), key_id, reason, \
-                    sum(count)::bigint \
-             FROM everything \
-             WHERE minute >= date_bin($4, $3, timestamptz '2000-01-01 00:00:00+00') \
-               AND ($1::text IS NULL OR key_id = $1) \
-               AND ($2::uuid IS NULL OR partner_id = $2) \
-             GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+            &format!(
+                "WITH everything AS ( \
+                     SELECT minute, key_id, partner_id, reason, count, {stored_spent} \
+                     FROM apikey.usage \
+                     UNION ALL \
+                     SELECT * FROM unnest($5::timestamptz[], $6::text[], $7::uuid[], \
+                                          $8::text[], $9::bigint[], $10::bigint[]) \
+                 ) \
+                 SELECT date_bin($4, minute, timestamptz '2000-01-01 00:00:00+00'), key_id, \
+                        reason, sum(count)::bigint, sum(spent)::bigint \
+                 FROM everything \
+                 WHERE minute >= date_bin($4, $3, timestamptz '2000-01-01 00:00:00+00') \
+                   AND ($1::text IS NULL OR key_id = $1) \
+                   AND ($2::uuid IS NULL OR partner_id = $2) \
+                 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+            ),
             None,
             &[
                 key_id.into(),
@@ -149,6 +183,7 @@ fn report(
                 partners,
                 reasons,
                 counts,
+                spent,
             ],
         )?;
         rows.into_iter()
@@ -159,6 +194,7 @@ fn report(
                     row.get::<String>(2)?,
                     row.get::<String>(3)?.unwrap_or_default(),
                     row.get::<i64>(4)?.unwrap_or(0),
+                    row.get::<i64>(5)?.unwrap_or(0),
                 ))
             })
             .collect()

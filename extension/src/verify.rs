@@ -108,6 +108,8 @@ struct Outcome<'a> {
     /// The smaller of the key's and its partner's balances after this verification, where
     /// either has one and it was consulted.
     credits: Option<i64>,
+    /// Credits this verification spent from a balance (counted in `apikey.usage.spent`).
+    spent: i64,
     /// The secret was shown to match the key: only then may a reason reveal its identity.
     authentic: bool,
     /// Set on success when the stored hash uses an old pepper or old Argon2 parameters.
@@ -184,7 +186,10 @@ fn verify<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
         partner.map(|p| *p.as_bytes()),
         outcome.reason,
         request.now,
-        1,
+        shared::usage::Tally {
+            verifications: 1,
+            spent: u64::try_from(outcome.spent).unwrap_or(0),
+        },
     );
     if outcome.reason == Reason::Ok {
         if let (Some(row), Some(key_id)) = (&outcome.row, outcome.key_id) {
@@ -235,6 +240,7 @@ fn decide<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
             row,
             rate: None,
             credits: None,
+            spent: 0,
             authentic: false,
             rehash: None,
         })
@@ -276,6 +282,7 @@ fn decide<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
                 row: Some(row),
                 rate: Some(Rate::RETRY_IN_A_SECOND),
                 credits: None,
+                spent: 0,
                 authentic: false,
                 rehash: None,
             });
@@ -296,6 +303,12 @@ fn decide<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
     } else {
         (reason, None, None)
     };
+    let spends = row.credits.is_some() || row.partner_credits.is_some();
+    let spent = if reason == Reason::Ok && spends {
+        request.cost
+    } else {
+        0
+    };
     let stale = reason == Reason::Ok
         && (peppers.newest().fingerprint != row.pepper_fingerprint
             || proof::needs_rehash(key_id, &row.secret_hash, proof, params))
@@ -306,6 +319,7 @@ fn decide<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
         row: Some(row),
         rate,
         credits,
+        spent,
         authentic: true,
         rehash: stale.then_some(Rehash {
             peppers,

@@ -26,6 +26,8 @@ pub const CREDITS: Release = Release(0, 7, 0);
 /// The release that added partner-wide limits (`apikey.partner_credits`,
 /// `apikey.partners.rate_per_minute`).
 pub const PARTNER_LIMITS: Release = Release(0, 8, 0);
+/// The release that added `apikey.usage.spent`.
+pub const USAGE_SPENT: Release = Release(0, 8, 0);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Release(pub u32, pub u32, pub u32);

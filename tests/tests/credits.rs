@@ -342,6 +342,48 @@ fn a_key_can_be_issued_with_its_balance() {
     assert_eq!(keys, 1, "a refused issue leaves no key behind");
 }
 
+#[test]
+fn usage_counts_the_credits_spent() {
+    let mut c = superuser();
+    let key = key(&mut c);
+    let partner = partner_of(&mut c, &key.key_id);
+    let unmetered = issue_with(&mut c, "$1, '{a:b}'", &[&partner]);
+    set(&mut c, &key.key_id, Some(10));
+    assert_eq!(spend(&mut c, &key.token, 3).0, "ok");
+    assert_eq!(spend(&mut c, &key.token, 4).0, "ok");
+    assert_eq!(spend(&mut c, &key.token, 4).0, "usage_exceeded");
+    assert_eq!(spend(&mut c, &unmetered.token, 4).0, "ok");
+    let report = |c: &mut Client, sql: &str, key_id: &str| -> Vec<(String, i64, i64)> {
+        c.query(sql, &[&key_id])
+            .expect("usage")
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect()
+    };
+    let expected = vec![
+        ("ok".to_string(), 2, 7),
+        ("usage_exceeded".to_string(), 1, 0),
+    ];
+    let from_function = "SELECT reason, sum(count)::bigint, sum(spent)::bigint \
+        FROM apikey_usage($1) GROUP BY 1 ORDER BY 1";
+    assert_eq!(report(&mut c, from_function, &key.key_id), expected);
+    assert_eq!(
+        report(&mut c, from_function, &unmetered.key_id),
+        vec![("ok".to_string(), 1, 0)],
+        "a key without a balance spends nothing"
+    );
+    let from_table = "SELECT reason, sum(count)::bigint, sum(spent)::bigint \
+        FROM apikey.usage WHERE key_id = $1 GROUP BY 1 ORDER BY 1";
+    eventually("the worker writes what was spent", || {
+        (report(&mut c, from_table, &key.key_id) == expected).then_some(())
+    });
+    assert_eq!(
+        report(&mut c, from_function, &key.key_id),
+        expected,
+        "written counts are not added twice"
+    );
+}
+
 fn partner_of(c: &mut Client, key_id: &str) -> uuid::Uuid {
     c.query_one(
         "SELECT partner_id FROM apikey.keys WHERE key_id = $1",
@@ -597,6 +639,14 @@ fn spending_is_written_by_the_worker_kept_by_a_restart_and_never_doubled_by_a_cr
         Some(40),
         "a clean restart keeps the balance"
     );
+    let spent: i64 = c
+        .query_one(
+            "SELECT sum(spent)::bigint FROM apikey_usage($1)",
+            &[&key.key_id],
+        )
+        .expect("usage")
+        .get(0);
+    assert_eq!(spent, 10, "and what usage says was spent");
     eventually("the shutdown wrote the spending", || {
         (stored(&mut c) == 40).then_some(())
     });

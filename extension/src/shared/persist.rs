@@ -5,7 +5,8 @@
 //! so that a restart does not make every key pay Argon2id again. A crash saves nothing.
 //!
 //! The file is text, one entry a line: `u <db> <minute> <reason code> <count> <partner or ->
-//! <key id or ->` for usage counts, `l <db> <last used> <key id>` for unwritten uses, and
+//! <key id or -> <credits spent>` for usage counts (a file from 0.7.0 or earlier has no
+//! credits), `l <db> <last used> <key id>` for unwritten uses, and
 //! `p <db> <touched> <key id> <stored-hash fingerprint> <digest>` (hex) for proofs, and
 //! `c <db> <credit id> <credits>` for credit spending not yet written. Key ids
 //! are `[A-Za-z0-9_]`, so nothing needs quoting. It lives in the data directory (only the
@@ -26,11 +27,12 @@ pub fn save() {
     for (db, row) in usage::pending_everywhere() {
         let partner = row.partner.map(|p| hex(&p)).unwrap_or_else(|| "-".into());
         text.push_str(&format!(
-            "u {db} {} {} {} {partner} {}\n",
+            "u {db} {} {} {} {partner} {} {}\n",
             row.minute,
             row.reason.code(),
-            row.count,
-            row.key_id.as_deref().unwrap_or("-")
+            row.count.verifications,
+            row.key_id.as_deref().unwrap_or("-"),
+            row.count.spent,
         ));
     }
     for (db, key_id, at) in keys::unwritten_uses_everywhere() {
@@ -64,12 +66,17 @@ pub fn load() {
     for line in text.lines() {
         let fields: Vec<&str> = line.split(' ').collect();
         match fields.as_slice() {
-            ["u", db, minute, reason, count, partner, key_id] => {
-                let (Ok(db), Ok(minute), Some(reason), Ok(count)) = (
+            ["u", db, minute, reason, count, partner, key_id, spent @ ..] => {
+                let (Ok(db), Ok(minute), Some(reason), Ok(verifications), Some(spent)) = (
                     db.parse::<u32>(),
                     minute.parse::<i64>(),
                     reason.parse::<u8>().ok().and_then(Reason::from_code),
                     count.parse::<u64>(),
+                    match spent {
+                        [] => Some(0),
+                        [spent] => spent.parse::<u64>().ok(),
+                        _ => None,
+                    },
                 ) else {
                     continue;
                 };
@@ -78,7 +85,10 @@ pub fn load() {
                     key_id: (*key_id != "-").then(|| key_id.to_string()),
                     partner: parse_hex(partner),
                     reason,
-                    count,
+                    count: usage::Tally {
+                        verifications,
+                        spent,
+                    },
                 };
                 usage::restore(db, std::slice::from_ref(&row));
             }

@@ -1,5 +1,6 @@
-//! Verification counts per database, key, minute and reason, waiting in shared memory for
-//! the background worker to add them to `apikey.usage`. When the table is full, further
+//! Verification counts (and the credits those verifications spent) per database, key, minute
+//! and reason, waiting in shared memory for the background worker to add them to
+//! `apikey.usage`. When the table is full, further
 //! counts are dropped and counted as dropped (`apikey_status()`), never grown past.
 //!
 //! While the worker writes a batch, its counts are "in flight", tagged with the worker's
@@ -27,12 +28,36 @@ pub struct UsageTag {
     id: [u8; MAX_KEY_ID],
 }
 
+/// Verifications and the credits they spent.
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct Tally {
+    pub verifications: u64,
+    pub spent: u64,
+}
+
+impl Tally {
+    fn is_empty(self) -> bool {
+        self.verifications == 0 && self.spent == 0
+    }
+}
+
+impl std::ops::Add for Tally {
+    type Output = Tally;
+
+    fn add(self, other: Tally) -> Tally {
+        Tally {
+            verifications: self.verifications.saturating_add(other.verifications),
+            spent: self.spent.saturating_add(other.spent),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Default, Debug)]
 pub struct Count {
     /// Counted and not yet sent to the table.
-    pub count: u64,
+    pub count: Tally,
     /// Being written by the transaction `flight_xid`.
-    pub in_flight: u64,
+    pub in_flight: Tally,
     pub flight_xid: u32,
     pub partner: Option<[u8; 16]>,
 }
@@ -66,7 +91,7 @@ pub struct UsageRow {
     pub key_id: Option<String>,
     pub partner: Option<[u8; 16]>,
     pub reason: Reason,
-    pub count: u64,
+    pub count: Tally,
 }
 
 pub const MINUTE: i64 = 60_000_000;
@@ -83,14 +108,14 @@ fn tag(db: u32, minute: i64, key_id: Option<&str>, reason: Reason) -> Option<Usa
 }
 
 /// Counts `by` verifications with `reason` of `key_id` (of `partner`) at `now`.
-pub fn count(key_id: Option<&str>, partner: Option<[u8; 16]>, reason: Reason, now: i64, by: u64) {
+pub fn count(key_id: Option<&str>, partner: Option<[u8; 16]>, reason: Reason, now: i64, by: Tally) {
     let Some(handles) = handles() else { return };
     let Some(tag) = tag(database(), now, key_id, reason) else {
         return;
     };
     let add = |entry: &UsageEntry| {
         let mut c = entry.count.lock();
-        c.count += by;
+        c.count = c.count + by;
         if partner.is_some() {
             c.partner = partner;
         }
@@ -110,11 +135,11 @@ pub fn count(key_id: Option<&str>, partner: Option<[u8; 16]>, reason: Reason, no
     };
     match entry {
         Some(entry) => add(entry),
-        None => handles.control.count(Stat::UsageDropped, by),
+        None => handles.control.count(Stat::UsageDropped, by.verifications),
     }
 }
 
-fn row(entry: &UsageEntry, count: u64) -> UsageRow {
+fn row(entry: &UsageEntry, count: Tally) -> UsageRow {
     let c = *entry.count.lock();
     let t = entry.tag;
     UsageRow {
@@ -140,13 +165,13 @@ pub fn pending(db: u32, written: impl Fn(u32) -> bool) -> Vec<UsageRow> {
         .filter(|e| e.tag.db == db)
         .filter_map(|e| {
             let c = *e.count.lock();
-            let in_flight = if c.in_flight > 0 && written(c.flight_xid) {
-                0
+            let in_flight = if !c.in_flight.is_empty() && written(c.flight_xid) {
+                Tally::default()
             } else {
                 c.in_flight
             };
             let count = c.count + in_flight;
-            (count > 0).then(|| row(e, count))
+            (!count.is_empty()).then(|| row(e, count))
         })
         .collect()
 }
@@ -166,31 +191,35 @@ pub fn send(db: u32, xid: u32, committed: impl Fn(u32) -> bool) -> Vec<UsageRow>
         .filter_map(|e| {
             let earlier = {
                 let c = e.count.lock();
-                (c.in_flight > 0).then_some(c.flight_xid)
+                (!c.in_flight.is_empty()).then_some(c.flight_xid)
             };
             let landed = earlier.is_some_and(&committed);
             let mut c = e.count.lock();
-            let carried = if landed { 0 } else { c.in_flight };
+            let carried = if landed {
+                Tally::default()
+            } else {
+                c.in_flight
+            };
             c.in_flight = carried + c.count;
-            c.count = 0;
+            c.count = Tally::default();
             c.flight_xid = xid;
             let count = c.in_flight;
             drop(c);
-            (count > 0).then(|| row(e, count))
+            (!count.is_empty()).then(|| row(e, count))
         })
         .collect()
 }
 
 /// After the worker's transaction committed: its batch is in the table now.
 pub fn landed(db: u32) {
-    settle(db, |c| c.in_flight = 0);
+    settle(db, |c| c.in_flight = Tally::default());
 }
 
 /// After the worker's transaction failed: its batch is counted again, for the next try.
 pub fn give_back(db: u32) {
     settle(db, |c| {
-        c.count += c.in_flight;
-        c.in_flight = 0;
+        c.count = c.count + c.in_flight;
+        c.in_flight = Tally::default();
     });
 }
 
@@ -204,7 +233,7 @@ fn settle(db: u32, change: impl Fn(&mut Count)) {
         .filter_map(|e| {
             let mut c = e.count.lock();
             change(&mut c);
-            (c.count == 0 && c.in_flight == 0).then_some(e.tag)
+            (c.count.is_empty() && c.in_flight.is_empty()).then_some(e.tag)
         })
         .collect();
     for tag in &empty {
@@ -225,7 +254,7 @@ pub fn pending_everywhere() -> Vec<(u32, UsageRow)> {
         .filter_map(|e| {
             let c = *e.count.lock();
             let count = c.count + c.in_flight;
-            (count > 0).then(|| (e.tag.db, row(e, count)))
+            (!count.is_empty()).then(|| (e.tag.db, row(e, count)))
         })
         .collect()
 }
@@ -246,10 +275,12 @@ pub fn restore(db: u32, rows: &[UsageRow]) {
         match entry {
             Some(entry) => {
                 let mut c = entry.count.lock();
-                c.count += r.count;
+                c.count = c.count + r.count;
                 c.partner = c.partner.or(r.partner);
             }
-            None => handles.control.count(Stat::UsageDropped, r.count),
+            None => handles
+                .control
+                .count(Stat::UsageDropped, r.count.verifications),
         }
     }
 }
@@ -276,7 +307,7 @@ pub fn forget_database(db: u32) {
         .filter(|e| e.tag.db == db)
         .map(|e| {
             let c = e.count.lock();
-            (e.tag, c.count + c.in_flight)
+            (e.tag, (c.count + c.in_flight).verifications)
         })
         .collect();
     for (tag, _) in &entries {
