@@ -12,6 +12,8 @@ pub const EVENT_TYPES: &[&str] = &[
     KEY_EXPIRING,
     KEY_ROTATION_DUE,
     KEY_LEAKED,
+    KEY_CREDITS_EXHAUSTED,
+    PARTNER_CREDITS_EXHAUSTED,
 ];
 pub const KEY_ISSUED: &str = "key.issued";
 pub const KEY_ROTATED: &str = "key.rotated";
@@ -21,6 +23,8 @@ pub const KEY_ENABLED: &str = "key.enabled";
 pub const KEY_EXPIRING: &str = "key.expiring";
 pub const KEY_ROTATION_DUE: &str = "key.rotation_due";
 pub const KEY_LEAKED: &str = "key.leaked";
+pub const KEY_CREDITS_EXHAUSTED: &str = "key.credits_exhausted";
+pub const PARTNER_CREDITS_EXHAUSTED: &str = "partner.credits_exhausted";
 pub const WEBHOOK_TEST: &str = "webhook.test";
 
 /// Days before `expires_at` at which `key.expiring` is sent, once each. A key that enters a

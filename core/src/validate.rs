@@ -163,7 +163,7 @@ pub fn webhook_url(raw: &str, allow_private: bool) -> Result<String, String> {
     Ok(url.into())
 }
 
-/// The events an endpoint subscribes to: `*`, `key.*`, or exact event types; duplicates
+/// The events an endpoint subscribes to: `*`, `key.*`, `partner.*`, or exact event types; duplicates
 /// removed, order kept.
 pub fn webhook_events(events: &[Option<String>]) -> Result<Vec<String>, String> {
     if events.is_empty() {
@@ -175,9 +175,9 @@ pub fn webhook_events(events: &[Option<String>]) -> Result<Vec<String>, String> 
     let mut out: Vec<String> = Vec::with_capacity(events.len());
     for e in events {
         let e = e.as_deref().ok_or("an event type is NULL")?;
-        if !(e == "*" || e == "key.*" || outbox::EVENT_TYPES.contains(&e)) {
+        if !(e == "*" || e == "key.*" || e == "partner.*" || outbox::EVENT_TYPES.contains(&e)) {
             return Err(format!(
-                "\"{}\" is not an event type (one of *, key.*, {})",
+                "\"{}\" is not an event type (one of *, key.*, partner.*, {})",
                 excerpt(e),
                 outbox::EVENT_TYPES.join(", ")
             ));

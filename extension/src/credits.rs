@@ -9,7 +9,8 @@ use crate::access;
 use crate::audit::{self, Event};
 use crate::clock;
 use crate::error::{ApiError, ApiResult, OrRaise};
-use crate::shared::{self, credits::Settled};
+use crate::events;
+use crate::shared::{self, credits::Settled, credits::Shortage};
 use apikey_contract::credits::{self, Interval as RefillInterval, Row};
 use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
@@ -463,7 +464,7 @@ fn add_to_balance(client: &mut SpiClient<'_>, owner: Owner<'_>, amount: i64) -> 
 /// holds (a set or a top-up in progress) are skipped: that transaction moves their spending
 /// itself. Returns what was written, for [`shared::credits::written`] once the transaction
 /// has committed.
-pub fn write_spending(client: &mut SpiClient<'_>, db: u32) -> ApiResult<Vec<(i64, i64)>> {
+pub fn write_spending(client: &mut SpiClient<'_>, db: u32) -> ApiResult<Written> {
     let now = clock::now();
     let unwritten = shared::credits::unwritten(db);
     let tables: &[&str] = if crate::version::schema_has(crate::version::PARTNER_LIMITS)? {
@@ -491,7 +492,70 @@ pub fn write_spending(client: &mut SpiClient<'_>, db: u32) -> ApiResult<Vec<(i64
         .filter_map(|row| row.get::<i64>(1).ok().flatten())
         .collect();
     shared::credits::forget(db, &gone);
-    Ok(written)
+    let announced = announce_shortages(client, db, tables)?;
+    Ok(Written {
+        spending: written,
+        announced,
+    })
+}
+
+/// What [`write_spending`] wrote, for the worker to note once its transaction has committed:
+/// spending (balance, mark) and the shortages it announced.
+#[derive(Default)]
+pub struct Written {
+    pub spending: Vec<(i64, i64)>,
+    pub announced: Vec<(i64, Shortage)>,
+}
+
+/// Writes a `key.credits_exhausted` or `partner.credits_exhausted` event for each balance
+/// verification found short since it was last set, topped up or refilled (after this
+/// transaction's writes, so the balance in the event is the one in the row). A shortage of a
+/// balance set or removed since is stale and only noted.
+fn announce_shortages(
+    client: &mut SpiClient<'_>,
+    db: u32,
+    tables: &[&str],
+) -> ApiResult<Vec<(i64, Shortage)>> {
+    let shortages = shared::credits::shortages(db);
+    for (credit_id, shortage) in &shortages {
+        for table in tables {
+            // The owner: a key id, or a partner id.
+            let owner = if *table == "apikey.key_credits" {
+                "key_id, NULL::uuid"
+            } else {
+                "NULL::text, partner_id"
+            };
+            let found = client.select(
+                &format!(
+                    "SELECT {owner}, remaining, next_refill_at FROM {table} \
+                     WHERE credit_id = $1 AND generation = $2"
+                ),
+                Some(1),
+                &[(*credit_id).into(), shortage.generation.into()],
+            )?;
+            let Some(row) = found.into_iter().next() else {
+                continue;
+            };
+            let (key_id, partner_id) = (row.get::<String>(1)?, row.get::<pgrx::Uuid>(2)?);
+            let extra = json!({
+                "credits_remaining": row.get::<i64>(3)?,
+                "next_refill_at": row.get::<TimestampWithTimeZone>(4)?,
+            });
+            match (key_id, partner_id) {
+                (Some(key_id), _) => {
+                    events::record_key_event(client, events::KEY_CREDITS_EXHAUSTED, &key_id, extra)?
+                }
+                (None, Some(partner_id)) => events::record_partner_event(
+                    client,
+                    events::PARTNER_CREDITS_EXHAUSTED,
+                    partner_id,
+                    extra,
+                )?,
+                (None, None) => return Err(ApiError::internal("a balance without an owner")),
+            }
+        }
+    }
+    Ok(shortages)
 }
 
 fn write_table(

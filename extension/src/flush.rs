@@ -255,17 +255,17 @@ pub unsafe extern "C-unwind" fn apikey_audit_log_is_append_only(
 /// Writes what shared memory holds for database `db` (`rows`: its usage counts, already
 /// taken out), and applies retention when `retention`. Runs in the caller's transaction; an
 /// ERROR leaves it to the caller to give `rows` back. Returns the credit spending written
-/// (balance, mark), for the caller to note once the transaction has committed.
+/// and the shortages announced, for the caller to note once the transaction has committed.
 pub fn write(
     db: u32,
     schema: &Schema,
     rows: &[usage::UsageRow],
     retention: bool,
-) -> ApiResult<Vec<(i64, i64)>> {
+) -> ApiResult<crate::credits::Written> {
     Spi::connect_mut(|client| {
         lock_tables_or_give_way(client)?;
         write_last_used(client, db)?;
-        let mut spending = Vec::new();
+        let mut spending = crate::credits::Written::default();
         if matches!(schema, Schema::Current) {
             write_usage(client, rows)?;
             if version::schema_has(version::CREDITS)? {

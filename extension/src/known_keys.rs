@@ -66,6 +66,8 @@ pub struct StoredKey {
 /// A balance's row as verification reads it (`apikey.key_credits`).
 pub struct StoredCredits {
     pub credit_id: i64,
+    /// Moved on by every set and top-up (names a shortage, `shared::credits::Shortage`).
+    pub generation: i64,
     pub row: apikey_contract::credits::Row,
 }
 
@@ -173,6 +175,7 @@ fn read(key_id: &str) -> ApiResult<Option<StoredKey>> {
         let balance = |c: &fetch::Found| {
             Ok(StoredCredits {
                 credit_id: c.get("credit_id")?.ok_or_else(missing)?,
+                generation: c.get("generation")?.ok_or_else(missing)?,
                 row: apikey_contract::credits::Row {
                     remaining: c.get("remaining")?.ok_or_else(missing)?,
                     spent_mark: c.get("spent_mark")?.ok_or_else(missing)?,

@@ -373,7 +373,13 @@ fn take_limits(
     let balances = [&row.credits, &row.partner_credits];
     for (i, balance) in balances.into_iter().enumerate() {
         let Some(balance) = balance else { continue };
-        match credits::spend(balance.credit_id, &balance.row, cost, now) {
+        match credits::spend(
+            balance.credit_id,
+            &balance.row,
+            balance.generation,
+            cost,
+            now,
+        ) {
             Spent::Taken(after, receipt) => {
                 taken.receipts[i] = Some(receipt);
                 smallest = Some(smallest.map_or(after, |s| s.min(after)));

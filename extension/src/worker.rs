@@ -177,7 +177,7 @@ fn flush_once(db: u32, retention: bool) -> Option<Schema> {
                 keys::forget_database(db);
                 usage::forget_database(db);
                 credits::forget_database(db);
-                return Some((schema, Vec::new()));
+                return Some((schema, Default::default()));
             }
             Schema::WithoutUsage => {
                 usage::forget_database(db);
@@ -215,10 +215,13 @@ fn flush_once(db: u32, retention: bool) -> Option<Schema> {
             pg_sys::AbortCurrentTransaction();
         }
     }
-    let outcome = outcome.map(|(schema, spending)| {
+    let outcome = outcome.map(|(schema, written)| {
         usage::landed(db);
-        for (credit_id, spent) in spending {
+        for (credit_id, spent) in written.spending {
             credits::written(db, credit_id, spent);
+        }
+        for (credit_id, shortage) in written.announced {
+            credits::announced(db, credit_id, shortage);
         }
         schema
     });

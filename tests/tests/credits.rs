@@ -384,6 +384,85 @@ fn usage_counts_the_credits_spent() {
     );
 }
 
+#[test]
+fn a_shortage_is_announced_once_until_the_balance_is_topped_up() {
+    let mut c = superuser();
+    let key = key(&mut c);
+    let partner = partner_of(&mut c, &key.key_id);
+    let endpoint: uuid::Uuid = c
+        .query_one(
+            "SELECT endpoint_id FROM apikey_webhook_create($1, 'http://127.0.0.1:9/unused', \
+                '{partner.*,key.credits_exhausted}')",
+            &[&partner],
+        )
+        .expect("an endpoint for credit events")
+        .get(0);
+    set(&mut c, &key.key_id, Some(1));
+    c.execute(
+        "SELECT apikey_partner_set_limits($1, credits => 2)",
+        &[&partner],
+    )
+    .expect("a partner balance");
+    let events = |c: &mut Client| -> Vec<(String, Option<i64>)> {
+        c.query(
+            "SELECT type, (payload -> 'data' ->> 'credits_remaining')::bigint \
+             FROM apikey.events WHERE partner_id = $1 AND type LIKE '%credits_exhausted' \
+             ORDER BY created_at",
+            &[&partner],
+        )
+        .expect("events")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+    };
+    assert_eq!(spend(&mut c, &key.token, 1).0, "ok");
+    for _ in 0..5 {
+        assert_eq!(spend(&mut c, &key.token, 1).0, "usage_exceeded");
+    }
+    let key_event = ("key.credits_exhausted".to_string(), Some(0));
+    eventually("the key's shortage is announced", || {
+        (events(&mut c) == vec![key_event.clone()]).then_some(())
+    });
+    // Topped up, then short again: a new shortage. The partner's balance runs out first
+    // this time (1 left of 2).
+    assert_eq!(
+        c.query_one("SELECT apikey_add_credits($1, 10)", &[&key.key_id])
+            .expect("top up")
+            .get::<_, i64>(0),
+        10
+    );
+    assert_eq!(spend(&mut c, &key.token, 1).0, "ok");
+    for _ in 0..3 {
+        assert_eq!(spend(&mut c, &key.token, 1).0, "usage_exceeded");
+    }
+    let partner_event = ("partner.credits_exhausted".to_string(), Some(0));
+    eventually("the partner's shortage is announced", || {
+        (events(&mut c) == vec![key_event.clone(), partner_event.clone()]).then_some(())
+    });
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    assert_eq!(
+        events(&mut c).len(),
+        2,
+        "once per shortage, over several flushes"
+    );
+    let (named, deliveries): (Option<String>, i64) = {
+        let row = c
+            .query_one(
+                "SELECT (SELECT payload -> 'data' ->> 'name' FROM apikey.events \
+                    WHERE partner_id = $1 AND type = 'partner.credits_exhausted'), \
+                    (SELECT count(*) FROM apikey.webhook_deliveries WHERE endpoint_id = $2)",
+                &[&partner, &endpoint],
+            )
+            .expect("deliveries");
+        (row.get(0), row.get(1))
+    };
+    assert!(named.is_some(), "the partner event names the partner");
+    assert_eq!(
+        deliveries, 2,
+        "partner.* and key.credits_exhausted both delivered"
+    );
+}
+
 fn partner_of(c: &mut Client, key_id: &str) -> uuid::Uuid {
     c.query_one(
         "SELECT partner_id FROM apikey.keys WHERE key_id = $1",

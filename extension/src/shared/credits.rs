@@ -39,6 +39,19 @@ pub struct CreditState {
     pub spending: Spending,
     /// `spending.spent` as of the worker's last committed write.
     pub written: i64,
+    /// The last time verification found the balance short, and the last shortage the
+    /// worker announced (a `credits_exhausted` event): one event per shortage.
+    pub found_short: Option<Shortage>,
+    pub announced: Option<Shortage>,
+}
+
+/// A balance found short, named by what a set, a top-up or a refill changes: the row's
+/// `generation` (moved on by sets and top-ups) and the refill this server last saw due. A
+/// balance short again after either is a new shortage.
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct Shortage {
+    pub generation: i64,
+    pub refill_due: i64,
 }
 
 // SAFETY: plain old data.
@@ -121,14 +134,24 @@ pub enum Spent {
     Unavailable,
 }
 
-/// Spends `cost` from balance `credit_id`, whose row (as this session read it) is `row`.
-pub fn spend(credit_id: i64, row: &Row, cost: i64, now: i64) -> Spent {
+/// Spends `cost` from balance `credit_id`, whose row (as this session read it) is `row` of
+/// `generation`. A shortage is noted for the worker to announce.
+pub fn spend(credit_id: i64, row: &Row, generation: i64, cost: i64, now: i64) -> Spent {
     let Some(epoch) = epoch() else {
         return Spent::Unavailable;
     };
     match with_balance(database(), credit_id, |state| {
-        credits::spend(row, &mut state.spending, epoch, now, cost)
-            .map(|after| (after, state.spending.refill_due))
+        let spent = credits::spend(row, &mut state.spending, epoch, now, cost);
+        if spent.is_err() {
+            let shortage = Shortage {
+                generation,
+                refill_due: state.spending.refill_due,
+            };
+            if state.announced != Some(shortage) {
+                state.found_short = Some(shortage);
+            }
+        }
+        spent.map(|after| (after, state.spending.refill_due))
     }) {
         Some(Ok((after, refill_due))) => Spent::Taken(
             after,
@@ -206,6 +229,30 @@ pub fn unwritten(db: u32) -> Vec<i64> {
 /// balance from it as from the refilled row, and the next refill is noted by its own time.
 pub fn written(db: u32, credit_id: i64, spent: i64) {
     with_balance(db, credit_id, |state| state.written = spent);
+}
+
+/// The shortages of database `db`'s balances not yet announced.
+pub fn shortages(db: u32) -> Vec<(i64, Shortage)> {
+    let Some(handles) = handles() else {
+        return Vec::new();
+    };
+    let table = handles.credits.shared();
+    table
+        .entries()
+        .into_iter()
+        .filter(|e| e.tag.db == db)
+        .filter_map(|e| {
+            let state = e.state.lock();
+            let found = state.found_short?;
+            (state.announced != Some(found)).then_some((e.tag.credit_id, found))
+        })
+        .collect()
+}
+
+/// After a committed write that announced `shortage` of `credit_id` in `db` (or found it
+/// stale: the balance was set or removed since).
+pub fn announced(db: u32, credit_id: i64, shortage: Shortage) {
+    with_balance(db, credit_id, |state| state.announced = Some(shortage));
 }
 
 /// Drops the entries of balances of `db` that no longer exist (ids are never reused).
