@@ -13,3 +13,6 @@ pub const MAX_WEBHOOK_SECRET_GRACE_SECONDS: i64 = 7 * 86_400;
 
 /// Webhook endpoints one partner may have.
 pub const MAX_WEBHOOK_ENDPOINTS_PER_PARTNER: i64 = 16;
+
+/// Most credits one verification may spend (`apikey_verify`'s `cost`, the shim's `cost=`).
+pub const MAX_COST: i32 = 1_000_000;

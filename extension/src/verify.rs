@@ -72,10 +72,8 @@ pub unsafe extern "C-unwind" fn apikey_verify(fcinfo: pg_sys::FunctionCallInfo) 
     unsafe { srf::return_one_row(fcinfo, &mut values, &mut nulls) }
 }
 
-/// Most credits one verification may spend.
-const MAX_COST: i32 = 1_000_000;
-
 fn checked_cost(cost: i32) -> ApiResult<i64> {
+    use apikey_contract::limits::MAX_COST;
     if (0..=MAX_COST).contains(&cost) {
         Ok(i64::from(cost))
     } else {
@@ -110,6 +108,9 @@ struct Outcome<'a> {
     credits: Option<i64>,
     /// Credits this verification spent from a balance (counted in `apikey.usage.spent`).
     spent: i64,
+    /// `usage_exceeded`: seconds until the short balance's refill, reported as
+    /// `rate_reset_seconds` (the time until one is allowed again).
+    refill_in: Option<i32>,
     /// The secret was shown to match the key: only then may a reason reveal its identity.
     authentic: bool,
     /// Set on success when the stored hash uses an old pepper or old Argon2 parameters.
@@ -136,6 +137,9 @@ impl Outcome<'_> {
             .row
             .filter(|_| self.authentic && self.reason.reveals_identity());
         let (remaining, reset) = match self.rate {
+            Some(rate) if self.reason == Reason::UsageExceeded => {
+                (Some(rate.remaining), self.refill_in)
+            }
             Some(rate) => (Some(rate.remaining), Some(rate.reset_seconds)),
             None => (None, None),
         };
@@ -241,6 +245,7 @@ fn decide<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
             rate: None,
             credits: None,
             spent: 0,
+            refill_in: None,
             authentic: false,
             rehash: None,
         })
@@ -283,6 +288,7 @@ fn decide<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
                 rate: Some(Rate::RETRY_IN_A_SECOND),
                 credits: None,
                 spent: 0,
+                refill_in: None,
                 authentic: false,
                 rehash: None,
             });
@@ -298,11 +304,17 @@ fn decide<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
     } else {
         Reason::Ok
     };
-    let (reason, rate, credits) = if reason == Reason::Ok {
+    let limits = if reason == Reason::Ok {
         take_limits(key_id, &row, request.cost, now)
     } else {
-        (reason, None, None)
+        Limits::refused(reason, None)
     };
+    let Limits {
+        reason,
+        rate,
+        credits,
+        refill_in,
+    } = limits;
     let spends = row.credits.is_some() || row.partner_credits.is_some();
     let spent = if reason == Reason::Ok && spends {
         request.cost
@@ -320,6 +332,7 @@ fn decide<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
         rate,
         credits,
         spent,
+        refill_in,
         authentic: true,
         rehash: stale.then_some(Rehash {
             peppers,
@@ -329,29 +342,41 @@ fn decide<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
     })
 }
 
+/// What [`take_limits`] decided.
+struct Limits {
+    reason: Reason,
+    /// The tighter of the key's and the partner's bucket, where consulted.
+    rate: Option<Rate>,
+    /// The smaller of the two balances after, where either has one and was consulted.
+    credits: Option<i64>,
+    /// Refused by a balance: seconds until its refill (`None` without one).
+    refill_in: Option<i32>,
+}
+
+impl Limits {
+    fn refused(reason: Reason, rate: Option<Rate>) -> Limits {
+        Limits {
+            reason,
+            rate,
+            credits: None,
+            refill_in: None,
+        }
+    }
+}
+
 /// Takes from every limit a verification that is otherwise ok is held to, all or nothing: one
 /// from the key's rate bucket and its partner's, `cost` from the key's balance and its
 /// partner's. The first that is short refuses it (`rate_limited` for a bucket,
-/// `usage_exceeded` for a balance) and what was taken before it is given back. Returns the
-/// reason, the tighter of the two rates and the smaller balance after.
-fn take_limits(
-    key_id: &str,
-    row: &StoredKey,
-    cost: i64,
-    now: pg_sys::TimestampTz,
-) -> (Reason, Option<Rate>, Option<i64>) {
+/// `usage_exceeded` for a balance) and what was taken before it is given back.
+fn take_limits(key_id: &str, row: &StoredKey, cost: i64, now: pg_sys::TimestampTz) -> Limits {
     let partner = row.partner_id.as_bytes();
     let bucket = row.rate_bucket(key_id);
     let mut taken = Taken::default();
-    let refuse = |taken: &Taken, reason| {
-        taken.give_back(bucket, partner, now);
-        reason
-    };
     let key_rate = shared::keys::take(key_id, partner, bucket, row.rate_per_minute, now);
     if let Some(rate) = key_rate {
         if !rate.allowed {
             shared::count(Stat::RateLimited);
-            return (Reason::RateLimited, key_rate, None);
+            return Limits::refused(Reason::RateLimited, key_rate);
         }
         taken.key_rate = true;
     }
@@ -361,7 +386,8 @@ fn take_limits(
     if let Some(rate) = partner_rate {
         if !rate.allowed {
             shared::count(Stat::RateLimited);
-            return (refuse(&taken, Reason::RateLimited), partner_rate, None);
+            taken.give_back(bucket, partner, now);
+            return Limits::refused(Reason::RateLimited, partner_rate);
         }
         taken.partner_rate = true;
     }
@@ -373,25 +399,45 @@ fn take_limits(
     let balances = [&row.credits, &row.partner_credits];
     for (i, balance) in balances.into_iter().enumerate() {
         let Some(balance) = balance else { continue };
-        match credits::spend(
+        let spent = credits::spend(
             balance.credit_id,
             &balance.row,
             balance.generation,
             cost,
             now,
-        ) {
+        );
+        match spent {
             Spent::Taken(after, receipt) => {
                 taken.receipts[i] = Some(receipt);
                 smallest = Some(smallest.map_or(after, |s| s.min(after)));
             }
             Spent::Short(left) => {
-                let reason = refuse(&taken, Reason::UsageExceeded);
-                return (reason, rate, Some(smallest.map_or(left, |s| s.min(left))));
+                taken.give_back(bucket, partner, now);
+                return Limits {
+                    reason: Reason::UsageExceeded,
+                    rate,
+                    credits: Some(smallest.map_or(left, |s| s.min(left))),
+                    refill_in: seconds_until(balance.row.next_refill_at, now),
+                };
             }
-            Spent::Unavailable => return (refuse(&taken, Reason::UsageExceeded), rate, None),
+            Spent::Unavailable => {
+                taken.give_back(bucket, partner, now);
+                return Limits::refused(Reason::UsageExceeded, rate);
+            }
         }
     }
-    (Reason::Ok, rate, smallest)
+    Limits {
+        reason: Reason::Ok,
+        rate,
+        credits: smallest,
+        refill_in: None,
+    }
+}
+
+/// Whole seconds (rounded up) from `now` until `at`, when that is in the future.
+fn seconds_until(at: Option<pg_sys::TimestampTz>, now: pg_sys::TimestampTz) -> Option<i32> {
+    let micros = at? - now;
+    (micros > 0).then(|| i32::try_from((micros + 999_999) / 1_000_000).unwrap_or(i32::MAX))
 }
 
 /// What [`take_limits`] took so far, to give back when a later limit refuses.

@@ -4,7 +4,7 @@
 
 use crate::auth::{client_ip, presented_key, PresentedKey};
 use crate::error::AppError;
-use crate::rate::Rate;
+use crate::rate::{Credits, Rate};
 use crate::routes;
 use crate::state::AppState;
 use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request, State};
@@ -56,7 +56,8 @@ async fn time_limit(State(state): State<AppState>, request: Request, next: Next)
 }
 
 /// What handling a request learned about its key: the key id for the log line, and the
-/// rate-limit decision whose headers go on every response to a verified key, errors included.
+/// rate-limit decision and credits whose headers go on every response to a verified key,
+/// errors included.
 #[derive(Clone, Default)]
 pub struct RequestNote(Arc<Mutex<Note>>);
 
@@ -64,6 +65,7 @@ pub struct RequestNote(Arc<Mutex<Note>>);
 struct Note {
     key_id: Option<String>,
     rate: Option<Rate>,
+    credits: Option<Credits>,
 }
 
 impl RequestNote {
@@ -79,6 +81,10 @@ impl RequestNote {
 
     pub fn rate(&self, rate: Rate) {
         self.note().rate = Some(rate);
+    }
+
+    pub fn credits(&self, credits: Credits) {
+        self.note().credits = Some(credits);
     }
 }
 
@@ -97,8 +103,12 @@ async fn observe(State(state): State<AppState>, mut request: Request, next: Next
     let status = response.status().as_u16();
     state.metrics.observe(&route, status, elapsed.as_secs_f64());
     let note = note.note();
-    if let Some(rate) = &note.rate {
-        rate.write_headers(response.headers_mut());
+    if note.rate.is_some() || note.credits.is_some() {
+        crate::rate::write_fields(
+            response.headers_mut(),
+            note.rate.as_ref(),
+            note.credits.as_ref(),
+        );
     }
     let key_id = note.key_id.as_deref().unwrap_or("-");
     tracing::info!(%method, %route, status, latency_ms = elapsed.as_secs_f64() * 1000.0, key_id, "request");

@@ -11,7 +11,7 @@
 use crate::app::Caller;
 use crate::auth::PresentedKey;
 use crate::error::AppError;
-use crate::rate::Rate;
+use crate::rate::{Credits, Rate};
 use crate::state::AppState;
 use apikey_contract::reason::Reason;
 use deadpool_postgres::{
@@ -68,6 +68,7 @@ pub struct Verdict<'r> {
     pub scopes: Option<Vec<&'r str>>,
     pub rate_per_minute: Option<i32>,
     pub rate: Option<Rate>,
+    pub credits: Option<Credits>,
 }
 
 impl<'r> Verdict<'r> {
@@ -76,6 +77,13 @@ impl<'r> Verdict<'r> {
     pub fn from_row(row: &'r Row) -> Result<Self, AppError> {
         let reason: &str = row.try_get(1)?;
         let rate_per_minute: Option<i32> = row.try_get(5)?;
+        let (rate, credits) = limits_of(
+            reason,
+            rate_per_minute,
+            row.try_get(7)?,
+            row.try_get(8)?,
+            row.try_get(9)?,
+        );
         Ok(Verdict {
             valid: row.try_get(0)?,
             reason,
@@ -83,14 +91,49 @@ impl<'r> Verdict<'r> {
             partner_id: row.try_get(3)?,
             scopes: row.try_get(4)?,
             rate_per_minute,
-            rate: rate_of(rate_per_minute, row.try_get(7)?, row.try_get(8)?, reason),
+            rate,
+            credits,
         })
+    }
+
+    /// Notes the limits for the response's fields.
+    pub fn note_limits(&self, caller: &Caller) {
+        if let Some(rate) = self.rate {
+            caller.note.rate(rate);
+        }
+        if let Some(credits) = self.credits {
+            caller.note.credits(credits);
+        }
     }
 
     /// The error for a verification that failed.
     pub fn refusal(&self) -> AppError {
-        refusal(self.reason, self.rate)
+        refusal(self.reason, self.rate, self.credits)
     }
+}
+
+/// The key's rate and credits as `apikey_verify` reports them: `rate_remaining`,
+/// `rate_reset_seconds` and `credits_remaining`. Refused for want of credits, the reset is the
+/// time until the short balance's refill (NULL without one), and the bucket is not reported.
+fn limits_of(
+    reason: &str,
+    quota: Option<i32>,
+    remaining: Option<i32>,
+    reset_seconds: Option<i32>,
+    credits: Option<i64>,
+) -> (Option<Rate>, Option<Credits>) {
+    let short = reason == Reason::UsageExceeded.as_str();
+    let credits = credits.map(|remaining| Credits {
+        remaining,
+        refill_in: if short { reset_seconds } else { None },
+        refused: short,
+    });
+    let rate = if short {
+        None
+    } else {
+        rate_of(quota, remaining, reset_seconds, reason)
+    };
+    (rate, credits)
 }
 
 /// Where the key stands against its limit, when the database consulted it.
@@ -108,11 +151,12 @@ fn rate_of(
     })
 }
 
-/// The error for a failed verification with `reason`: 429 with the rate-limit fields, or the
-/// status of the reason.
-fn refusal(reason: &str, rate: Option<Rate>) -> AppError {
-    match rate {
-        Some(rate) if rate.refused => AppError::RateLimited(rate),
+/// The error for a failed verification with `reason`: 429 with the rate-limit or credit
+/// fields, or the status of the reason.
+fn refusal(reason: &str, rate: Option<Rate>, credits: Option<Credits>) -> AppError {
+    match (rate, credits) {
+        (Some(rate), _) if rate.refused => AppError::RateLimited(rate),
+        (_, Some(credits)) if credits.refused => AppError::UsageExceeded(Some(credits)),
         _ => AppError::from_reason(reason),
     }
 }
@@ -169,18 +213,33 @@ pub async fn query_one(
     }
 }
 
-/// Calls `apikey_verify`; read the row with [`Verdict::from_row`].
+/// Calls `apikey_verify`; read the row with [`Verdict::from_row`]. `cost`: the credits the
+/// verification spends, when not the default of 1.
 pub async fn verify(
     client: &Object,
     statements: Statements,
     key: &PresentedKey,
     required_scopes: &[String],
     client_ip: IpAddr,
+    cost: Option<i32>,
 ) -> Result<Row, AppError> {
     // All columns, in the contract's order, so the server need not project; without
     // required scopes the default '{}' stands in for an array parameter to encode and decode.
     let token = key.token();
-    let row = if required_scopes.is_empty() {
+    let row = if let Some(cost) = cost {
+        query_one(
+            client,
+            statements,
+            "SELECT * FROM apikey_verify($1, $2, $3, $4)",
+            &[
+                (&token, Type::TEXT),
+                (&required_scopes, Type::TEXT_ARRAY),
+                (&client_ip, Type::INET),
+                (&cost, Type::INT4),
+            ],
+        )
+        .await?
+    } else if required_scopes.is_empty() {
         query_one(
             client,
             statements,
@@ -237,7 +296,7 @@ async fn act_as_key_holder(
         "SELECT v.valid, v.reason, v.key_id, v.rate_per_minute, \
                     coalesce(apikey_has_scope(v.scopes, 'admin:*'), false), \
                     coalesce(apikey_has_scope(v.scopes, 'keys:manage'), false), \
-                    v.rate_remaining, v.rate_reset_seconds \
+                    v.rate_remaining, v.rate_reset_seconds, v.credits_remaining \
              FROM apikey_verify($1, '{}', $2) AS v",
         &[(&caller.key.token(), Type::TEXT), (&caller.ip, Type::INET)],
     )
@@ -245,15 +304,24 @@ async fn act_as_key_holder(
     let valid: bool = row.try_get(0)?;
     let reason: String = row.try_get(1)?;
     state.metrics.verify_outcome(&reason);
-    let rate = rate_of(row.try_get(3)?, row.try_get(6)?, row.try_get(7)?, &reason);
+    let (rate, credits) = limits_of(
+        &reason,
+        row.try_get(3)?,
+        row.try_get(6)?,
+        row.try_get(7)?,
+        row.try_get(8)?,
+    );
     if let Some(rate) = rate {
         caller.note.rate(rate);
+    }
+    if let Some(credits) = credits {
+        caller.note.credits(credits);
     }
     if let Some(key_id) = row.try_get::<_, Option<String>>(2)? {
         caller.note.key_id(&key_id);
     }
     if !valid {
-        return Err(refusal(&reason, rate));
+        return Err(refusal(&reason, rate, credits));
     }
     let is_admin: bool = row.try_get(4)?;
     let can_manage: bool = row.try_get(5)?;

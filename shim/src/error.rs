@@ -19,8 +19,9 @@ pub enum AppError {
         message: String,
     },
     RateLimited(crate::rate::Rate),
-    /// The key's credit balance holds less than the request's cost.
-    UsageExceeded,
+    /// The key's credit balance (or its partner's) holds less than the request's cost: where
+    /// it stands, when the database said.
+    UsageExceeded(Option<crate::rate::Credits>),
     /// A request authenticated by a signature (GitHub's secret scanning reports) whose
     /// signature is missing, names no configured key, or does not match.
     BadSignature(&'static str),
@@ -89,7 +90,7 @@ impl AppError {
                 reset_seconds: 1,
                 refused: true,
             }),
-            "usage_exceeded" => AppError::UsageExceeded,
+            "usage_exceeded" => AppError::UsageExceeded(None),
             "insufficient_scope" => AppError::Forbidden {
                 reason: reason.into(),
                 message: "the key lacks a required scope".into(),
@@ -121,7 +122,7 @@ impl AppError {
                 "rate limit exceeded".into(),
                 None,
             ),
-            AppError::UsageExceeded => (
+            AppError::UsageExceeded(_) => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "usage_exceeded",
                 "the key's credits are used up".into(),
@@ -253,6 +254,7 @@ impl IntoResponse for AppError {
                 }
             }
             AppError::RateLimited(decision) => decision.write_headers(headers),
+            AppError::UsageExceeded(Some(credits)) => credits.write_headers(headers),
             AppError::Unavailable(_) | AppError::TimedOut => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
@@ -315,7 +317,7 @@ mod tests {
             AppError::Unauthorized { .. } => "Unauthorized",
             AppError::Forbidden { .. } => "Forbidden",
             AppError::RateLimited(_) => "RateLimited",
-            AppError::UsageExceeded => "UsageExceeded",
+            AppError::UsageExceeded(_) => "UsageExceeded",
             AppError::BadSignature(_) => "BadSignature",
             AppError::BadRequest { .. } => "BadRequest",
             AppError::Unprocessable { .. } => "Unprocessable",
@@ -620,6 +622,20 @@ mod tests {
                 "usage_exceeded",
                 "the key's credits are used up",
                 vec![],
+            ),
+            (
+                AppError::UsageExceeded(Some(crate::rate::Credits {
+                    remaining: 2,
+                    refill_in: Some(90),
+                    refused: true,
+                })),
+                429,
+                "usage_exceeded",
+                "the key's credits are used up",
+                vec![
+                    header("ratelimit", "\"credits\";r=2;t=90"),
+                    header("retry-after", "90"),
+                ],
             ),
             (
                 AppError::bad_request("no"),

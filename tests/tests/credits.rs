@@ -268,6 +268,17 @@ fn a_balance_refills_on_its_schedule() {
     .expect("set with a refill");
     assert_eq!(spend(&mut c, &key.token, 2).1, Some(0));
     assert_eq!(spend(&mut c, &key.token, 1).0, "usage_exceeded");
+    let reset: Option<i32> = c
+        .query_one(
+            "SELECT rate_reset_seconds FROM apikey_verify($1)",
+            &[&key.token],
+        )
+        .expect("verify")
+        .get(0);
+    assert!(
+        reset.is_some_and(|s| (1..=2).contains(&s)),
+        "usage_exceeded: seconds until the refill, {reset:?}"
+    );
     let refilled = eventually("the refill", || {
         std::thread::sleep(Duration::from_millis(100));
         let (reason, left) = spend(&mut c, &key.token, 1);
@@ -752,13 +763,54 @@ fn spending_is_written_by_the_worker_kept_by_a_restart_and_never_doubled_by_a_cr
 fn a_spent_balance_is_a_429_over_http() {
     let mut c = superuser();
     let key = key(&mut c);
-    set(&mut c, &key.key_id, Some(1));
+    set(&mut c, &key.key_id, Some(10));
     let shim = apikey_tests::shim::Shim::start();
-    assert_eq!(shim.get_as(&key.token, "/v1/verify").status, 200);
-    let refused = shim.get_as(&key.token, "/v1/verify");
+    let ok = shim.get_as(&key.token, "/v1/verify?cost=3");
+    assert_eq!(ok.status, 200);
+    assert_eq!(
+        ok.header("ratelimit"),
+        Some("\"key\";r=99999;t=1, \"credits\";r=7")
+    );
+    // A client appending its own cost to a gateway's URL can only raise it.
+    let raised = shim.get_as(&key.token, "/v1/verify?cost=5&cost=1");
+    assert_eq!(raised.status, 200);
+    assert!(raised
+        .header("ratelimit")
+        .is_some_and(|f| f.ends_with("\"credits\";r=2")));
+    let refused = shim.get_as(&key.token, "/v1/verify?cost=3");
     assert_eq!(
         (refused.status, refused.reason()),
         (429, "usage_exceeded".to_string())
+    );
+    assert_eq!(refused.header("ratelimit"), Some("\"credits\";r=2"));
+    assert_eq!(
+        refused.header("retry-after"),
+        None,
+        "no refill scheduled: no time to come back"
+    );
+    for bad in ["cost=-1", "cost=1000001", "cost=two", "cost="] {
+        let answer = shim.get_as(&key.token, &format!("/v1/verify?{bad}"));
+        assert_eq!(answer.status, 400, "{bad}");
+    }
+    assert_eq!(shim.get_as(&key.token, "/v1/verify?cost=2").status, 200);
+    assert_eq!(shim.get_as(&key.token, "/v1/verify?cost=0").status, 200);
+
+    // With a refill: come back when it is due.
+    c.execute(
+        "SELECT apikey_set_credits($1, 0, 5, '1 hour')",
+        &[&key.key_id],
+    )
+    .expect("a balance with an hourly refill");
+    let refused = shim.get_as(&key.token, "/v1/verify");
+    assert_eq!(refused.status, 429);
+    let retry: i64 = refused
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After until the refill");
+    assert!((3590..=3600).contains(&retry), "Retry-After {retry}");
+    assert_eq!(
+        refused.header("ratelimit"),
+        Some(format!("\"credits\";r=0;t={retry}").as_str())
     );
     assert!(
         !shim.log().contains(key.secret()),

@@ -149,23 +149,74 @@ impl FromRequestParts<AppState> for RequiredScopes {
     }
 }
 
+/// The credits a verification spends, from `cost=` query parameters (a gateway's own URL):
+/// given more than once, the largest applies, so a client that appends its own can only
+/// raise it. `None` without one: the database's default of 1.
+pub struct Cost(Option<i32>);
+
+impl IntoParams for Cost {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let mut cost = parameters::optional_text(
+            "cost",
+            ParameterIn::Query,
+            "Credits the verification spends from the key's balance and its partner's (0 to \
+             1000000, default 1; 0 checks without spending). Given more than once, the largest \
+             applies.",
+        );
+        cost.schema = Some(i32::schema());
+        vec![cost]
+    }
+}
+
+impl FromRequestParts<AppState> for Cost {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, AppError> {
+        cost(parts.uri.query()).map(Cost)
+    }
+}
+
+fn cost(query: Option<&str>) -> Result<Option<i32>, AppError> {
+    let max = apikey_contract::limits::MAX_COST;
+    let mut largest = None;
+    for (name, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        if name != "cost" {
+            continue;
+        }
+        let cost = value
+            .parse::<i32>()
+            .ok()
+            .filter(|c| (0..=max).contains(c))
+            .ok_or_else(|| AppError::BadRequest {
+                message: format!(
+                    "cost must be a whole number from 0 to {max}, not {}",
+                    redact::excerpt(&value)
+                ),
+                field: Some("cost".into()),
+            })?;
+        largest = largest.max(Some(cost));
+    }
+    Ok(largest)
+}
+
 /// Verify the presented key
 ///
-/// Calls `apikey_verify(token, required_scopes, client_ip)`. For partners checking a key, and for
-/// gateways: nginx `auth_request`, Traefik ForwardAuth, Envoy ext_authz. Only requests the database
-/// accepted use up the key's rate limit.
+/// Calls `apikey_verify(token, required_scopes, client_ip, cost)`. For partners checking a key, and
+/// for gateways: nginx `auth_request`, Traefik ForwardAuth, Envoy ext_authz. Only requests the
+/// database accepted use up the key's rate limit and spend its credits.
 #[utoipa::path(
     get,
     path = "/v1/verify",
     tag = "verify",
     operation_id = "verifyKey",
-    params(RequiredScopes, Caller),
+    params(RequiredScopes, Cost, Caller),
     responses(Verification, CallerErrors)
 )]
 async fn verify(
     State(state): State<AppState>,
     caller: Caller,
     RequiredScopes(required): RequiredScopes,
+    Cost(cost): Cost,
 ) -> Result<Response, AppError> {
     let client = state.connection().await?;
     let row = db::verify(
@@ -174,6 +225,7 @@ async fn verify(
         &caller.key,
         &required,
         caller.ip,
+        cost,
     )
     .await?;
     drop(client);
@@ -182,9 +234,7 @@ async fn verify(
     if let Some(key_id) = verdict.key_id {
         caller.note.key_id(key_id);
     }
-    if let Some(rate) = verdict.rate {
-        caller.note.rate(rate);
-    }
+    verdict.note_limits(&caller);
     if !verdict.valid {
         return Err(verdict.refusal());
     }
@@ -235,15 +285,16 @@ async fn verify(
     path = "/v1/verify/{*rest}",
     tag = "verify",
     operation_id = "verifyKeyWithPath",
-    params(("rest" = String, Path, description = "Any path (ignored)."), RequiredScopes, Caller),
+    params(("rest" = String, Path, description = "Any path (ignored)."), RequiredScopes, Cost, Caller),
     responses(Verification, CallerErrors),
 )]
 async fn verify_with_path(
     state: State<AppState>,
     caller: Caller,
     required: RequiredScopes,
+    cost: Cost,
 ) -> Result<Response, AppError> {
-    verify(state, caller, required).await
+    verify(state, caller, required, cost).await
 }
 
 /// Headers that carry the original request's method, as gateways name them, with what the
@@ -377,6 +428,30 @@ mod tests {
             h.append(*n, HeaderValue::from_str(v).unwrap());
         }
         h
+    }
+
+    #[test]
+    fn the_largest_cost_applies_and_a_bad_one_is_refused() {
+        assert_eq!(cost(None).unwrap(), None);
+        assert_eq!(cost(Some("scope=a:b")).unwrap(), None);
+        assert_eq!(cost(Some("cost=5&cost=2&cost=40")).unwrap(), Some(40));
+        assert_eq!(cost(Some("cost=0")).unwrap(), Some(0));
+        assert_eq!(cost(Some("cost=1000000")).unwrap(), Some(1_000_000));
+        for bad in [
+            "cost=",
+            "cost=-1",
+            "cost=1000001",
+            "cost=1.5",
+            "cost=x",
+            "cost=1&cost=%FF",
+        ] {
+            match cost(Some(bad)) {
+                Err(AppError::BadRequest { field, .. }) => {
+                    assert_eq!(field.as_deref(), Some("cost"), "{bad}")
+                }
+                other => panic!("{bad}: {:?}", other.map(|_| ())),
+            }
+        }
     }
 
     #[test]
