@@ -127,3 +127,21 @@ AS 'MODULE_PATHNAME', 'apikey_usage_with_spent_wrapper';
 REVOKE ALL ON FUNCTION @extschema@.apikey_usage(text, uuid, timestamptz, interval) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.apikey_usage(text, uuid, timestamptz, interval)
     TO apikey_admin, apikey_partner;
+
+-- A balance as verification would find it now, for the management API and console.
+CREATE FUNCTION @extschema@."apikey_credits_state"(
+	"key_id" TEXT DEFAULT NULL,
+	"partner_id" uuid DEFAULT NULL
+) RETURNS TABLE (
+	"remaining" bigint,
+	"refill_amount" bigint,
+	"refill_interval" interval,
+	"next_refill_at" timestamp with time zone
+)
+VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'apikey_credits_state_wrapper';
+REVOKE ALL ON FUNCTION @extschema@.apikey_credits_state(text, uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.apikey_credits_state(text, uuid)
+    TO apikey_admin, apikey_partner;

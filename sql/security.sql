@@ -204,6 +204,7 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.apikey_partner_set_limits,
     @extschema@.apikey_partner_add_credits
 TO apikey_admin;
+GRANT EXECUTE ON FUNCTION @extschema@.apikey_credits_state TO apikey_admin, apikey_partner;
 GRANT SELECT ON apikey.partner_credits TO apikey_admin;
 ALTER TABLE apikey.partner_credits ENABLE ROW LEVEL SECURITY;
 ALTER TABLE apikey.partner_credits FORCE ROW LEVEL SECURITY;

@@ -63,6 +63,112 @@ fn apikey_partner_add_credits(partner_id: Option<pgrx::Uuid>, amount: Option<i64
     Spi::connect_mut(|client| add_partner(client, partner_id, amount)).or_raise()
 }
 
+/// `apikey_credits_state(key_id, partner_id)`: the balance of a key (the one it spends: in
+/// its grace period, its successor's) or of a partner, as a verification would find it now,
+/// with its refill; no row without a balance. Operators may ask about any; a partner (with a
+/// key verified in the transaction) about its own keys and itself; anyone else is told it
+/// does not exist.
+#[pg_extern(volatile, security_definer, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn apikey_credits_state(
+    key_id: default!(Option<&str>, "NULL"),
+    partner_id: default!(Option<pgrx::Uuid>, "NULL"),
+) -> TableIterator<
+    'static,
+    (
+        name!(remaining, i64),
+        name!(refill_amount, Option<i64>),
+        name!(refill_interval, Option<Interval>),
+        name!(next_refill_at, Option<TimestampWithTimeZone>),
+    ),
+> {
+    TableIterator::new(Spi::connect(|client| state(client, key_id, partner_id)).or_raise())
+}
+
+type StateRow = (
+    i64,
+    Option<i64>,
+    Option<Interval>,
+    Option<TimestampWithTimeZone>,
+);
+
+fn state(
+    client: &SpiClient<'_>,
+    key_id: Option<&str>,
+    partner_id: Option<pgrx::Uuid>,
+) -> ApiResult<Option<StateRow>> {
+    let caller = crate::identity::current().map(|i| i.partner_id);
+    let may_see = |owner: pgrx::Uuid| access::is_admin() || caller == Some(owner);
+    let (sql, datum): (&str, pgrx::datum::DatumWithOid<'_>) = match (key_id, partner_id) {
+        (Some(key_id), None) => {
+            let owner = client
+                .select(
+                    "SELECT partner_id FROM apikey.keys WHERE key_id = $1",
+                    Some(1),
+                    &[key_id.into()],
+                )?
+                .into_iter()
+                .next()
+                .map(|r| r.get::<pgrx::Uuid>(1))
+                .transpose()?
+                .flatten();
+            if !owner.is_some_and(may_see) {
+                return Err(access::key_not_found(key_id));
+            }
+            // A key in its grace period spends its successor's balance.
+            (
+                "SELECT c.* FROM apikey.keys k JOIN apikey.key_credits c \
+                    ON c.key_id = CASE WHEN k.revoked_at > clock_timestamp() \
+                                       THEN coalesce(k.rotated_to, k.key_id) ELSE k.key_id END \
+                 WHERE k.key_id = $1",
+                key_id.into(),
+            )
+        }
+        (None, Some(partner_id)) => {
+            if !may_see(partner_id) {
+                return Err(ApiError::not_found(format!("partner_id {partner_id}")));
+            }
+            (
+                "SELECT * FROM apikey.partner_credits WHERE partner_id = $1",
+                partner_id.into(),
+            )
+        }
+        _ => {
+            return Err(ApiError::invalid(
+                "key_id",
+                "pass exactly one of key_id and partner_id",
+            ))
+        }
+    };
+    let Some(found) = client.select(sql, Some(1), &[datum])?.into_iter().next() else {
+        return Ok(None);
+    };
+    let missing = || ApiError::internal("a balance row has NULL in a NOT NULL column");
+    let at = |t: Option<TimestampWithTimeZone>| t.map(pg_sys::TimestampTz::from);
+    let credit_id: i64 = found.get_by_name("credit_id")?.ok_or_else(missing)?;
+    let row = Row {
+        remaining: found.get_by_name("remaining")?.ok_or_else(missing)?,
+        spent_mark: found.get_by_name("spent_mark")?.ok_or_else(missing)?,
+        mark_epoch: found.get_by_name("mark_epoch")?.ok_or_else(missing)?,
+        refill_amount: found.get_by_name("refill_amount")?,
+        next_refill_at: at(found.get_by_name("next_refill_at")?),
+    };
+    let set_at = at(found.get_by_name("set_at")?).ok_or_else(missing)?;
+    let interval: Option<Interval> = found.get_by_name("refill_interval")?;
+    let now = clock::now();
+    let remaining = shared::credits::peek(credit_id, &row, now).unwrap_or(row.remaining);
+    let next = match (row.refill_pending(now), interval.as_ref()) {
+        (Some(_), Some(i)) => Some(next_refill(set_at, refill_interval(i), now)?),
+        _ => row.next_refill_at,
+    };
+    Ok(Some((
+        remaining,
+        row.refill_amount,
+        interval,
+        next.map(timestamp).transpose()?,
+    )))
+}
+
 /// Whose balance a row is.
 #[derive(Clone, Copy)]
 enum Owner<'a> {

@@ -284,7 +284,8 @@ pub async fn begin_as_key_holder<'c>(
 /// Verifies the presented key inside `tx` and makes the transaction act with that key's
 /// powers: an `admin:*` key keeps the shim's operator role; a `keys:manage` key switches to
 /// `apikey_partner` for the rest of the transaction, so row-level security and the
-/// extension's own checks confine it to its partner. Any other key is refused.
+/// extension's own checks confine it to its partner. Any other key is refused. Managing
+/// spends no credits (cost 0): a key or partner whose balance is below zero is refused.
 async fn act_as_key_holder(
     tx: &Transaction<'_>,
     state: &AppState,
@@ -297,7 +298,7 @@ async fn act_as_key_holder(
                     coalesce(apikey_has_scope(v.scopes, 'admin:*'), false), \
                     coalesce(apikey_has_scope(v.scopes, 'keys:manage'), false), \
                     v.rate_remaining, v.rate_reset_seconds, v.credits_remaining \
-             FROM apikey_verify($1, '{}', $2) AS v",
+             FROM apikey_verify($1, '{}', $2, 0) AS v",
         &[(&caller.key.token(), Type::TEXT), (&caller.ip, Type::INET)],
     )
     .await?;

@@ -817,3 +817,150 @@ fn a_spent_balance_is_a_429_over_http() {
         "no secret in the shim's log"
     );
 }
+
+#[test]
+fn operators_set_and_top_up_balances_over_http_and_partners_read_their_own() {
+    let mut c = superuser();
+    let operator = operator_key(&mut c);
+    let key = key(&mut c);
+    let partner = partner_of(&mut c, &key.key_id);
+    let manager = issue(&mut c, partner, &["keys:manage"]);
+    let shim = apikey_tests::shim::Shim::start();
+    let send = |token: &str, method: &str, path: &str, body: Option<serde_json::Value>| {
+        let request = shim
+            .request(method, path)
+            .set("X-API-Key", token)
+            .set("Content-Type", "application/json");
+        apikey_tests::shim::send(request, body.map(|b| b.to_string()).as_deref())
+    };
+    let credits = format!("/v1/keys/{}/credits", key.key_id);
+    let shown = shim.get_as(&operator.token, &credits);
+    assert_eq!(shown.status, 200);
+    assert_eq!(
+        shown.json(),
+        serde_json::json!({ "key_id": key.key_id, "credits": null })
+    );
+    let set = send(
+        &operator.token,
+        "PUT",
+        &credits,
+        Some(serde_json::json!({
+            "remaining": 100, "refill_amount": 100, "refill_interval": "1 month"
+        })),
+    );
+    assert_eq!(set.status, 200, "{}", set.body);
+    let balance = &set.json()["credits"];
+    assert_eq!(balance["remaining"], 100);
+    assert_eq!(balance["refill_interval"], "1 mon");
+    assert!(balance["next_refill_at"].is_string());
+    assert_eq!(shim.get_as(&key.token, "/v1/verify?cost=30").status, 200);
+    let topped = send(
+        &operator.token,
+        "POST",
+        &credits,
+        Some(serde_json::json!({ "amount": 5 })),
+    );
+    assert_eq!(topped.status, 200);
+    assert_eq!(
+        topped.json()["credits"]["remaining"],
+        75,
+        "what verification spent is in the balance shown"
+    );
+    // A partner reads its own key's balance but cannot change it.
+    let own = shim.get_as(&manager.token, &credits);
+    assert_eq!(
+        (own.status, own.json()["credits"]["remaining"].clone()),
+        (200, 75.into())
+    );
+    let refused = send(
+        &manager.token,
+        "POST",
+        &credits,
+        Some(serde_json::json!({ "amount": 1000 })),
+    );
+    assert_eq!(
+        (refused.status, refused.reason()),
+        (403, "forbidden".to_string())
+    );
+    for (body, field) in [
+        (serde_json::json!({ "remaining": -1 }), "remaining"),
+        (
+            serde_json::json!({ "remaining": 1, "refill_amount": 1, "refill_interval": "soon" }),
+            "refill_interval",
+        ),
+        (
+            serde_json::json!({ "remaining": 1, "refill_amount": 1, "refill_interval": "0.5 seconds" }),
+            "refill_interval",
+        ),
+        (
+            serde_json::json!({ "remaining": 1, "refill_amount": 1 }),
+            "refill_interval",
+        ),
+    ] {
+        let answer = send(&operator.token, "PUT", &credits, Some(body.clone()));
+        assert_eq!(
+            (answer.status, answer.json()["field"].clone()),
+            (422, field.into()),
+            "{body}"
+        );
+    }
+    let missing = shim.get_as(&operator.token, "/v1/keys/ak_live_0000000000000000/credits");
+    assert_eq!(missing.status, 404);
+
+    // Partner-wide limits.
+    let limits = format!("/v1/partners/{partner}/limits");
+    let set = send(
+        &operator.token,
+        "PUT",
+        &limits,
+        Some(serde_json::json!({ "rate_per_minute": 500, "credits": 40 })),
+    );
+    assert_eq!(set.status, 200, "{}", set.body);
+    assert_eq!(set.json()["rate_per_minute"], 500);
+    assert_eq!(set.json()["credits"]["remaining"], 40);
+    assert_eq!(shim.get_as(&key.token, "/v1/verify?cost=10").status, 200);
+    let topped = send(
+        &operator.token,
+        "POST",
+        &format!("/v1/partners/{partner}/credits"),
+        Some(serde_json::json!({ "amount": -35 })),
+    );
+    assert_eq!(
+        topped.json()["credits"]["remaining"],
+        -5,
+        "a charge may go below zero"
+    );
+    let refused = shim.get_as(&key.token, "/v1/verify?cost=0");
+    assert_eq!(
+        (
+            refused.status,
+            refused.header("ratelimit").map(str::to_string)
+        ),
+        (429, Some("\"credits\";r=0".to_string()))
+    );
+    let own = shim.get_as(&manager.token, &limits);
+    assert_eq!(
+        own.status, 429,
+        "a balance below zero refuses management too"
+    );
+    c.execute("SELECT apikey_partner_add_credits($1, 100)", &[&partner])
+        .expect("top up");
+    for _ in 0..2 {
+        let own = shim.get_as(&manager.token, &limits);
+        assert_eq!(own.status, 200);
+        assert_eq!(own.json()["rate_per_minute"], 500);
+        assert_eq!(
+            own.json()["credits"]["remaining"],
+            95,
+            "management spends no credits"
+        );
+    }
+    let other = create_partner(&mut c);
+    let hidden = shim.get_as(&manager.token, &format!("/v1/partners/{other}/limits"));
+    assert_eq!(hidden.status, 404, "another partner's limits are not found");
+    let cleared = send(&operator.token, "PUT", &limits, Some(serde_json::json!({})));
+    assert_eq!(
+        cleared.json(),
+        serde_json::json!({ "partner_id": partner.to_string(), "rate_per_minute": null, "credits": null })
+    );
+}

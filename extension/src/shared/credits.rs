@@ -181,6 +181,21 @@ pub fn give_back(receipt: Receipt) {
     });
 }
 
+/// The balance of `credit_id` (row `row`) at `now` as verification would find it, changing
+/// nothing; `None` without shared memory.
+pub fn peek(credit_id: i64, row: &Row, now: i64) -> Option<i64> {
+    let handles = handles()?;
+    let epoch = handles.control.epoch;
+    let mut spending = {
+        let table = handles.credits.shared();
+        table
+            .get(&CreditTag::new(database(), credit_id))
+            .map(|entry| entry.state.lock().spending)
+            .unwrap_or_default()
+    };
+    Some(credits::balance(row, &mut spending, epoch, now))
+}
+
 /// What a write that moves the spending of `credit_id` (row `row`) into the table sets:
 /// `remaining`, `spent_mark`, whether it applies the refill due at `now`, and the epoch to
 /// mark the row with. A due refill is noted first, as a verification would note it.

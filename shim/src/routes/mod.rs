@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod console;
+pub mod credits;
 pub mod keys;
 pub mod partners;
 pub mod reminders;
@@ -28,6 +29,7 @@ pub fn all() -> OpenApiRouter<AppState> {
         .merge(verify::router())
         .merge(keys::router())
         .merge(partners::router())
+        .merge(credits::router())
         .merge(audit::router())
         .merge(usage::router())
         .merge(reminders::router())
