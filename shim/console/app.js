@@ -11,6 +11,7 @@
 // - the key lives in memory and sessionStorage, nowhere else, and signing out forgets it;
 // - the page's state lives in js/state.js, and the server's limits come from GET /v1/limits.
 
+import { submitAddCredits, submitCredits } from './js/credits.js';
 import { $ } from './js/dom.js';
 import { loadAudit, openIssue, submitIssue, submitRevoke, submitRotate } from './js/key-dialogs.js';
 import { applyFilters, onKeyAction, turnPage } from './js/keys.js';
@@ -63,8 +64,11 @@ function wire() {
     if (custom) $('#rotate-grace-custom').focus();
   });
   $('#audit-more').addEventListener('click', loadAudit);
+  $('#credits-form').addEventListener('submit', submitCredits);
+  $('#credits-add-form').addEventListener('submit', submitAddCredits);
   for (const [button, dialog] of [['#issue-cancel', '#issue-dialog'], ['#rotate-cancel', '#rotate-dialog'],
     ['#revoke-cancel', '#revoke-dialog'], ['#audit-close', '#audit-dialog'], ['#usage-close', '#usage-dialog'],
+    ['#credits-close', '#credits-dialog'],
     ['#webhook-rotate-cancel', '#webhook-rotate-dialog'], ['#webhook-delete-cancel', '#webhook-delete-dialog']]) {
     $(button).addEventListener('click', () => $(dialog).close());
   }

@@ -730,6 +730,110 @@ fn the_usage_dialog_charts_a_keys_outcomes_and_its_rate() {
     });
 }
 
+#[test]
+fn credits_are_set_topped_up_and_charted_in_the_console() {
+    let console = Console::start();
+    let (partner, key) = console.operator_with_live_key(&["orders:read"]);
+    console.row_action(&key.key_id, "credits");
+    console.wait_displayed("#credits-dialog");
+    console
+        .browser
+        .wait_for_text("#credits-balance", "No balance");
+    console.browser.find("#credits-remaining").send_keys("100");
+    console
+        .browser
+        .find("#credits-refill-interval")
+        .select_by_value("1 month");
+    console
+        .browser
+        .find("#credits-refill-amount")
+        .send_keys("100");
+    console.browser.click("#credits-save");
+    console.browser.wait_for_text(
+        "#credits-balance",
+        "100 credits left; set back to 100 every month",
+    );
+    let answer = console.shim.get_as(&key.token, "/v1/verify?cost=30");
+    assert_eq!(answer.status, 200);
+    console.browser.find("#credits-amount").send_keys("5");
+    console.browser.click("#credits-add");
+    console
+        .browser
+        .wait_for_text("#credits-balance", "75 credits left");
+    console.screenshot("09-credits-dialog");
+    console.browser.click("#credits-close");
+
+    console.row_action(&key.key_id, "usage");
+    console.wait_displayed("#usage-dialog");
+    console
+        .browser
+        .wait_for_text("#usage-legend", "credits spent: 30");
+    let line = console.browser.exec(
+        "const l = document.querySelector('#usage-chart polyline.usage-spent');
+         return l ? Number(l.getAttribute('data-max-spent')) : null;",
+        vec![],
+    );
+    assert_eq!(line.as_i64(), Some(30), "the spend is drawn per hour");
+    console.screenshot("10-usage-with-credits");
+    console.browser.click("#usage-close");
+
+    // A partner's limits, from the partners view.
+    console.browser.click("#nav-partners");
+    let row = format!(
+        "#partners-table tbody tr[data-partner-id=\"{}\"]",
+        partner.id
+    );
+    console.wait_displayed(&row);
+    console
+        .browser
+        .click(&format!("{row} button[data-action=\"limits\"]"));
+    console.wait_displayed("#credits-dialog");
+    console
+        .browser
+        .wait_for_text("#credits-balance", "No partner-wide rate.");
+    console.browser.find("#credits-rate").send_keys("600");
+    console.browser.find("#credits-remaining").send_keys("1000");
+    console.browser.click("#credits-save");
+    console
+        .browser
+        .wait_for_text("#credits-balance", "At most 600 verifications a minute");
+    let stored: (Option<i32>, i64) = {
+        let row = console
+            .db
+            .borrow_mut()
+            .query_one(
+                "SELECT p.rate_per_minute, c.remaining FROM apikey.partners p \
+                 JOIN apikey.partner_credits c USING (partner_id) WHERE partner_id = $1",
+                &[&partner.id],
+            )
+            .expect("the partner's limits");
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(stored, (Some(600), 1000));
+    console.browser.find("#credits-rate").clear();
+    console.browser.find("#credits-rate").send_keys("0");
+    console.browser.click("#credits-save");
+    console.browser.wait_for_text(
+        "#credits-dialog .dialog-error",
+        "rate per minute must be a whole number",
+    );
+    console.browser.click("#credits-close");
+
+    // A partner reads its own balance and cannot change it.
+    let manager = console.issue(&partner, &["keys:manage"]);
+    console.browser.click("#signout");
+    console.sign_in(&manager.token);
+    console.filter_keys(&key.key_id);
+    console.wait_for_status(&key.key_id, "live");
+    console.row_action(&key.key_id, "credits");
+    console.wait_displayed("#credits-dialog");
+    console
+        .browser
+        .wait_for_text("#credits-balance", "credits left");
+    console.wait_displayed("#credits-readonly");
+    assert!(!console.browser.find("#credits-form").is_displayed());
+}
+
 // ---------------------------------------------------------------------------------------------
 // Partners
 // ---------------------------------------------------------------------------------------------

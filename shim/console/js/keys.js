@@ -7,6 +7,7 @@ import { expiringSoonMs } from './limits.js';
 import { session, state } from './state.js';
 import { formatTime, relativeTime, timeNode } from './time.js';
 import { act } from './ui.js';
+import { openCredits } from './credits.js';
 import { openUsage } from './usage.js';
 
 // The API's status, except that a live key expiring soon (GET /v1/limits) is "expiring".
@@ -134,6 +135,7 @@ function keyActions(key) {
     key.enabled ? button('disable', 'Disable') : button('enable', 'Enable'),
     button('audit', 'Audit'),
     button('usage', 'Usage'),
+    button('credits', 'Credits'),
     el('p', { class: 'row-error form-error', role: 'alert', hidden: true }));
 }
 
@@ -149,6 +151,7 @@ export function onKeyAction(event) {
     case 'revoke': return openRevoke();
     case 'audit': return openAudit();
     case 'usage': return openUsage({ keyId: key.key_id, title: key.key_id, rate: true });
+    case 'credits': return openCredits({ keyId: key.key_id, title: key.key_id });
     case 'enable':
     case 'disable': return setEnabled(key, button.dataset.action, button, slot);
     default: return undefined;

@@ -7,6 +7,7 @@ import { showView } from './session.js';
 import { state } from './state.js';
 import { timeNode } from './time.js';
 import { act } from './ui.js';
+import { openCredits } from './credits.js';
 import { openUsage } from './usage.js';
 
 const PARTNER_PAGE_SIZE = 500;
@@ -82,6 +83,7 @@ function partnerRow(p) {
       el('button', { type: 'button', class: p.active ? 'danger' : '', data: { action }, 'aria-label': `${label} ${p.name}`, text: label }),
       el('button', { type: 'button', data: { action: 'keys' }, 'aria-label': `Keys of ${p.name}`, text: 'Keys' }),
       el('button', { type: 'button', data: { action: 'usage' }, 'aria-label': `Usage of ${p.name}`, text: 'Usage' }),
+      el('button', { type: 'button', data: { action: 'limits' }, 'aria-label': `Limits of ${p.name}`, text: 'Limits' }),
       el('p', { class: 'row-error form-error', role: 'alert', hidden: true }))));
 }
 
@@ -97,6 +99,10 @@ export async function onPartnerAction(event) {
   }
   if (action === 'usage') {
     openUsage({ partnerId: partner.partner_id, title: partner.name, rate: false });
+    return;
+  }
+  if (action === 'limits') {
+    openCredits({ partnerId: partner.partner_id, title: partner.name });
     return;
   }
   const ok = await act({ button, slot: $('.row-error', row) }, async () => {

@@ -1,4 +1,5 @@
-// The usage dialog: a chart of the last 24 hours by outcome, and the key's rate state.
+// The usage dialog: a chart of the last 24 hours by outcome with the credits spent, and the
+// key's rate state.
 
 import { api } from './api.js';
 import { $, el, setText } from './dom.js';
@@ -26,15 +27,18 @@ function usageBuckets(items, now = Date.now()) {
   const hour = 3600 * 1000;
   const first = Math.floor(now / hour) * hour - (USAGE_HOURS - 1) * hour;
   const buckets = Array.from({ length: USAGE_HOURS }, (_, i) => ({
-    start: first + i * hour, counts: Object.fromEntries(USAGE_SERIES.map((s) => [s.name, 0])),
+    start: first + i * hour, counts: Object.fromEntries(USAGE_SERIES.map((s) => [s.name, 0])), spent: 0,
   }));
   const totals = Object.fromEntries(USAGE_SERIES.map((s) => [s.name, 0]));
+  totals.spent = 0;
   for (const item of items) {
     const index = Math.floor((Date.parse(item.bucket) - first) / hour);
     const series = USAGE_SERIES.find((s) => s.test(item.reason));
     if (index < 0 || index >= USAGE_HOURS || !series) continue;
     buckets[index].counts[series.name] += item.count;
     totals[series.name] += item.count;
+    buckets[index].spent += item.spent || 0;
+    totals.spent += item.spent || 0;
   }
   return { buckets, totals };
 }
@@ -62,6 +66,14 @@ function usageChart(buckets) {
       }, svg('title', {}, `${formatTime(new Date(bucket.start).toISOString())}: ${count} ${series.label}`)));
     }
   });
+  // Credits spent per hour, a line on its own scale over the bars.
+  const maxSpent = Math.max(...buckets.map((b) => b.spent));
+  if (maxSpent > 0) {
+    const points = buckets.map((b, i) => `${pad + (i + 0.5) * barWidth},${height - (b.spent / maxSpent) * (height - pad)}`);
+    chart.append(svg('polyline', { points: points.join(' '), class: 'usage-spent', 'data-max-spent': maxSpent },
+      svg('title', {}, `Credits spent per hour, at most ${maxSpent}`)));
+    chart.append(svg('text', { x: width, y: 12, class: 'usage-axis', 'text-anchor': 'end' }, `${maxSpent} credits`));
+  }
   chart.append(svg('line', { x1: pad, y1: height, x2: width, y2: height, class: 'usage-axis' }));
   chart.append(svg('text', { x: pad, y: height + 16, class: 'usage-axis' }, `${buckets.length} h ago`));
   chart.append(svg('text', { x: width, y: height + 16, class: 'usage-axis', 'text-anchor': 'end' }, 'now'));
@@ -84,7 +96,8 @@ export async function openUsage({ keyId = null, partnerId = null, title, rate })
       const { buckets, totals } = usageBuckets(usage.items);
       $('#usage-chart').replaceChildren(usageChart(buckets));
       $('#usage-legend').replaceChildren(...USAGE_SERIES.map((s) => el('li', { data: { reason: s.name } },
-        el('span', { class: `swatch usage-${s.name}` }), ` ${s.label}: ${totals[s.name]}`)));
+        el('span', { class: `swatch usage-${s.name}` }), ` ${s.label}: ${totals[s.name]}`)),
+      el('li', { data: { reason: 'spent' } }, el('span', { class: 'swatch usage-spent' }), ` credits spent: ${totals.spent}`));
       const total = USAGE_SERIES.reduce((sum, s) => sum + totals[s.name], 0);
       setText($('#usage-status'), `${total} verification${total === 1 ? '' : 's'} in the last ${USAGE_HOURS} hours${usage.truncated ? ' (truncated)' : ''}.`);
       if (rate && usage.rate) {

@@ -22,8 +22,9 @@ const APP_JS: &str = include_str!("../../console/app.js");
 const APP_CSS: &str = include_str!("../../console/app.css");
 
 /// The modules `app.js` imports, served at `/console/js/<name>`.
-pub const MODULES: [(&str, &str); 13] = [
+pub const MODULES: [(&str, &str); 14] = [
     ("api.js", include_str!("../../console/js/api.js")),
+    ("credits.js", include_str!("../../console/js/credits.js")),
     ("dom.js", include_str!("../../console/js/dom.js")),
     (
         "key-dialogs.js",
