@@ -569,8 +569,10 @@ fn add_to_balance(client: &mut SpiClient<'_>, owner: Owner<'_>, amount: i64) -> 
 /// `apikey.partner_credits`, and applies the refills due. Balances whose row a transaction
 /// holds (a set or a top-up in progress) are skipped: that transaction moves their spending
 /// itself. Returns what was written, for [`shared::credits::written`] once the transaction
-/// has committed.
-pub fn write_spending(client: &mut SpiClient<'_>, db: u32) -> ApiResult<Written> {
+/// has committed. With `sweep` (the hourly round), or once the shared table is half full, the
+/// shared entries of every balance that no longer exists are dropped, not only those with
+/// spending to write: otherwise removed balances would fill the table for good.
+pub fn write_spending(client: &mut SpiClient<'_>, db: u32, sweep: bool) -> ApiResult<Written> {
     let now = clock::now();
     let unwritten = shared::credits::unwritten(db);
     let tables: &[&str] = if crate::version::schema_has(crate::version::PARTNER_LIMITS)? {
@@ -583,7 +585,13 @@ pub fn write_spending(client: &mut SpiClient<'_>, db: u32) -> ApiResult<Written>
         written.extend(write_table(client, db, table, &unwritten, now)?);
     }
     // Balances that no longer exist (removed, or their key or partner deleted): their
-    // spending has nowhere to go, and their ids are never used again.
+    // spending has nowhere to go, and their ids are never used again. A session still holding
+    // such a row may make the entry again; it is then dropped at the next round.
+    let candidates = if sweep || shared::credits::filling_up() {
+        shared::credits::ids(db)
+    } else {
+        unwritten.clone()
+    };
     let exists = tables
         .iter()
         .map(|t| format!("EXISTS (SELECT 1 FROM {t} WHERE credit_id = x)"))
@@ -593,7 +601,7 @@ pub fn write_spending(client: &mut SpiClient<'_>, db: u32) -> ApiResult<Written>
         .select(
             &format!("SELECT x FROM unnest($1::bigint[]) AS x WHERE NOT ({exists})"),
             None,
-            &[unwritten.into()],
+            &[candidates.into()],
         )?
         .filter_map(|row| row.get::<i64>(1).ok().flatten())
         .collect();

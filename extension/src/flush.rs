@@ -269,7 +269,7 @@ pub fn write(
         if matches!(schema, Schema::Current) {
             write_usage(client, rows)?;
             if version::schema_has(version::CREDITS)? {
-                spending = crate::credits::write_spending(client, db)?;
+                spending = crate::credits::write_spending(client, db, retention)?;
             }
             if retention {
                 apply_retention(client)?;

@@ -760,6 +760,41 @@ fn spending_is_written_by_the_worker_kept_by_a_restart_and_never_doubled_by_a_cr
 }
 
 #[test]
+fn removed_balances_do_not_fill_the_shared_table() {
+    let cluster = PrivateCluster::start(&[
+        "shared_preload_libraries = 'apikey'",
+        "apikey.max_keys = 100",
+        "apikey.usage_flush_interval = '100ms'",
+    ]);
+    let mut c = cluster.connect("apikey");
+    let key = key(&mut c);
+    // Each set after a removal is a new balance (a new credit id) with its own shared entry;
+    // its spending is written before it is removed, so only a sweep can reclaim the entry.
+    for round in 0..110 {
+        set(&mut c, &key.key_id, Some(5));
+        let (reason, left) = eventually(
+            &format!("round {round}: a new balance can be spent"),
+            || {
+                let answer = spend(&mut c, &key.token, 1);
+                (answer.0 == "ok").then_some(answer)
+            },
+        );
+        assert_eq!((reason.as_str(), left), ("ok", Some(4)));
+        eventually(&format!("round {round}: the spending is written"), || {
+            let stored: i64 = c
+                .query_one(
+                    "SELECT remaining FROM apikey.key_credits WHERE key_id = $1",
+                    &[&key.key_id],
+                )
+                .expect("key_credits")
+                .get(0);
+            (stored == 4).then_some(())
+        });
+        set(&mut c, &key.key_id, None);
+    }
+}
+
+#[test]
 fn a_spent_balance_is_a_429_over_http() {
     let mut c = superuser();
     let key = key(&mut c);

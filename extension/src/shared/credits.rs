@@ -5,8 +5,9 @@
 //! Entries are never evicted while their database has the extension: an entry forgotten
 //! while a session still holds an older row would let that session spend again what the
 //! table already counts. When the table is full, balances without an entry cannot be spent
-//! from (verification answers `usage_exceeded`, counted as `credits_refused`); the worker
-//! removes the entries of balances that no longer exist.
+//! from (verification answers `usage_exceeded`, and the log says so once a minute); the
+//! worker removes the entries of balances that no longer exist (those with spending to write
+//! at every flush, all of them hourly and, once the table is half full, at every flush).
 
 use super::table::TableEntry;
 use super::{database, handles, Handles};
@@ -283,6 +284,26 @@ pub fn forget(db: u32, credit_ids: &[i64]) {
 pub fn forget_database(db: u32) {
     let Some(handles) = handles() else { return };
     handles.credits.exclusive().remove_where(|tag| tag.db == db);
+}
+
+/// Whether the table holds more than half its capacity: time to look for entries of removed
+/// balances at every flush, not only hourly.
+pub fn filling_up() -> bool {
+    handles().is_some_and(|h| h.credits.shared().len() * 2 > crate::guc::max_keys())
+}
+
+/// Every balance of database `db` with an entry.
+pub fn ids(db: u32) -> Vec<i64> {
+    let Some(handles) = handles() else {
+        return Vec::new();
+    };
+    let table = handles.credits.shared();
+    table
+        .entries()
+        .into_iter()
+        .filter(|e| e.tag.db == db)
+        .map(|e| e.tag.credit_id)
+        .collect()
 }
 
 /// Spending not yet written, in every database: `(db, credit id, credits)`, what a clean
