@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Measures what a credit balance costs a warm apikey_verify, in one private cluster
 # (destroyed on exit) with apikey in shared_preload_libraries: 100 keys without a balance,
-# 100 with one (large enough never to run out), and pgbench -S as the ceiling, each run for
+# 100 with one (large enough never to run out), 100 with one whose partner also has a
+# partner-wide rate and balance (every limit a verification can meet), and pgbench -S as the
+# ceiling, each run for
 # BENCH_SECONDS in turn, BENCH_ROUNDS times over (so a noisy moment of a shared machine hits
 # both sides alike), then the ratios of the summed throughputs.
 #
@@ -52,11 +54,15 @@ APIKEY_PGDATABASE=postgres psql_as postgres -q -c 'CREATE DATABASE pgbench'
 bench_pgbench -i -s 10 -q pgbench >"$work/init.out" 2>&1 || { cat "$work/init.out" >&2; die "pgbench -i failed"; }
 
 partner_id="$(psql_as postgres -tA -c "SELECT apikey_partner_create('bench', NULL)")"
-# scripts_for KIND: issues $nkeys keys (KIND "credits": each with a balance of 10^15) and
-# writes one pgbench script per key, printing the -f arguments.
+limited_partner="$(psql_as postgres -tA -c "SELECT apikey_partner_create('bench limited', NULL)")"
+psql_as postgres -q -c "SELECT apikey_partner_set_limits('$limited_partner', 1000000000, 1000000000000000)" >/dev/null
+# scripts_for KIND: issues $nkeys keys (KIND "credits": each with a balance of 10^15;
+# "partner": the same, of the partner with limits) and writes one pgbench script per key,
+# printing the -f arguments.
 scripts_for() {
-  local kind="$1" i=0 token
-  psql_as postgres -tA -v pid="$partner_id" -v n="$nkeys" >"$work/$kind.tokens" <<'SQL'
+  local kind="$1" i=0 token pid="$partner_id"
+  [ "$kind" = partner ] && pid="$limited_partner"
+  psql_as postgres -tA -v pid="$pid" -v n="$nkeys" >"$work/$kind.tokens" <<'SQL'
 SELECT i.token
 FROM generate_series(1, :n) AS g,
      LATERAL apikey_issue(:'pid'::uuid, ARRAY['orders:read'], 'bench key ' || g,
@@ -65,7 +71,7 @@ SQL
   while read -r token; do
     [[ "$token" =~ ^[A-Za-z0-9_]+$ ]] || die "a token has characters outside [A-Za-z0-9_]"
     i=$((i + 1))
-    if [ "$kind" = credits ]; then
+    if [ "$kind" != plain ]; then
       psql_as postgres -q -c "SELECT apikey_set_credits('${token%_*}', 1000000000000000)" >/dev/null
     fi
     printf "SELECT * FROM apikey_verify('%s', ARRAY['orders:' || 'read']);\n" "$token" >"$work/$kind-$i.sql"
@@ -74,9 +80,10 @@ SQL
 }
 read -r -a plain_args <<<"$(scripts_for plain)"
 read -r -a credit_args <<<"$(scripts_for credits)"
+read -r -a partner_args <<<"$(scripts_for partner)"
 
 # One verification of each first, so that every key is proven and no run pays Argon2id.
-for kind in plain credits; do
+for kind in plain credits partner; do
   bad="$(psql_as postgres -tA -c "SELECT count(*) FROM unnest(string_to_array(
     '$(tr '\n' ' ' <"$work/$kind.tokens")', ' ')) AS t(token), apikey_verify(t.token) AS v
     WHERE t.token <> '' AND v.reason <> 'ok'")"
@@ -86,18 +93,22 @@ done
 tps() {
   awk '/^tps = / { printf "%.1f", $3; found = 1; exit } END { if (!found) print "0" }' "$1"
 }
-declare -A total=([select]=0 [plain]=0 [credits]=0)
+declare -A total=([select]=0 [plain]=0 [credits]=0 [partner]=0)
 for round in $(seq 1 "$rounds"); do
-  log "round $round of $rounds: pgbench -S, keys without a balance, keys with one ($seconds s each)"
+  log "round $round of $rounds: pgbench -S, keys without a balance, with one, with partner limits too ($seconds s each)"
   bench_pgbench -S -M prepared -c 4 -j 2 -T "$seconds" pgbench >"$work/select.out" 2>&1
   # Every other round the other way round: whatever runs later in a round (a warmer cache,
   # a quieter neighbour) favours neither side.
-  if [ $((round % 2)) = 1 ]; then order=(plain credits); else order=(credits plain); fi
+  if [ $((round % 2)) = 1 ]; then order=(plain credits partner); else order=(partner credits plain); fi
   for run in "${order[@]}"; do
-    if [ "$run" = plain ]; then args=("${plain_args[@]}"); else args=("${credit_args[@]}"); fi
+    case "$run" in
+      plain) args=("${plain_args[@]}") ;;
+      credits) args=("${credit_args[@]}") ;;
+      partner) args=("${partner_args[@]}") ;;
+    esac
     bench_pgbench -n -M prepared -c 4 -j 2 -T "$seconds" "${args[@]}" apikey >"$work/$run.out" 2>&1
   done
-  for run in select plain credits; do
+  for run in select plain credits partner; do
     t="$(tps "$work/$run.out")"
     [ "$t" != 0 ] || die "the $run run failed: $(tail -n 5 "$work/$run.out")"
     total[$run]="$(awk -v a="${total[$run]}" -v b="$t" 'BEGIN { printf "%.1f", a + b }')"
@@ -115,6 +126,8 @@ cat <<EOF
 pgbench -S                     ${total[select]} tps (summed over the rounds)
 keys without a balance         ${total[plain]} tps   $(ratio "${total[plain]}" "${total[select]}") of pgbench -S
 keys with a balance            ${total[credits]} tps   $(ratio "${total[credits]}" "${total[select]}") of pgbench -S
+... and partner-wide limits    ${total[partner]} tps   $(ratio "${total[partner]}" "${total[select]}") of pgbench -S
 with / without a balance       $(ratio "${total[credits]}" "${total[plain]}")   (goal: at least 95%)
+with partner limits / without  $(ratio "${total[partner]}" "${total[plain]}")
 credits spent, as the balances say: $spent
 EOF
