@@ -68,6 +68,8 @@ fn apikey_partner_add_credits(partner_id: Option<pgrx::Uuid>, amount: Option<i64
 /// with its refill; no row without a balance. Operators may ask about any; a partner (with a
 /// key verified in the transaction) about its own keys and itself; anyone else is told it
 /// does not exist.
+// The result's column names must be spelled in the signature (pgrx's `name!`).
+#[allow(clippy::type_complexity)]
 #[pg_extern(volatile, security_definer, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn apikey_credits_state(
@@ -107,7 +109,6 @@ fn state(
                     Some(1),
                     &[key_id.into()],
                 )?
-                .into_iter()
                 .next()
                 .map(|r| r.get::<pgrx::Uuid>(1))
                 .transpose()?
@@ -140,7 +141,7 @@ fn state(
             ))
         }
     };
-    let Some(found) = client.select(sql, Some(1), &[datum])?.into_iter().next() else {
+    let Some(found) = client.select(sql, Some(1), &[datum])?.next() else {
         return Ok(None);
     };
     let missing = || ApiError::internal("a balance row has NULL in a NOT NULL column");
