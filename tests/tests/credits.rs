@@ -30,27 +30,34 @@ fn set(c: &mut Client, key_id: &str, remaining: Option<i64>) {
         .expect("apikey_set_credits");
 }
 
-#[test]
-fn concurrent_verifications_spend_exactly_the_balance() {
-    let mut c = superuser();
-    let key = key(&mut c);
-    set(&mut c, &key.key_id, Some(100));
-    let sessions: Vec<_> = (0..8)
-        .map(|_| {
-            let token = key.token.clone();
+/// One session per token, all at once, each verifying `tries` times at cost 1: how many
+/// were accepted in all.
+fn accepted_at_once(tokens: &[&str], tries: usize) -> usize {
+    let sessions: Vec<_> = tokens
+        .iter()
+        .map(|token| {
+            let token = token.to_string();
             std::thread::spawn(move || {
                 let mut c = superuser();
-                (0..40)
+                (0..tries)
                     .map(|_| spend(&mut c, &token, 1).0)
                     .filter(|r| r == "ok")
                     .count()
             })
         })
         .collect();
-    let accepted: usize = sessions
+    sessions
         .into_iter()
         .map(|s| s.join().expect("session"))
-        .sum();
+        .sum()
+}
+
+#[test]
+fn concurrent_verifications_spend_exactly_the_balance() {
+    let mut c = superuser();
+    let key = key(&mut c);
+    set(&mut c, &key.key_id, Some(100));
+    let accepted = accepted_at_once(&[key.token.as_str(); 8], 40);
     assert_eq!(accepted, 100, "8 sessions x 40 against 100 credits");
     assert_eq!(
         spend(&mut c, &key.token, 1),
@@ -498,23 +505,8 @@ fn two_keys_of_a_partner_spend_one_partner_balance() {
         &[&partner],
     )
     .expect("apikey_partner_set_limits");
-    let sessions: Vec<_> = [&first, &second, &first, &second]
-        .into_iter()
-        .map(|key| {
-            let token = key.token.clone();
-            std::thread::spawn(move || {
-                let mut c = superuser();
-                (0..10)
-                    .map(|_| spend(&mut c, &token, 1).0)
-                    .filter(|r| r == "ok")
-                    .count()
-            })
-        })
-        .collect();
-    let accepted: usize = sessions
-        .into_iter()
-        .map(|s| s.join().expect("session"))
-        .sum();
+    let tokens = [&first, &second, &first, &second].map(|k| k.token.as_str());
+    let accepted = accepted_at_once(&tokens, 10);
     assert_eq!(accepted, 5, "4 sessions x 10 over two keys against 5");
     assert_eq!(
         spend(&mut c, &second.token, 1),

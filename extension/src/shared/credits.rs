@@ -222,8 +222,8 @@ pub struct Settled {
     pub epoch: i64,
 }
 
-/// The balances of database `db` with spending the table does not hold yet.
-pub fn unwritten(db: u32) -> Vec<i64> {
+/// What `pick` takes from the state of each balance of database `db`, with its credit id.
+fn collect<T>(db: u32, pick: impl Fn(&CreditState) -> Option<T>) -> Vec<(i64, T)> {
     let Some(handles) = handles() else {
         return Vec::new();
     };
@@ -232,12 +232,18 @@ pub fn unwritten(db: u32) -> Vec<i64> {
         .entries()
         .into_iter()
         .filter(|e| e.tag.db == db)
-        .filter(|e| {
-            let state = e.state.lock();
-            state.spending.spent != state.written
-        })
-        .map(|e| e.tag.credit_id)
+        .filter_map(|e| pick(&e.state.lock()).map(|t| (e.tag.credit_id, t)))
         .collect()
+}
+
+/// The balances of database `db` with spending the table does not hold yet.
+pub fn unwritten(db: u32) -> Vec<i64> {
+    collect(db, |state| {
+        (state.spending.spent != state.written).then_some(())
+    })
+    .into_iter()
+    .map(|(id, ())| id)
+    .collect()
 }
 
 /// After a committed write of `credit_id` in `db` marked with `spent`. The refill noted
@@ -249,20 +255,10 @@ pub fn written(db: u32, credit_id: i64, spent: i64) {
 
 /// The shortages of database `db`'s balances not yet announced.
 pub fn shortages(db: u32) -> Vec<(i64, Shortage)> {
-    let Some(handles) = handles() else {
-        return Vec::new();
-    };
-    let table = handles.credits.shared();
-    table
-        .entries()
-        .into_iter()
-        .filter(|e| e.tag.db == db)
-        .filter_map(|e| {
-            let state = e.state.lock();
-            let found = state.found_short?;
-            (state.announced != Some(found)).then_some((e.tag.credit_id, found))
-        })
-        .collect()
+    collect(db, |state| {
+        let found = state.found_short?;
+        (state.announced != Some(found)).then_some(found)
+    })
 }
 
 /// After a committed write that announced `shortage` of `credit_id` in `db` (or found it
@@ -294,15 +290,9 @@ pub fn filling_up() -> bool {
 
 /// Every balance of database `db` with an entry.
 pub fn ids(db: u32) -> Vec<i64> {
-    let Some(handles) = handles() else {
-        return Vec::new();
-    };
-    let table = handles.credits.shared();
-    table
-        .entries()
+    collect(db, |_| Some(()))
         .into_iter()
-        .filter(|e| e.tag.db == db)
-        .map(|e| e.tag.credit_id)
+        .map(|(id, ())| id)
         .collect()
 }
 

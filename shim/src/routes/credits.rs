@@ -57,6 +57,20 @@ async fn partner_limits(tx: &Transaction<'_>, partner_id: Uuid) -> Result<Value,
     Ok(json!({ "partner_id": partner_id, "rate_per_minute": rate, "credits": credits }))
 }
 
+/// Runs `work` in the transaction of a management request acting as the caller's key holder
+/// (`db::begin_as_key_holder`) and commits: its answer is the 200 body.
+async fn managed(
+    state: &AppState,
+    caller: &Caller,
+    work: impl AsyncFnOnce(&Transaction<'_>) -> Result<Value, AppError>,
+) -> Result<Managed, AppError> {
+    let mut conn = state.connection().await?;
+    let tx = db::begin_as_key_holder(&mut conn, state, caller).await?;
+    let body = work(&tx).await?;
+    tx.commit().await?;
+    Ok(Managed::ok(body))
+}
+
 /// An interval checked before the transaction, so a mistake is a 422 naming its field
 /// (PostgreSQL's own error for a bad interval names no argument).
 async fn check_interval(
@@ -100,11 +114,7 @@ async fn show_key_credits(
     caller: Caller,
     Path(key_id): Path<String>,
 ) -> Result<Managed, AppError> {
-    let mut conn = state.connection().await?;
-    let tx = db::begin_as_key_holder(&mut conn, &state, &caller).await?;
-    let body = key_credits(&tx, &key_id).await?;
-    tx.commit().await?;
-    Ok(Managed::ok(body))
+    managed(&state, &caller, async |tx| key_credits(tx, &key_id).await).await
 }
 
 /// The arguments of `apikey_set_credits`.
@@ -150,16 +160,15 @@ async fn set_key_credits(
     Json(r): Json<SetKeyCredits>,
 ) -> Result<Managed, AppError> {
     check_interval(&state, "refill_interval", r.refill_interval.as_deref()).await?;
-    let mut conn = state.connection().await?;
-    let tx = db::begin_as_key_holder(&mut conn, &state, &caller).await?;
-    tx.execute(
-        "SELECT apikey_set_credits($1, $2, $3, $4::text::interval)",
-        &[&key_id, &r.remaining, &r.refill_amount, &r.refill_interval],
-    )
-    .await?;
-    let body = key_credits(&tx, &key_id).await?;
-    tx.commit().await?;
-    Ok(Managed::ok(body))
+    managed(&state, &caller, async |tx| {
+        tx.execute(
+            "SELECT apikey_set_credits($1, $2, $3, $4::text::interval)",
+            &[&key_id, &r.remaining, &r.refill_amount, &r.refill_interval],
+        )
+        .await?;
+        key_credits(tx, &key_id).await
+    })
+    .await
 }
 
 /// A top-up, or (negative) a charge after the fact.
@@ -197,13 +206,12 @@ async fn add_key_credits(
     Path(key_id): Path<String>,
     Json(r): Json<AddCredits>,
 ) -> Result<Managed, AppError> {
-    let mut conn = state.connection().await?;
-    let tx = db::begin_as_key_holder(&mut conn, &state, &caller).await?;
-    tx.execute("SELECT apikey_add_credits($1, $2)", &[&key_id, &r.amount])
-        .await?;
-    let body = key_credits(&tx, &key_id).await?;
-    tx.commit().await?;
-    Ok(Managed::ok(body))
+    managed(&state, &caller, async |tx| {
+        tx.execute("SELECT apikey_add_credits($1, $2)", &[&key_id, &r.amount])
+            .await?;
+        key_credits(tx, &key_id).await
+    })
+    .await
 }
 
 /// Show a partner's limits
@@ -227,11 +235,10 @@ async fn show_partner_limits(
     caller: Caller,
     Path(partner_id): Path<Uuid>,
 ) -> Result<Managed, AppError> {
-    let mut conn = state.connection().await?;
-    let tx = db::begin_as_key_holder(&mut conn, &state, &caller).await?;
-    let body = partner_limits(&tx, partner_id).await?;
-    tx.commit().await?;
-    Ok(Managed::ok(body))
+    managed(&state, &caller, async |tx| {
+        partner_limits(tx, partner_id).await
+    })
+    .await
 }
 
 /// The arguments of `apikey_partner_set_limits`: each call sets every limit, and one left
@@ -280,22 +287,21 @@ async fn set_partner_limits(
 ) -> Result<Managed, AppError> {
     let interval = r.credits_refill_interval.as_deref();
     check_interval(&state, "credits_refill_interval", interval).await?;
-    let mut conn = state.connection().await?;
-    let tx = db::begin_as_key_holder(&mut conn, &state, &caller).await?;
-    tx.execute(
-        "SELECT apikey_partner_set_limits($1, $2, $3, $4, $5::text::interval)",
-        &[
-            &partner_id,
-            &r.rate_per_minute,
-            &r.credits,
-            &r.credits_refill_amount,
-            &r.credits_refill_interval,
-        ],
-    )
-    .await?;
-    let body = partner_limits(&tx, partner_id).await?;
-    tx.commit().await?;
-    Ok(Managed::ok(body))
+    managed(&state, &caller, async |tx| {
+        tx.execute(
+            "SELECT apikey_partner_set_limits($1, $2, $3, $4, $5::text::interval)",
+            &[
+                &partner_id,
+                &r.rate_per_minute,
+                &r.credits,
+                &r.credits_refill_amount,
+                &r.credits_refill_interval,
+            ],
+        )
+        .await?;
+        partner_limits(tx, partner_id).await
+    })
+    .await
 }
 
 /// Top up (or charge) a partner's credits
@@ -325,14 +331,13 @@ async fn add_partner_credits(
     Path(partner_id): Path<Uuid>,
     Json(r): Json<AddCredits>,
 ) -> Result<Managed, AppError> {
-    let mut conn = state.connection().await?;
-    let tx = db::begin_as_key_holder(&mut conn, &state, &caller).await?;
-    tx.execute(
-        "SELECT apikey_partner_add_credits($1, $2)",
-        &[&partner_id, &r.amount],
-    )
-    .await?;
-    let body = partner_limits(&tx, partner_id).await?;
-    tx.commit().await?;
-    Ok(Managed::ok(body))
+    managed(&state, &caller, async |tx| {
+        tx.execute(
+            "SELECT apikey_partner_add_credits($1, $2)",
+            &[&partner_id, &r.amount],
+        )
+        .await?;
+        partner_limits(tx, partner_id).await
+    })
+    .await
 }
