@@ -170,6 +170,23 @@ fn state(
     )))
 }
 
+/// The two kinds of balance, each in its own table.
+#[derive(Clone, Copy)]
+enum Kind {
+    Key,
+    Partner,
+}
+
+impl Kind {
+    /// The table and its owner column.
+    fn table(self) -> (&'static str, &'static str) {
+        match self {
+            Kind::Key => ("apikey.key_credits", "key_id"),
+            Kind::Partner => ("apikey.partner_credits", "partner_id"),
+        }
+    }
+}
+
 /// Whose balance a row is.
 #[derive(Clone, Copy)]
 enum Owner<'a> {
@@ -181,8 +198,8 @@ impl Owner<'_> {
     /// The table and its owner column.
     fn table(self) -> (&'static str, &'static str) {
         match self {
-            Owner::Key(_) => ("apikey.key_credits", "key_id"),
-            Owner::Partner(_) => ("apikey.partner_credits", "partner_id"),
+            Owner::Key(_) => Kind::Key.table(),
+            Owner::Partner(_) => Kind::Partner.table(),
         }
     }
 
@@ -576,14 +593,14 @@ fn add_to_balance(client: &mut SpiClient<'_>, owner: Owner<'_>, amount: i64) -> 
 pub fn write_spending(client: &mut SpiClient<'_>, db: u32, sweep: bool) -> ApiResult<Written> {
     let now = clock::now();
     let unwritten = shared::credits::unwritten(db);
-    let tables: &[&str] = if crate::version::schema_has(crate::version::PARTNER_LIMITS)? {
-        &["apikey.key_credits", "apikey.partner_credits"]
+    let kinds: &[Kind] = if crate::version::schema_has(crate::version::PARTNER_LIMITS)? {
+        &[Kind::Key, Kind::Partner]
     } else {
-        &["apikey.key_credits"]
+        &[Kind::Key]
     };
     let mut written = Vec::new();
-    for table in tables {
-        written.extend(write_table(client, db, table, &unwritten, now)?);
+    for kind in kinds {
+        written.extend(write_table(client, db, kind.table().0, &unwritten, now)?);
     }
     // Balances that no longer exist (removed, or their key or partner deleted): their
     // spending has nowhere to go, and their ids are never used again. A session still holding
@@ -593,9 +610,9 @@ pub fn write_spending(client: &mut SpiClient<'_>, db: u32, sweep: bool) -> ApiRe
     } else {
         unwritten.clone()
     };
-    let exists = tables
+    let exists = kinds
         .iter()
-        .map(|t| format!("EXISTS (SELECT 1 FROM {t} WHERE credit_id = x)"))
+        .map(|k| format!("EXISTS (SELECT 1 FROM {} WHERE credit_id = x)", k.table().0))
         .collect::<Vec<_>>()
         .join(" OR ");
     let gone: Vec<i64> = client
@@ -607,7 +624,7 @@ pub fn write_spending(client: &mut SpiClient<'_>, db: u32, sweep: bool) -> ApiRe
         .filter_map(|row| row.get::<i64>(1).ok().flatten())
         .collect();
     shared::credits::forget(db, &gone);
-    let announced = announce_shortages(client, db, tables)?;
+    let announced = announce_shortages(client, db, kinds)?;
     Ok(Written {
         spending: written,
         announced,
@@ -629,20 +646,20 @@ pub struct Written {
 fn announce_shortages(
     client: &mut SpiClient<'_>,
     db: u32,
-    tables: &[&str],
+    kinds: &[Kind],
 ) -> ApiResult<Vec<(i64, Shortage)>> {
+    enum Holder {
+        Key(String),
+        Partner(pgrx::Uuid),
+    }
+    let missing = || ApiError::internal("a balance row has NULL in a NOT NULL column");
     let shortages = shared::credits::shortages(db);
     for (credit_id, shortage) in &shortages {
-        for table in tables {
-            // The owner: a key id, or a partner id.
-            let owner = if *table == "apikey.key_credits" {
-                "key_id, NULL::uuid"
-            } else {
-                "NULL::text, partner_id"
-            };
+        for &kind in kinds {
+            let (table, column) = kind.table();
             let found = client.select(
                 &format!(
-                    "SELECT {owner}, remaining, next_refill_at FROM {table} \
+                    "SELECT {column}, remaining, next_refill_at FROM {table} \
                      WHERE credit_id = $1 AND generation = $2"
                 ),
                 Some(1),
@@ -651,22 +668,24 @@ fn announce_shortages(
             let Some(row) = found.into_iter().next() else {
                 continue;
             };
-            let (key_id, partner_id) = (row.get::<String>(1)?, row.get::<pgrx::Uuid>(2)?);
+            let holder = match kind {
+                Kind::Key => Holder::Key(row.get(1)?.ok_or_else(missing)?),
+                Kind::Partner => Holder::Partner(row.get(1)?.ok_or_else(missing)?),
+            };
             let extra = json!({
-                "credits_remaining": row.get::<i64>(3)?,
-                "next_refill_at": row.get::<TimestampWithTimeZone>(4)?,
+                "credits_remaining": row.get::<i64>(2)?,
+                "next_refill_at": row.get::<TimestampWithTimeZone>(3)?,
             });
-            match (key_id, partner_id) {
-                (Some(key_id), _) => {
+            match holder {
+                Holder::Key(key_id) => {
                     events::record_key_event(client, events::KEY_CREDITS_EXHAUSTED, &key_id, extra)?
                 }
-                (None, Some(partner_id)) => events::record_partner_event(
+                Holder::Partner(partner_id) => events::record_partner_event(
                     client,
                     events::PARTNER_CREDITS_EXHAUSTED,
                     partner_id,
                     extra,
                 )?,
-                (None, None) => return Err(ApiError::internal("a balance without an owner")),
             }
         }
     }

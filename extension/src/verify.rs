@@ -313,14 +313,9 @@ fn decide<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
         reason,
         rate,
         credits,
+        spent,
         refill_in,
     } = limits;
-    let spends = row.credits.is_some() || row.partner_credits.is_some();
-    let spent = if reason == Reason::Ok && spends {
-        request.cost
-    } else {
-        0
-    };
     let stale = reason == Reason::Ok
         && (peppers.newest().fingerprint != row.pepper_fingerprint
             || proof::needs_rehash(key_id, &row.secret_hash, proof, params))
@@ -349,6 +344,8 @@ struct Limits {
     rate: Option<Rate>,
     /// The smaller of the two balances after, where either has one and was consulted.
     credits: Option<i64>,
+    /// Credits taken from a balance (the cost, when there was one to take from).
+    spent: i64,
     /// Refused by a balance: seconds until its refill (`None` without one).
     refill_in: Option<i32>,
 }
@@ -359,6 +356,7 @@ impl Limits {
             reason,
             rate,
             credits: None,
+            spent: 0,
             refill_in: None,
         }
     }
@@ -417,6 +415,7 @@ fn take_limits(key_id: &str, row: &StoredKey, cost: i64, now: pg_sys::TimestampT
                     reason: Reason::UsageExceeded,
                     rate,
                     credits: Some(smallest.map_or(left, |s| s.min(left))),
+                    spent: 0,
                     refill_in: seconds_until(balance.row.next_refill_at, now),
                 };
             }
@@ -430,6 +429,7 @@ fn take_limits(key_id: &str, row: &StoredKey, cost: i64, now: pg_sys::TimestampT
         reason: Reason::Ok,
         rate,
         credits: smallest,
+        spent: if smallest.is_some() { cost } else { 0 },
         refill_in: None,
     }
 }
