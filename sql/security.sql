@@ -41,6 +41,7 @@ GRANT USAGE ON SCHEMA apikey TO apikey_admin, apikey_partner;
 -- Verification and identity: every role.
 GRANT EXECUTE ON FUNCTION
     @extschema@.apikey_verify,
+    @extschema@.apikey_last_rates,
     @extschema@.apikey_current_partner,
     @extschema@.apikey_current_key,
     @extschema@.apikey_current_scopes,

@@ -35,6 +35,7 @@ mod flush;
 mod guc;
 mod identity;
 mod known_keys;
+mod last_rates;
 mod leaks;
 mod lifecycle;
 mod partner;

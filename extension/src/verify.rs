@@ -23,7 +23,7 @@ use crate::shared::keys::Rate;
 use crate::shared::marks::{self, Subject};
 use crate::shared::Stat;
 use crate::sqltypes::{self, InetDatum};
-use crate::{clock, db, guc, redact, scope, shared, srf, token};
+use crate::{clock, db, guc, last_rates, redact, scope, shared, srf, token};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use std::rc::Rc;
@@ -100,9 +100,9 @@ struct Outcome<'a> {
     reason: Reason,
     key_id: Option<&'a str>,
     row: Option<Rc<StoredKey>>,
-    /// The rate limit after this verification, where it was consulted (shared memory, a
+    /// The rate buckets after this verification, where they were consulted (shared memory, a
     /// verification that was otherwise ok).
-    rate: Option<Rate>,
+    buckets: Buckets,
     /// The smaller of the key's and its partner's balances after this verification, where
     /// either has one and it was consulted.
     credits: Option<i64>,
@@ -136,7 +136,7 @@ impl Outcome<'_> {
         let identity = self
             .row
             .filter(|_| self.authentic && self.reason.reveals_identity());
-        let (remaining, reset) = match self.rate {
+        let (remaining, reset) = match self.buckets.tighter() {
             Some(rate) if self.reason == Reason::UsageExceeded => {
                 (Some(rate.remaining), self.refill_in)
             }
@@ -181,6 +181,12 @@ impl Outcome<'_> {
 /// re-hash. Only those writes use SPI; a warm success needs none.
 fn verify<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
     let outcome = decide(request)?;
+    match (&outcome.row, outcome.key_id) {
+        (Some(row), Some(key_id)) if outcome.authentic => {
+            last_rates::record(key_id, outcome.buckets, row.partner_rate_per_minute)
+        }
+        _ => last_rates::clear(),
+    }
     // A key is identified when its row exists; counts and audit marks of anything else
     // (no key, malformed, unknown key id) carry no key id.
     let identified = outcome.row.as_ref().and(outcome.key_id);
@@ -242,7 +248,7 @@ fn decide<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
             reason,
             key_id,
             row,
-            rate: None,
+            buckets: Buckets::default(),
             credits: None,
             spent: 0,
             refill_in: None,
@@ -285,7 +291,10 @@ fn decide<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
                 reason: Reason::RateLimited,
                 key_id: Some(key_id),
                 row: Some(row),
-                rate: Some(Rate::RETRY_IN_A_SECOND),
+                buckets: Buckets {
+                    key: Some(Rate::RETRY_IN_A_SECOND),
+                    partner: None,
+                },
                 credits: None,
                 spent: 0,
                 refill_in: None,
@@ -307,11 +316,11 @@ fn decide<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
     let limits = if reason == Reason::Ok {
         take_limits(key_id, &row, request.cost, now)
     } else {
-        Limits::refused(reason, None)
+        Limits::refused(reason, Buckets::default())
     };
     let Limits {
         reason,
-        rate,
+        buckets,
         credits,
         spent,
         refill_in,
@@ -324,7 +333,7 @@ fn decide<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
         reason,
         key_id: Some(key_id),
         row: Some(row),
-        rate,
+        buckets,
         credits,
         spent,
         refill_in,
@@ -340,8 +349,7 @@ fn decide<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
 /// What [`take_limits`] decided.
 struct Limits {
     reason: Reason,
-    /// The tighter of the key's and the partner's bucket, where consulted.
-    rate: Option<Rate>,
+    buckets: Buckets,
     /// The smaller of the two balances after, where either has one and was consulted.
     credits: Option<i64>,
     /// Credits taken from a balance (the cost, when there was one to take from).
@@ -351,10 +359,10 @@ struct Limits {
 }
 
 impl Limits {
-    fn refused(reason: Reason, rate: Option<Rate>) -> Limits {
+    fn refused(reason: Reason, buckets: Buckets) -> Limits {
         Limits {
             reason,
-            rate,
+            buckets,
             credits: None,
             spent: 0,
             refill_in: None,
@@ -370,29 +378,30 @@ fn take_limits(key_id: &str, row: &StoredKey, cost: i64, now: pg_sys::TimestampT
     let partner = row.partner_id.as_bytes();
     let bucket = row.rate_bucket(key_id);
     let mut taken = Taken::default();
-    let key_rate = shared::keys::take(key_id, partner, bucket, row.rate_per_minute, now);
-    if let Some(rate) = key_rate {
+    let mut buckets = Buckets {
+        key: shared::keys::take(key_id, partner, bucket, row.rate_per_minute, now),
+        partner: None,
+    };
+    if let Some(rate) = buckets.key {
         if !rate.allowed {
             shared::count(Stat::RateLimited);
-            return Limits::refused(Reason::RateLimited, key_rate);
+            return Limits::refused(Reason::RateLimited, buckets);
         }
         taken.key_rate = true;
     }
-    let partner_rate = row
+    buckets.partner = row
         .partner_rate_per_minute
         .and_then(|limit| shared::keys::take_partner(partner, limit, now));
-    if let Some(rate) = partner_rate {
+    if let Some(rate) = buckets.partner {
         if !rate.allowed {
             shared::count(Stat::RateLimited);
             taken.give_back(bucket, partner, now);
-            return Limits::refused(Reason::RateLimited, partner_rate);
+            // The key's token is back: report its bucket as it now stands.
+            buckets.key = shared::keys::peek(bucket, row.rate_per_minute, now);
+            return Limits::refused(Reason::RateLimited, buckets);
         }
         taken.partner_rate = true;
     }
-    let rate = match (key_rate, partner_rate) {
-        (Some(k), Some(p)) => Some(if p.remaining < k.remaining { p } else { k }),
-        (k, p) => k.or(p),
-    };
     let mut smallest: Option<i64> = None;
     let balances = [&row.credits, &row.partner_credits];
     for (i, balance) in balances.into_iter().enumerate() {
@@ -413,7 +422,7 @@ fn take_limits(key_id: &str, row: &StoredKey, cost: i64, now: pg_sys::TimestampT
                 taken.give_back(bucket, partner, now);
                 return Limits {
                     reason: Reason::UsageExceeded,
-                    rate,
+                    buckets,
                     credits: Some(smallest.map_or(left, |s| s.min(left))),
                     spent: 0,
                     refill_in: seconds_until(balance.row.next_refill_at, now),
@@ -421,16 +430,34 @@ fn take_limits(key_id: &str, row: &StoredKey, cost: i64, now: pg_sys::TimestampT
             }
             Spent::Unavailable => {
                 taken.give_back(bucket, partner, now);
-                return Limits::refused(Reason::UsageExceeded, rate);
+                return Limits::refused(Reason::UsageExceeded, buckets);
             }
         }
     }
     Limits {
         reason: Reason::Ok,
-        rate,
+        buckets,
         credits: smallest,
         spent: if smallest.is_some() { cost } else { 0 },
         refill_in: None,
+    }
+}
+
+/// The key's rate bucket and its partner's, where a verification consulted them.
+#[derive(Clone, Copy, Default)]
+pub struct Buckets {
+    pub key: Option<Rate>,
+    pub partner: Option<Rate>,
+}
+
+impl Buckets {
+    /// The bucket with fewer verifications left (a refusing one has none): what
+    /// `rate_remaining` and `rate_reset_seconds` report.
+    fn tighter(&self) -> Option<Rate> {
+        match (self.key, self.partner) {
+            (Some(k), Some(p)) => Some(if p.remaining < k.remaining { p } else { k }),
+            (k, p) => k.or(p),
+        }
     }
 }
 

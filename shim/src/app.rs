@@ -4,7 +4,7 @@
 
 use crate::auth::{client_ip, presented_key, PresentedKey};
 use crate::error::AppError;
-use crate::rate::{Credits, Rate};
+use crate::rate::Limits;
 use crate::routes;
 use crate::state::AppState;
 use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request, State};
@@ -64,8 +64,7 @@ pub struct RequestNote(Arc<Mutex<Note>>);
 #[derive(Default)]
 struct Note {
     key_id: Option<String>,
-    rate: Option<Rate>,
-    credits: Option<Credits>,
+    limits: Limits,
 }
 
 impl RequestNote {
@@ -79,12 +78,8 @@ impl RequestNote {
         self.note().key_id = Some(key_id.to_string());
     }
 
-    pub fn rate(&self, rate: Rate) {
-        self.note().rate = Some(rate);
-    }
-
-    pub fn credits(&self, credits: Credits) {
-        self.note().credits = Some(credits);
+    pub fn limits(&self, limits: Limits) {
+        self.note().limits = limits;
     }
 }
 
@@ -103,12 +98,8 @@ async fn observe(State(state): State<AppState>, mut request: Request, next: Next
     let status = response.status().as_u16();
     state.metrics.observe(&route, status, elapsed.as_secs_f64());
     let note = note.note();
-    if note.rate.is_some() || note.credits.is_some() {
-        crate::rate::write_fields(
-            response.headers_mut(),
-            note.rate.as_ref(),
-            note.credits.as_ref(),
-        );
+    if !note.limits.is_empty() {
+        note.limits.write_headers(response.headers_mut());
     }
     let key_id = note.key_id.as_deref().unwrap_or("-");
     tracing::info!(%method, %route, status, latency_ms = elapsed.as_secs_f64() * 1000.0, key_id, "request");

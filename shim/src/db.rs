@@ -11,7 +11,7 @@
 use crate::app::Caller;
 use crate::auth::PresentedKey;
 use crate::error::AppError;
-use crate::rate::{Credits, Rate};
+use crate::rate::{Credits, Limits, Rate};
 use crate::state::AppState;
 use apikey_contract::reason::Reason;
 use deadpool_postgres::{
@@ -67,22 +67,22 @@ pub struct Verdict<'r> {
     pub partner_id: Option<Uuid>,
     pub scopes: Option<Vec<&'r str>>,
     pub rate_per_minute: Option<i32>,
-    pub rate: Option<Rate>,
-    pub credits: Option<Credits>,
+    pub limits: Limits,
 }
 
 impl<'r> Verdict<'r> {
-    /// Columns by position, in the contract's order (`SELECT *`); `expires_at` (6) is not
-    /// needed.
+    /// Columns by position, in the contract's order (`SELECT *`), then
+    /// `apikey_last_rates(key_id)`; `expires_at` (6) is not needed.
     pub fn from_row(row: &'r Row) -> Result<Self, AppError> {
         let reason: &str = row.try_get(1)?;
         let rate_per_minute: Option<i32> = row.try_get(5)?;
-        let (rate, credits) = limits_of(
+        let limits = limits_of(
             reason,
             rate_per_minute,
             row.try_get(7)?,
             row.try_get(8)?,
             row.try_get(9)?,
+            row.try_get(10)?,
         );
         Ok(Verdict {
             valid: row.try_get(0)?,
@@ -91,73 +91,84 @@ impl<'r> Verdict<'r> {
             partner_id: row.try_get(3)?,
             scopes: row.try_get(4)?,
             rate_per_minute,
-            rate,
-            credits,
+            limits,
         })
     }
 
     /// Notes the limits for the response's fields.
     pub fn note_limits(&self, caller: &Caller) {
-        if let Some(rate) = self.rate {
-            caller.note.rate(rate);
-        }
-        if let Some(credits) = self.credits {
-            caller.note.credits(credits);
-        }
+        caller.note.limits(self.limits);
     }
 
     /// The error for a verification that failed.
     pub fn refusal(&self) -> AppError {
-        refusal(self.reason, self.rate, self.credits)
+        refusal(self.reason, self.limits)
     }
 }
 
-/// The key's rate and credits as `apikey_verify` reports them: `rate_remaining`,
-/// `rate_reset_seconds` and `credits_remaining`. Refused for want of credits, the reset is the
-/// time until the short balance's refill (NULL without one), and the bucket is not reported.
+/// The limits as `apikey_verify` reports them (`rate_remaining`, `rate_reset_seconds`,
+/// `credits_remaining`), each bucket told apart by `apikey_last_rates` when the partner has a
+/// rate of its own (`{key_remaining, key_reset_seconds, partner_rate_per_minute,
+/// partner_remaining, partner_reset_seconds}`; the key's bucket refuses before the partner's is
+/// consulted, so with both, a refusal is the partner's). Refused for want of credits, the
+/// reset is the time until the short balance's refill (NULL without one), and no bucket is
+/// reported: what was taken from them was given back.
 fn limits_of(
     reason: &str,
     quota: Option<i32>,
     remaining: Option<i32>,
     reset_seconds: Option<i32>,
     credits: Option<i64>,
-) -> (Option<Rate>, Option<Credits>) {
+    buckets: Option<Vec<Option<i32>>>,
+) -> Limits {
     let short = reason == Reason::UsageExceeded.as_str();
+    let refused = reason == Reason::RateLimited.as_str();
     let credits = credits.map(|remaining| Credits {
         remaining,
         refill_in: if short { reset_seconds } else { None },
         refused: short,
     });
-    let rate = if short {
-        None
-    } else {
-        rate_of(quota, remaining, reset_seconds, reason)
+    if short {
+        return Limits {
+            credits,
+            ..Limits::default()
+        };
+    }
+    let bucket = |quota: Option<i32>, remaining, reset_seconds, refused| {
+        Some(Rate {
+            quota: quota?,
+            remaining: remaining?,
+            reset_seconds: reset_seconds?,
+            refused,
+        })
     };
-    (rate, credits)
-}
-
-/// Where the key stands against its limit, when the database consulted it.
-fn rate_of(
-    quota: Option<i32>,
-    remaining: Option<i32>,
-    reset_seconds: Option<i32>,
-    reason: &str,
-) -> Option<Rate> {
-    Some(Rate {
-        quota: quota?,
-        remaining: remaining?,
-        reset_seconds: reset_seconds?,
-        refused: reason == Reason::RateLimited.as_str(),
-    })
+    match buckets.as_deref() {
+        Some(&[key_left, key_reset, partner_quota, partner_left, partner_reset]) => Limits {
+            key: bucket(quota, key_left, key_reset, false),
+            partner: bucket(partner_quota, partner_left, partner_reset, refused),
+            credits,
+        },
+        _ => Limits {
+            key: bucket(quota, remaining, reset_seconds, refused),
+            partner: None,
+            credits,
+        },
+    }
 }
 
 /// The error for a failed verification with `reason`: 429 with the rate-limit or credit
 /// fields, or the status of the reason.
-fn refusal(reason: &str, rate: Option<Rate>, credits: Option<Credits>) -> AppError {
-    match (rate, credits) {
-        (Some(rate), _) if rate.refused => AppError::RateLimited(rate),
-        (_, Some(credits)) if credits.refused => AppError::UsageExceeded(Some(credits)),
-        _ => AppError::from_reason(reason),
+fn refusal(reason: &str, limits: Limits) -> AppError {
+    let refused_by_bucket = [limits.key, limits.partner]
+        .into_iter()
+        .flatten()
+        .any(|rate| rate.refused);
+    if refused_by_bucket {
+        AppError::RateLimited(limits)
+    } else if limits.credits.is_some_and(|c| c.refused) {
+        AppError::UsageExceeded(limits)
+    } else {
+        AppError::from_reason(reason)
     }
 }
 
@@ -230,7 +241,7 @@ pub async fn verify(
         query_one(
             client,
             statements,
-            "SELECT * FROM apikey_verify($1, $2, $3, $4)",
+            "SELECT v.*, apikey_last_rates(v.key_id) FROM apikey_verify($1, $2, $3, $4) v",
             &[
                 (&token, Type::TEXT),
                 (&required_scopes, Type::TEXT_ARRAY),
@@ -243,7 +254,7 @@ pub async fn verify(
         query_one(
             client,
             statements,
-            "SELECT * FROM apikey_verify($1, client_ip => $2)",
+            "SELECT v.*, apikey_last_rates(v.key_id) FROM apikey_verify($1, client_ip => $2) v",
             &[(&token, Type::TEXT), (&client_ip, Type::INET)],
         )
         .await?
@@ -251,7 +262,7 @@ pub async fn verify(
         query_one(
             client,
             statements,
-            "SELECT * FROM apikey_verify($1, $2, $3)",
+            "SELECT v.*, apikey_last_rates(v.key_id) FROM apikey_verify($1, $2, $3) v",
             &[
                 (&token, Type::TEXT),
                 (&required_scopes, Type::TEXT_ARRAY),
@@ -297,7 +308,8 @@ async fn act_as_key_holder(
         "SELECT v.valid, v.reason, v.key_id, v.rate_per_minute, \
                     coalesce(apikey_has_scope(v.scopes, 'admin:*'), false), \
                     coalesce(apikey_has_scope(v.scopes, 'keys:manage'), false), \
-                    v.rate_remaining, v.rate_reset_seconds, v.credits_remaining \
+                    v.rate_remaining, v.rate_reset_seconds, v.credits_remaining, \
+                    apikey_last_rates(v.key_id) \
              FROM apikey_verify($1, '{}', $2, 0) AS v",
         &[(&caller.key.token(), Type::TEXT), (&caller.ip, Type::INET)],
     )
@@ -305,24 +317,20 @@ async fn act_as_key_holder(
     let valid: bool = row.try_get(0)?;
     let reason: String = row.try_get(1)?;
     state.metrics.verify_outcome(&reason);
-    let (rate, credits) = limits_of(
+    let limits = limits_of(
         &reason,
         row.try_get(3)?,
         row.try_get(6)?,
         row.try_get(7)?,
         row.try_get(8)?,
+        row.try_get(9)?,
     );
-    if let Some(rate) = rate {
-        caller.note.rate(rate);
-    }
-    if let Some(credits) = credits {
-        caller.note.credits(credits);
-    }
+    caller.note.limits(limits);
     if let Some(key_id) = row.try_get::<_, Option<String>>(2)? {
         caller.note.key_id(&key_id);
     }
     if !valid {
-        return Err(refusal(&reason, rate, credits));
+        return Err(refusal(&reason, limits));
     }
     let is_admin: bool = row.try_get(4)?;
     let can_manage: bool = row.try_get(5)?;

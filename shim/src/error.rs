@@ -18,10 +18,11 @@ pub enum AppError {
         reason: String,
         message: String,
     },
-    RateLimited(crate::rate::Rate),
-    /// The key's credit balance (or its partner's) holds less than the request's cost: where
-    /// it stands, when the database said.
-    UsageExceeded(Option<crate::rate::Credits>),
+    /// A rate bucket (the key's or its partner's) is empty: every limit, as the database said.
+    RateLimited(crate::rate::Limits),
+    /// The key's credit balance (or its partner's) holds less than the request's cost: every
+    /// limit, as far as the database said.
+    UsageExceeded(crate::rate::Limits),
     /// A request authenticated by a signature (GitHub's secret scanning reports) whose
     /// signature is missing, names no configured key, or does not match.
     BadSignature(&'static str),
@@ -84,13 +85,11 @@ impl AppError {
             // Reached without the key's limit: guesses at a key not yet proven queue for
             // Argon2id beyond what the database lets wait (it shows no identity then), or a
             // database older than the rate columns. A 429 that asks to retry in a second.
-            "rate_limited" => AppError::RateLimited(crate::rate::Rate {
-                quota: 0,
-                remaining: 0,
-                reset_seconds: 1,
-                refused: true,
+            "rate_limited" => AppError::RateLimited(crate::rate::Limits {
+                key: Some(crate::rate::Rate::RETRY_IN_A_SECOND),
+                ..Default::default()
             }),
-            "usage_exceeded" => AppError::UsageExceeded(None),
+            "usage_exceeded" => AppError::UsageExceeded(Default::default()),
             "insufficient_scope" => AppError::Forbidden {
                 reason: reason.into(),
                 message: "the key lacks a required scope".into(),
@@ -253,8 +252,9 @@ impl IntoResponse for AppError {
                     headers.insert(header::WWW_AUTHENTICATE, value);
                 }
             }
-            AppError::RateLimited(decision) => decision.write_headers(headers),
-            AppError::UsageExceeded(Some(credits)) => credits.write_headers(headers),
+            AppError::RateLimited(limits) | AppError::UsageExceeded(limits) => {
+                limits.write_headers(headers)
+            }
             AppError::Unavailable(_) | AppError::TimedOut => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
@@ -606,7 +606,10 @@ mod tests {
                 ],
             ),
             (
-                AppError::RateLimited(rate),
+                AppError::RateLimited(crate::rate::Limits {
+                    key: Some(rate),
+                    ..Default::default()
+                }),
                 429,
                 "rate_limited",
                 "rate limit exceeded",
@@ -624,11 +627,14 @@ mod tests {
                 vec![],
             ),
             (
-                AppError::UsageExceeded(Some(crate::rate::Credits {
-                    remaining: 2,
-                    refill_in: Some(90),
-                    refused: true,
-                })),
+                AppError::UsageExceeded(crate::rate::Limits {
+                    credits: Some(crate::rate::Credits {
+                        remaining: 2,
+                        refill_in: Some(90),
+                        refused: true,
+                    }),
+                    ..Default::default()
+                }),
                 429,
                 "usage_exceeded",
                 "the key's credits are used up",

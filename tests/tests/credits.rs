@@ -583,6 +583,102 @@ fn a_partner_rate_is_shared_by_its_keys() {
 }
 
 #[test]
+fn each_bucket_is_told_apart_by_apikey_last_rates() {
+    let mut c = superuser();
+    let partner = create_partner(&mut c);
+    let own = issue_with(&mut c, "$1, '{a:b}', rate_per_minute => 50", &[&partner]);
+    let other = issue_with(&mut c, "$1, '{a:b}', rate_per_minute => 50", &[&partner]);
+    let last = |c: &mut Client, token: &str, key_id: &str| -> Option<Vec<Option<i32>>> {
+        c.query_one("SELECT reason FROM apikey_verify($1)", &[&token])
+            .expect("verify");
+        c.query_one("SELECT apikey_last_rates($1)", &[&key_id])
+            .expect("apikey_last_rates")
+            .get(0)
+    };
+    assert_eq!(
+        last(&mut c, &own.token, &own.key_id),
+        None,
+        "no partner rate: nothing to tell apart"
+    );
+    c.execute(
+        "SELECT apikey_partner_set_limits($1, rate_per_minute => 10)",
+        &[&partner],
+    )
+    .expect("a partner rate");
+    let rates = last(&mut c, &own.token, &own.key_id).expect("both buckets");
+    assert_eq!(
+        (rates[0], rates[2], rates[3]),
+        (Some(48), Some(10), Some(9)),
+        "key left (after two verifications), partner quota, partner left: {rates:?}"
+    );
+    assert_eq!(
+        c.query_one("SELECT apikey_last_rates($1)", &[&other.key_id])
+            .expect("another key")
+            .get::<_, Option<Vec<Option<i32>>>>(0),
+        None,
+        "only the key the last verification verified"
+    );
+    let wrong = format!("{}x", &own.token[..own.token.len() - 1]);
+    assert_eq!(last(&mut c, &wrong, &own.key_id), None, "a failed proof");
+    let verifier = login_role(&mut c, "last_rates_verifier", &["apikey_verifier"]);
+    assert!(
+        last(&mut connect(&verifier), &other.token, &other.key_id).is_some(),
+        "the verification-only role may ask too"
+    );
+}
+
+#[test]
+fn the_partner_bucket_is_its_own_ratelimit_policy_over_http() {
+    let mut c = superuser();
+    let partner = create_partner(&mut c);
+    let fast = issue_with(
+        &mut c,
+        "$1, '{a:b}', rate_per_minute => 100000",
+        &[&partner],
+    );
+    c.execute(
+        "SELECT apikey_partner_set_limits($1, rate_per_minute => 2)",
+        &[&partner],
+    )
+    .expect("a partner rate");
+    let shim = apikey_tests::shim::Shim::start();
+    let ok = shim.get_as(&fast.token, "/v1/verify");
+    assert_eq!(ok.status, 200);
+    assert_eq!(
+        ok.header("ratelimit-policy"),
+        Some("\"key\";q=100000;w=60, \"partner\";q=2;w=60")
+    );
+    let state = ok.header("ratelimit").expect("RateLimit");
+    assert!(
+        state.starts_with("\"key\";r=99999;t=1, \"partner\";r=1;t="),
+        "{state}"
+    );
+    assert_eq!(shim.get_as(&fast.token, "/v1/verify").status, 200);
+    let refused = shim.get_as(&fast.token, "/v1/verify");
+    assert_eq!(
+        (refused.status, refused.reason()),
+        (429, "rate_limited".to_string())
+    );
+    let state = refused.header("ratelimit").expect("RateLimit on a 429");
+    assert!(
+        state.starts_with("\"key\";r=") && state.contains(", \"partner\";r=0;t="),
+        "the key's bucket, and the partner's empty: {state}"
+    );
+    let retry: i64 = refused
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!(
+        state.ends_with(&format!(";t={retry}")),
+        "Retry-After is the partner's reset: {retry} in {state}"
+    );
+    assert!(
+        (1..=30).contains(&retry),
+        "one of 2 a minute back within 30 s: {retry}"
+    );
+}
+
+#[test]
 fn partner_limits_take_clear_errors_and_only_from_an_operator() {
     let mut c = superuser();
     let partner = create_partner(&mut c);

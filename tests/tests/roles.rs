@@ -398,10 +398,12 @@ fn verifier_can_call_nothing_else() {
             "apikey_current_key",
             "apikey_current_partner",
             "apikey_current_scopes",
+            "apikey_last_rates",
             "apikey_verify",
             "apikey_version"
         ],
-        "a verifier may call verify, the apikey_current_* functions and apikey_version, nothing else"
+        "a verifier may call verify, what it just said (apikey_current_*, apikey_last_rates) \
+         and apikey_version, nothing else"
     );
 
     let mut forbidden = management_calls(f.a, &f.a_spare.key_id);

@@ -8,8 +8,8 @@ use apikey_tests::postgres::{Client, SimpleQueryMessage};
 use apikey_tests::*;
 
 /// Every earlier release, each frozen as `sql/apikey--<release>.sql`.
-const RELEASES: [&str; 7] = [
-    "0.1.0", "0.2.0", "0.3.0", "0.4.0", "0.5.0", "0.6.0", "0.7.0",
+const RELEASES: [&str; 8] = [
+    "0.1.0", "0.2.0", "0.3.0", "0.4.0", "0.5.0", "0.6.0", "0.7.0", "0.8.0",
 ];
 const FINGERPRINT: &str = include_str!("../sql/catalog_fingerprint.sql");
 
@@ -228,6 +228,11 @@ fn a_database_at_0_6_0_upgrades_to_what_a_fresh_install_gives() {
 #[test]
 fn a_database_at_0_7_0_upgrades_to_what_a_fresh_install_gives() {
     upgrades_to_what_a_fresh_install_gives("0.7.0");
+}
+
+#[test]
+fn a_database_at_0_8_0_upgrades_to_what_a_fresh_install_gives() {
+    upgrades_to_what_a_fresh_install_gives("0.8.0");
 }
 
 #[test]
