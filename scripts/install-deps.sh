@@ -45,6 +45,15 @@ if ! mdbook --version 2>/dev/null | grep -q "v$MDBOOK_VERSION"; then
   cargo install mdbook --version "$MDBOOK_VERSION" --locked
 fi
 
+# Other systems' own hashing libraries, for the import tests (tests/tests/import.rs): keys
+# hashed the way the systems teams move from made them.
+PYTHON_TOOLS=/opt/apikey-python
+if ! "$PYTHON_TOOLS/bin/python" -c 'import argon2, bcrypt' 2>/dev/null; then
+  log "python venv $PYTHON_TOOLS with argon2-cffi and bcrypt"
+  /usr/bin/python3 -m venv "$PYTHON_TOOLS"
+  "$PYTHON_TOOLS/bin/pip" install -q 'argon2-cffi==23.1.0' 'bcrypt==4.2.1'
+fi
+
 if ! grep -qs "pg15" "$HOME/.pgrx/config.toml"; then
   log "cargo pgrx init --pg15 $PG_CONFIG"
   cargo pgrx init --pg15 "$PG_CONFIG"

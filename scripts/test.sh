@@ -29,7 +29,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # files add nothing that depends on the server version and run on 15 only.
 internals_suite=(--test verify --test caches --test lifecycle --test revocation --test roles
   --test escalation --test hardening --test pepper --test shared_state --test dump
-  --test upgrade --test standby --test events --test leaks --test credits)
+  --test upgrade --test standby --test events --test leaks --test credits --test import)
 
 # A fixed directory rather than one per run: a run killed with SIGKILL leaves a postmaster
 # holding the port, and only a known directory lets the next run find and stop it.

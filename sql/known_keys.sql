@@ -50,6 +50,12 @@ CREATE TRIGGER partner_credits_changed
           (NEW.partner_id, NEW.generation, NEW.refill_amount, NEW.next_refill_at))
     EXECUTE FUNCTION apikey.forget_known_keys();
 
+-- Imported keys are found by their lookup (extension/src/imported.rs): any change of one
+-- may change which key a token finds.
+CREATE TRIGGER imported_keys_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON apikey.imported_keys
+    FOR EACH STATEMENT EXECUTE FUNCTION apikey.forget_known_keys();
+
 ALTER TABLE apikey.keys ENABLE ALWAYS TRIGGER keys_added_or_removed;
 ALTER TABLE apikey.keys ENABLE ALWAYS TRIGGER keys_verification_columns_changed;
 ALTER TABLE apikey.partners ENABLE ALWAYS TRIGGER partners_changed;
@@ -57,3 +63,4 @@ ALTER TABLE apikey.key_credits ENABLE ALWAYS TRIGGER key_credits_added_or_remove
 ALTER TABLE apikey.key_credits ENABLE ALWAYS TRIGGER key_credits_changed;
 ALTER TABLE apikey.partner_credits ENABLE ALWAYS TRIGGER partner_credits_added_or_removed;
 ALTER TABLE apikey.partner_credits ENABLE ALWAYS TRIGGER partner_credits_changed;
+ALTER TABLE apikey.imported_keys ENABLE ALWAYS TRIGGER imported_keys_changed;

@@ -140,6 +140,28 @@ CREATE TABLE apikey.partner_credits (
     CHECK ((refill_amount IS NULL) = (next_refill_at IS NULL))
 );
 
+-- Keys another system issued, brought in by their stored hash (apikey_import,
+-- extension/src/imported.rs). The key's row in apikey.keys holds that hash until its first
+-- successful verification (pepper_fingerprint 'imported:<format>'), then apikey's own.
+-- lookup is how verification finds the key from its token: 'sha256:<hex>' (the token's
+-- digest), 'hmac:<hex>' (what a sha256 key's lookup becomes once used), 'id:<id>' or
+-- 'prefix:<the token's first characters>'.
+CREATE TABLE apikey.imported_keys (
+    lookup      text PRIMARY KEY,
+    key_id      text NOT NULL UNIQUE REFERENCES apikey.keys (key_id) ON DELETE CASCADE,
+    hash_format text NOT NULL
+                CHECK (hash_format IN ('sha256', 'argon2id-hmac', 'bcrypt', 'argon2id')),
+    imported_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- The lookup forms imported keys use (and the prefix lengths), so verification computes no
+-- other; written with apikey.imported_keys, never shrinks.
+CREATE TABLE apikey.import_forms (
+    form          text NOT NULL CHECK (form IN ('sha256', 'hmac', 'id', 'prefix')),
+    prefix_length integer NOT NULL DEFAULT 0,
+    PRIMARY KEY (form, prefix_length)
+);
+
 -- The outbox: events for partners (key.issued, key.revoked, ...), written in the same
 -- transaction as their cause, so a change that rolls back announces nothing. Deleted by the
 -- background worker after apikey.event_retention. Never holds a token or a secret.
@@ -256,3 +278,5 @@ SELECT pg_catalog.pg_extension_config_dump('apikey.key_reminders', '');
 SELECT pg_catalog.pg_extension_config_dump('apikey.key_credits', '');
 SELECT pg_catalog.pg_extension_config_dump('apikey.key_credits_credit_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('apikey.partner_credits', '');
+SELECT pg_catalog.pg_extension_config_dump('apikey.imported_keys', '');
+SELECT pg_catalog.pg_extension_config_dump('apikey.import_forms', '');

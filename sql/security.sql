@@ -210,3 +210,13 @@ GRANT SELECT ON apikey.partner_credits TO apikey_admin;
 ALTER TABLE apikey.partner_credits ENABLE ROW LEVEL SECURITY;
 ALTER TABLE apikey.partner_credits FORCE ROW LEVEL SECURITY;
 CREATE POLICY admin_reads_all ON apikey.partner_credits FOR SELECT TO apikey_admin USING (true);
+
+-- Imported keys (0.9.0): imported by an operator only; their lookups are read by operators.
+GRANT EXECUTE ON FUNCTION @extschema@.apikey_import TO apikey_admin;
+GRANT SELECT ON apikey.imported_keys, apikey.import_forms TO apikey_admin;
+ALTER TABLE apikey.imported_keys ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apikey.imported_keys FORCE ROW LEVEL SECURITY;
+CREATE POLICY admin_reads_all ON apikey.imported_keys FOR SELECT TO apikey_admin USING (true);
+ALTER TABLE apikey.import_forms ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apikey.import_forms FORCE ROW LEVEL SECURITY;
+CREATE POLICY admin_reads_all ON apikey.import_forms FOR SELECT TO apikey_admin USING (true);

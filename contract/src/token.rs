@@ -79,6 +79,21 @@ pub fn generate(prefix: &str, environment: &str) -> Result<NewToken, getrandom::
 
 /// Checks shape and checksum. `None` means malformed; nothing here touches the database.
 pub fn parse(token: &str) -> Option<ParsedToken<'_>> {
+    let (parsed, checksum_part) = shape(token)?;
+    if checksum(&token.as_bytes()[..token.len() - CHECKSUM_LEN]) != checksum_part {
+        return None;
+    }
+    Some(parsed)
+}
+
+/// Whether `token` has the shape of one of apikey's own, its checksum right or not: such a
+/// token is never taken for an imported key's, so a typo in one still fails `malformed`.
+pub fn has_native_shape(token: &str) -> bool {
+    shape(token).is_some()
+}
+
+/// The parts of a token of the native shape, and its checksum, unchecked.
+fn shape(token: &str) -> Option<(ParsedToken<'_>, &str)> {
     if token.len() > MAX_TOKEN_LEN
         || !token
             .bytes()
@@ -91,10 +106,7 @@ pub fn parse(token: &str) -> Option<ParsedToken<'_>> {
         return None;
     }
     let (secret, checksum_part) = tail.split_at(SECRET_LEN);
-    if checksum(&token.as_bytes()[..token.len() - CHECKSUM_LEN]) != checksum_part {
-        return None;
-    }
-    Some(ParsedToken { key_id, secret })
+    Some((ParsedToken { key_id, secret }, checksum_part))
 }
 
 /// True when `key_id` has the shape of a key id: `<prefix>_<environment>_<16 base62>`.
@@ -213,6 +225,25 @@ mod tests {
                 let typo = String::from_utf8(typo).unwrap();
                 assert_eq!(parse(&typo), None, "typo at {i} accepted: {typo}");
             }
+        }
+    }
+
+    #[test]
+    fn a_native_shape_is_recognised_with_a_wrong_checksum_and_nothing_else() {
+        let new = fresh();
+        assert!(has_native_shape(&new.token));
+        let mut typo = new.token.clone().into_bytes();
+        let last = typo.len() - 1;
+        typo[last] = if typo[last] == b'0' { b'1' } else { b'0' };
+        let typo = String::from_utf8(typo).unwrap();
+        assert!(parse(&typo).is_none() && has_native_shape(&typo));
+        for foreign in [
+            "mbk_live_Zq8rT2vW9xY4aB6cD1eF3gH5jK7mN0pQ",
+            "mpk_7f3a.s3cr3t",
+            &new.token[..new.token.len() - 1],
+            "",
+        ] {
+            assert!(!has_native_shape(foreign), "{foreign}");
         }
     }
 

@@ -4,6 +4,7 @@
 //! and the network addresses of the IP allow-list.
 
 pub mod hash;
+pub mod import;
 pub mod net;
 pub mod outbox;
 pub mod pepper;

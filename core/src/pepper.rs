@@ -43,6 +43,11 @@ impl PepperSet {
     pub fn by_fingerprint(&self, fingerprint: &str) -> Option<&Pepper> {
         self.0.iter().find(|p| p.fingerprint == fingerprint)
     }
+
+    /// Every pepper's bytes, the newest first.
+    pub fn all_bytes(&self) -> impl Iterator<Item = &[u8]> + Clone {
+        self.0.iter().map(Pepper::bytes)
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]

@@ -47,7 +47,7 @@ impl ApiError {
         .about(argument)
     }
 
-    fn about(mut self, argument: &str) -> Self {
+    pub fn about(mut self, argument: &str) -> Self {
         self.detail = Some(apikey_contract::argument::detail(argument));
         self
     }

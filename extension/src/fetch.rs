@@ -70,6 +70,7 @@ enum Table {
     Partners,
     KeyCredits,
     PartnerCredits,
+    ImportedKeys,
 }
 
 impl Table {
@@ -79,12 +80,13 @@ impl Table {
             Table::Partners => (c"partners", c"partners_pkey"),
             Table::KeyCredits => (c"key_credits", c"key_credits_pkey"),
             Table::PartnerCredits => (c"partner_credits", c"partner_credits_pkey"),
+            Table::ImportedKeys => (c"imported_keys", c"imported_keys_pkey"),
         }
     }
 
     fn eq_proc(self) -> pg_sys::Oid {
         pg_sys::Oid::from(match self {
-            Table::Keys | Table::KeyCredits => pg_sys::F_TEXTEQ,
+            Table::Keys | Table::KeyCredits | Table::ImportedKeys => pg_sys::F_TEXTEQ,
             Table::Partners | Table::PartnerCredits => pg_sys::F_UUID_EQ,
         })
     }
@@ -93,10 +95,10 @@ impl Table {
 /// (table, index) OIDs per [`Table`], resolved by name once per backend: three catalog
 /// lookups per table showed in profiles. Cleared by any relcache invalidation of a cached
 /// relation (DROP / CREATE EXTENSION, ALTER), so a stale OID is not used.
-type CachedOids = [Option<(pg_sys::Oid, pg_sys::Oid)>; 4];
+type CachedOids = [Option<(pg_sys::Oid, pg_sys::Oid)>; 5];
 
 thread_local! {
-    static OIDS: Cell<CachedOids> = const { Cell::new([None; 4]) };
+    static OIDS: Cell<CachedOids> = const { Cell::new([None; 5]) };
 }
 
 /// Registers the invalidation callback. Called once per process, from `_PG_init`.
@@ -141,6 +143,13 @@ pub fn has_key_credits() -> bool {
 /// `apikey.partners.rate_per_minute` (0.8.0 and later).
 pub fn has_partner_limits() -> bool {
     find_oids(Table::PartnerCredits).is_some()
+}
+
+/// Whether the database has `apikey.imported_keys` (0.9.0 and later). Also what makes this
+/// backend notice changes to it: an invalidation of a table whose OID is not cached here is
+/// ignored.
+pub fn has_imported_keys() -> bool {
+    find_oids(Table::ImportedKeys).is_some()
 }
 
 fn find_oids(table: Table) -> Option<(pg_sys::Oid, pg_sys::Oid)> {
@@ -283,6 +292,8 @@ pub enum PrimaryKey<'a> {
     KeyCredits(&'a str),
     /// The balance a partner's keys share (`apikey.partner_credits`, by partner id).
     PartnerCredits(pgrx::Uuid),
+    /// An imported key, by its lookup (`apikey.imported_keys`).
+    Imported(&'a str),
 }
 
 impl PrimaryKey<'_> {
@@ -292,12 +303,15 @@ impl PrimaryKey<'_> {
             PrimaryKey::Partner(_) => Table::Partners,
             PrimaryKey::KeyCredits(_) => Table::KeyCredits,
             PrimaryKey::PartnerCredits(_) => Table::PartnerCredits,
+            PrimaryKey::Imported(_) => Table::ImportedKeys,
         }
     }
 
     fn datum(self) -> Option<pg_sys::Datum> {
         match self {
-            PrimaryKey::Key(key_id) | PrimaryKey::KeyCredits(key_id) => key_id.into_datum(),
+            PrimaryKey::Key(key_id)
+            | PrimaryKey::KeyCredits(key_id)
+            | PrimaryKey::Imported(key_id) => key_id.into_datum(),
             PrimaryKey::Partner(partner_id) | PrimaryKey::PartnerCredits(partner_id) => {
                 partner_id.into_datum()
             }
@@ -312,6 +326,9 @@ impl PrimaryKey<'_> {
             }
             PrimaryKey::Partner(partner_id) | PrimaryKey::PartnerCredits(partner_id) => {
                 found.get::<pgrx::Uuid>("partner_id")? == Some(partner_id)
+            }
+            PrimaryKey::Imported(lookup) => {
+                found.get::<String>("lookup")?.as_deref() == Some(lookup)
             }
         })
     }
@@ -328,6 +345,7 @@ struct KnownTids {
     partners: HashMap<[u8; 16], pg_sys::ItemPointerData>,
     key_credits: HashMap<String, pg_sys::ItemPointerData>,
     partner_credits: HashMap<[u8; 16], pg_sys::ItemPointerData>,
+    imported: HashMap<String, pg_sys::ItemPointerData>,
 }
 
 const MAX_KNOWN_TIDS: usize = 10_000;
@@ -344,6 +362,7 @@ fn known_tid(key: PrimaryKey<'_>) -> Option<pg_sys::ItemPointerData> {
         PrimaryKey::PartnerCredits(partner_id) => {
             tids.partner_credits.get(partner_id.as_bytes()).copied()
         }
+        PrimaryKey::Imported(lookup) => tids.imported.get(lookup).copied(),
     })
 }
 
@@ -352,7 +371,8 @@ fn set_known_tid(key: PrimaryKey<'_>, tid: Option<pg_sys::ItemPointerData>) {
         let held = tids.keys.len()
             + tids.partners.len()
             + tids.key_credits.len()
-            + tids.partner_credits.len();
+            + tids.partner_credits.len()
+            + tids.imported.len();
         if held >= MAX_KNOWN_TIDS {
             *tids = KnownTids::default();
         }
@@ -381,12 +401,18 @@ fn set_known_tid(key: PrimaryKey<'_>, tid: Option<pg_sys::ItemPointerData>) {
             (PrimaryKey::PartnerCredits(partner_id), None) => {
                 tids.partner_credits.remove(partner_id.as_bytes());
             }
+            (PrimaryKey::Imported(lookup), Some(tid)) => {
+                tids.imported.insert(lookup.to_string(), tid);
+            }
+            (PrimaryKey::Imported(lookup), None) => {
+                tids.imported.remove(lookup);
+            }
         }
     });
 }
 
 fn forget_all() {
-    OIDS.set([None; 4]);
+    OIDS.set([None; 5]);
     TIDS.set(KnownTids::default());
     GENERATION.set(GENERATION.get().wrapping_add(1));
 }
@@ -417,6 +443,26 @@ pub fn with_latest_snapshot<R>(read_all: impl FnOnce(&Snapshot) -> ApiResult<R>)
     // raises, by the transaction abort with the resource owner).
     let snapshot = Snapshot(unsafe { pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot()) });
     read_all(&snapshot)
+}
+
+/// Runs `read` with the latest committed state as the active snapshot, for the few reads the
+/// hot path makes through read-only SPI, which reads with the active snapshot and, unlike a
+/// mutating statement, assigns no transaction id (a hot standby has none to give).
+pub fn with_latest_active_snapshot<R>(read: impl FnOnce() -> R) -> R {
+    /// Pops the snapshot pushed below (an ERROR unwinding leaves it to the abort).
+    struct Active;
+    impl Drop for Active {
+        fn drop(&mut self) {
+            if !std::thread::panicking() {
+                // SAFETY: pops exactly the snapshot pushed below.
+                unsafe { pg_sys::PopActiveSnapshot() };
+            }
+        }
+    }
+    // SAFETY: PushActiveSnapshot copies the static latest snapshot; popped by `Active`.
+    unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot()) };
+    let _active = Active;
+    read()
 }
 
 /// A size of `rel` (main fork, in blocks) good enough to tell whether `block` still exists.

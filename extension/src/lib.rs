@@ -34,6 +34,7 @@ mod fetch;
 mod flush;
 mod guc;
 mod identity;
+mod imported;
 mod known_keys;
 mod last_rates;
 mod leaks;

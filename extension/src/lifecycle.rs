@@ -54,6 +54,7 @@ fn apikey_issue_with_credits(
             refill_amount: credits_refill_amount,
             refill_interval: credits_refill_interval,
         },
+        import: None,
     };
     let issued = Spi::connect_mut(|client| issue(client, request)).or_raise();
     TableIterator::once(issued)
@@ -95,23 +96,29 @@ fn apikey_issue(
     )
 }
 
-struct IssueRequest {
-    partner_id: Option<pgrx::Uuid>,
-    scopes: Option<Vec<Option<String>>>,
-    name: Option<String>,
-    expires_at: Option<TimestampWithTimeZone>,
-    not_before: Option<TimestampWithTimeZone>,
-    rate_per_minute: Option<i32>,
-    allowed_cidrs: Option<CidrArray>,
-    environment: Option<String>,
-    tags: Option<Vec<Option<String>>>,
-    metadata: Option<JsonB>,
-    prefix: Option<String>,
-    credits: Balance,
+pub(crate) struct IssueRequest {
+    pub partner_id: Option<pgrx::Uuid>,
+    pub scopes: Option<Vec<Option<String>>>,
+    pub name: Option<String>,
+    pub expires_at: Option<TimestampWithTimeZone>,
+    pub not_before: Option<TimestampWithTimeZone>,
+    pub rate_per_minute: Option<i32>,
+    pub allowed_cidrs: Option<CidrArray>,
+    pub environment: Option<String>,
+    pub tags: Option<Vec<Option<String>>>,
+    pub metadata: Option<JsonB>,
+    pub prefix: Option<String>,
+    pub credits: Balance,
+    /// A key another system issued, stored by its hash: no token is made for it.
+    pub import: Option<crate::imported::Import>,
 }
 
-fn issue(client: &mut SpiClient<'_>, r: IssueRequest) -> ApiResult<IssuedKey> {
-    access::require_admin("apikey_issue")?;
+pub(crate) fn issue(client: &mut SpiClient<'_>, r: IssueRequest) -> ApiResult<IssuedKey> {
+    access::require_admin(if r.import.is_some() {
+        "apikey_import"
+    } else {
+        "apikey_issue"
+    })?;
     let partner_id = r.partner_id.ok_or_else(|| ApiError::null("partner_id"))?;
     let scopes = validate::scopes(&r.scopes.ok_or_else(|| ApiError::null("scopes"))?)
         .map_err(|e| ApiError::invalid("scopes", e))?;
@@ -156,11 +163,18 @@ fn issue(client: &mut SpiClient<'_>, r: IssueRequest) -> ApiResult<IssuedKey> {
     for _ in 0..3 {
         let new = token::generate(&prefix, &environment)
             .map_err(|e| ApiError::internal(format!("OS random number generator failed: {e}")))?;
-        let phc = hash::hash(
-            &hash::digest(pepper.bytes(), new.secret().as_bytes()),
-            params,
-        )
-        .map_err(ApiError::config)?;
+        // An imported key keeps the other system's hash until its first verification.
+        let (phc, fingerprint) = match &r.import {
+            Some(import) => (import.stored_hash().to_string(), import.foreign_mark()),
+            None => (
+                hash::hash(
+                    &hash::digest(pepper.bytes(), new.secret().as_bytes()),
+                    params,
+                )
+                .map_err(ApiError::config)?,
+                pepper.fingerprint.clone(),
+            ),
+        };
         let inserted = client.update(
             "INSERT INTO apikey.keys (key_id, partner_id, secret_hash, pepper_fingerprint, name, \
                 scopes, tags, metadata, environment, not_before, expires_at, rate_per_minute, \
@@ -172,7 +186,7 @@ fn issue(client: &mut SpiClient<'_>, r: IssueRequest) -> ApiResult<IssuedKey> {
                 new.key_id.as_str().into(),
                 partner_id.into(),
                 phc.into(),
-                pepper.fingerprint.as_str().into(),
+                fingerprint.as_str().into(),
                 r.name.as_deref().into(),
                 scopes.clone().into(),
                 tags.clone().into(),
@@ -188,16 +202,26 @@ fn issue(client: &mut SpiClient<'_>, r: IssueRequest) -> ApiResult<IssuedKey> {
         if inserted.is_empty() {
             continue;
         }
-        let mut event = Event::new("issue");
+        let mut event = Event::new(if r.import.is_some() {
+            "imported"
+        } else {
+            "issue"
+        });
         event.key_id = Some(&new.key_id);
         event.partner_id = Some(partner_id);
         event.detail = json!({ "scopes": scopes, "environment": environment, "tags": tags });
+        if let Some(import) = &r.import {
+            import.record(client, &new.key_id)?;
+            event.detail["hash_format"] = json!(import.format().as_str());
+        }
         if r.credits.is_given() {
             crate::credits::set_issued(client, &new.key_id, &r.credits)?;
             event.detail["credits"] = r.credits.detail();
         }
         audit::record_action(client, event)?;
-        events::record_key_event(client, events::KEY_ISSUED, &new.key_id, json!({}))?;
+        if r.import.is_none() {
+            events::record_key_event(client, events::KEY_ISSUED, &new.key_id, json!({}))?;
+        }
         return Ok((new.key_id.clone(), new.token.clone()));
     }
     Err(ApiError::internal("could not allocate a unique key id"))

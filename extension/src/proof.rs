@@ -24,6 +24,21 @@ pub enum Checked {
 
 /// Checks `digest` against `row`'s stored hash at `now`.
 pub fn check(key_id: &str, row: &StoredKey, digest: &Digest, now: i64) -> Checked {
+    check_with(key_id, row, digest, now, || {
+        hash::verify(&row.secret_hash, digest)
+    })
+}
+
+/// As [`check`], with `matches_stored` telling, at the price of the Argon2id gate, whether
+/// the secret `digest` stands for matches the stored hash: for an imported key still holding
+/// another system's hash, that system's check; its proof is kept under `digest` all the same.
+pub fn check_with(
+    key_id: &str,
+    row: &StoredKey,
+    digest: &Digest,
+    now: i64,
+    matches_stored: impl FnOnce() -> bool,
+) -> Checked {
     match local(key_id, &row.secret_hash, digest) {
         Local::Matches(proven) => {
             shared::count(Stat::ProofHits);
@@ -61,7 +76,7 @@ pub fn check(key_id: &str, row: &StoredKey, digest: &Digest, now: i64) -> Checke
                 let known = settled();
                 let matches = known.unwrap_or_else(|| {
                     shared::count(Stat::ProofMisses);
-                    let matches = hash::verify(&row.secret_hash, digest);
+                    let matches = matches_stored();
                     if matches {
                         shared::count(Stat::Argon2Verified);
                         shared_keys::prove(key_id, &row.secret_hash_fingerprint, digest, now);

@@ -14,6 +14,7 @@ use crate::audit::{self, Event};
 use crate::error::{ApiError, ApiResult, OrRaise};
 use crate::hash::{self, Params};
 use crate::identity::{self, Identity};
+use crate::imported;
 use crate::known_keys::{self, StoredKey};
 use crate::pepper::PepperSet;
 use crate::proof::{self, Checked};
@@ -24,8 +25,10 @@ use crate::shared::marks::{self, Subject};
 use crate::shared::Stat;
 use crate::sqltypes::{self, InetDatum};
 use crate::{clock, db, guc, last_rates, redact, scope, shared, srf, token};
+use apikey_core::import::{self, Format};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
+use std::borrow::Cow;
 use std::rc::Rc;
 
 v1_call_info!(pg_finfo_apikey_verify);
@@ -98,7 +101,8 @@ struct Request<'a> {
 
 struct Outcome<'a> {
     reason: Reason,
-    key_id: Option<&'a str>,
+    /// Borrowed from a native token; an imported key's, found by its lookup, is owned.
+    key_id: Option<Cow<'a, str>>,
     row: Option<Rc<StoredKey>>,
     /// The rate buckets after this verification, where they were consulted (shared memory, a
     /// verification that was otherwise ok).
@@ -119,8 +123,10 @@ struct Outcome<'a> {
 
 struct Rehash<'a> {
     peppers: Rc<PepperSet>,
-    secret: &'a [u8],
+    secret: &'a str,
     params: Params,
+    /// The row still holds this other system's hash (an imported key's first success).
+    imported_from: Option<Format>,
 }
 
 /// Columns of the result: the contract's seven, then `rate_remaining` and
@@ -147,7 +153,7 @@ impl Outcome<'_> {
             Some(row) => [
                 valid.into_datum(),
                 self.reason.as_str().into_datum(),
-                self.key_id.into_datum(),
+                self.key_id.as_deref().into_datum(),
                 row.partner_id.into_datum(),
                 Some(sqltypes::text_array_datum(&row.scopes)),
                 row.rate_per_minute.into_datum(),
@@ -181,7 +187,7 @@ impl Outcome<'_> {
 /// re-hash. Only those writes use SPI; a warm success needs none.
 fn verify<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
     let outcome = decide(request)?;
-    match (&outcome.row, outcome.key_id) {
+    match (&outcome.row, outcome.key_id.as_deref()) {
         (Some(row), Some(key_id)) if outcome.authentic => {
             last_rates::record(key_id, outcome.buckets, row.partner_rate_per_minute)
         }
@@ -189,7 +195,7 @@ fn verify<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
     }
     // A key is identified when its row exists; counts and audit marks of anything else
     // (no key, malformed, unknown key id) carry no key id.
-    let identified = outcome.row.as_ref().and(outcome.key_id);
+    let identified = outcome.row.as_ref().and(outcome.key_id.as_deref());
     let partner = outcome.row.as_ref().map(|r| r.partner_id);
     shared::usage::count(
         identified,
@@ -202,7 +208,7 @@ fn verify<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
         },
     );
     if outcome.reason == Reason::Ok {
-        if let (Some(row), Some(key_id)) = (&outcome.row, outcome.key_id) {
+        if let (Some(row), Some(key_id)) = (&outcome.row, outcome.key_id.as_deref()) {
             identity::set(Identity {
                 partner_id: row.partner_id,
                 key_id: key_id.to_string(),
@@ -230,7 +236,7 @@ fn verify<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
     };
     if marks::first_this_minute(subject, outcome.reason, request.now) {
         let mut event = Event::new("verify_failed");
-        event.key_id = outcome.key_id;
+        event.key_id = outcome.key_id.as_deref();
         event.partner_id = partner;
         event.reason = Some(outcome.reason.as_str());
         event.client_ip = request.client_ip;
@@ -260,26 +266,48 @@ fn decide<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
         None | Some("") => return fail(Reason::MissingKey, None, None),
         Some(t) => t,
     };
-    let Some(parsed) = token::parse(token) else {
-        return fail(Reason::Malformed, None, None);
+    // A native token is found by its key id. Any other is looked up among imported keys,
+    // unless it has the native shape (a typo in a native token stays `malformed`, with no
+    // database work).
+    let (key_id, secret): (Cow<'a, str>, &'a str) = match token::parse(token) {
+        Some(parsed) => (Cow::Borrowed(parsed.key_id), parsed.secret),
+        None if token::has_native_shape(token) => return fail(Reason::Malformed, None, None),
+        // A token that finds no imported key is in no shape apikey knows: `malformed`.
+        None => match imported::find(token, guc::peppers)? {
+            Some(found) => (Cow::Owned(found.key_id), found.secret),
+            None => return fail(Reason::Malformed, None, None),
+        },
     };
     let peppers = guc::peppers()?;
     let params = guc::argon2_params();
-    let secret = parsed.secret.as_bytes();
-    let key_id = parsed.key_id;
-
     // Key ids are public (logged, listed): an unknown one is answered at the cost of an
     // index probe, not with Argon2id work to hide that it does not exist.
-    let Some(row) = known_keys::lookup(key_id)? else {
+    let Some(row) = known_keys::lookup(&key_id)? else {
         return fail(Reason::UnknownKey, Some(key_id), None);
     };
-    let Some(pepper) = peppers.by_fingerprint(&row.pepper_fingerprint) else {
-        // The pepper that hashed this key was removed from the file: it can never verify.
-        return fail(Reason::SecretMismatch, Some(key_id), Some(row));
-    };
-    let digest = hash::digest(pepper.bytes(), secret);
     let now = request.now;
-    let proof = match proof::check(key_id, &row, &digest, now) {
+    let (checked, foreign) = match import::foreign_format(&row.pepper_fingerprint) {
+        // Still the other system's hash: checked its way (through the Argon2id gate), and
+        // replaced on this first success.
+        Some(format) => {
+            let digest = imported::proof_digest(&peppers, secret.as_bytes());
+            let stored = &row.secret_hash;
+            let checked = proof::check_with(&key_id, &row, &digest, now, || {
+                imported::verify_foreign(format, stored, secret.as_bytes(), &peppers)
+            });
+            (checked, Some(format))
+        }
+        None => {
+            let Some(pepper) = peppers.by_fingerprint(&row.pepper_fingerprint) else {
+                // The pepper that hashed this key was removed from the file: it can never
+                // verify.
+                return fail(Reason::SecretMismatch, Some(key_id), Some(row));
+            };
+            let digest = hash::digest(pepper.bytes(), secret.as_bytes());
+            (proof::check(&key_id, &row, &digest, now), None)
+        }
+    };
+    let proof = match checked {
         Checked::Proven(proof) => proof,
         Checked::Mismatch => return fail(Reason::SecretMismatch, Some(key_id), Some(row)),
         // Too many guesses at this key queue for Argon2id: answered at once, so a flood of
@@ -314,7 +342,7 @@ fn decide<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
         Reason::Ok
     };
     let limits = if reason == Reason::Ok {
-        take_limits(key_id, &row, request.cost, now)
+        take_limits(&key_id, &row, request.cost, now)
     } else {
         Limits::refused(reason, Buckets::default())
     };
@@ -327,7 +355,7 @@ fn decide<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
     } = limits;
     let stale = reason == Reason::Ok
         && (peppers.newest().fingerprint != row.pepper_fingerprint
-            || proof::needs_rehash(key_id, &row.secret_hash, proof, params))
+            || proof::needs_rehash(&key_id, &row.secret_hash, proof, params))
         && db::can_write_rows();
     Ok(Outcome {
         reason,
@@ -342,6 +370,7 @@ fn decide<'a>(request: &Request<'a>) -> ApiResult<Outcome<'a>> {
             peppers,
             secret,
             params,
+            imported_from: foreign,
         }),
     })
 }
@@ -515,7 +544,7 @@ fn rehash_key(
     let (newest, secret, params) = (rehash.peppers.newest(), rehash.secret, rehash.params);
     const UPDATE: &str = "UPDATE apikey.keys SET secret_hash = $2, pepper_fingerprint = $3 \
         WHERE key_id = $1 AND secret_hash = $4";
-    let digest = hash::digest(newest.bytes(), secret);
+    let digest = hash::digest(newest.bytes(), secret.as_bytes());
     let phc = hash::hash(&digest, params).map_err(|e| {
         ApiError::config(e).with_hint(
         "Check apikey.argon2_memory_kib, apikey.argon2_iterations and apikey.argon2_parallelism.",
@@ -529,6 +558,9 @@ fn rehash_key(
         row.secret_hash.as_str().into(),
     ];
     db::execute(client, UPDATE, &[pg_sys::TEXTOID; 4], &args)?;
+    if rehash.imported_from == Some(Format::Sha256) {
+        imported::relookup(client, key_id, newest.bytes(), secret)?;
+    }
     proof::proved(key_id, &phc, digest, clock::now());
     let mut event = Event::new("rehash");
     event.key_id = Some(key_id);
@@ -539,6 +571,9 @@ fn rehash_key(
         "parallelism": params.parallelism,
         "pepper_fingerprint": newest.fingerprint,
     });
+    if let Some(format) = rehash.imported_from {
+        event.detail["imported_from"] = serde_json::json!(format.as_str());
+    }
     audit::record(client, event)?;
     Ok(())
 }

@@ -227,6 +227,18 @@ fn shown(message: &str) -> String {
     cut
 }
 
+impl AppError {
+    /// The JSON an answer with this error carries: `{error, reason, field?}`.
+    pub fn body(&self) -> serde_json::Value {
+        let (_, reason, message, field) = self.parts();
+        let mut body = json!({ "error": shown(&message), "reason": reason });
+        if let Some(field) = field {
+            body["field"] = json!(redact::excerpt(field));
+        }
+        body
+    }
+}
+
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         match &self {
@@ -238,12 +250,8 @@ impl IntoResponse for AppError {
             }
             _ => {}
         }
-        let (status, reason, message, field) = self.parts();
-        let mut body = json!({ "error": shown(&message), "reason": reason });
-        if let Some(field) = field {
-            body["field"] = json!(redact::excerpt(field));
-        }
-        let mut response = (status, axum::Json(body)).into_response();
+        let status = self.parts().0;
+        let mut response = (status, axum::Json(self.body())).into_response();
         let headers = response.headers_mut();
         match &self {
             AppError::Unauthorized { reason } => {

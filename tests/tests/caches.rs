@@ -264,7 +264,7 @@ fn plain_sql_changes_reach_a_session_that_remembers_the_row() {
     )
     .expect("delete");
     assert_eq!(reason(&mut pooled, &other.token), "unknown_key");
-    dba.batch_execute("TRUNCATE apikey.keys, apikey.key_credits")
+    dba.batch_execute("TRUNCATE apikey.keys, apikey.key_credits, apikey.imported_keys")
         .expect("truncate");
     assert_eq!(reason(&mut pooled, &key.token), "unknown_key");
 }

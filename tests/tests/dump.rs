@@ -126,6 +126,8 @@ fn assert_security_intact(c: &mut Client) {
     let expected = [
         "audit_log",
         "events",
+        "import_forms",
+        "imported_keys",
         "key_credits",
         "key_reminders",
         "keys",

@@ -26,6 +26,7 @@ base_schemas!(
     CreatedWebhook,
     Error,
     Health,
+    ImportResults,
     IssuedKey,
     Key,
     KeyCredits,

@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod console;
 pub mod credits;
+pub mod import;
 pub mod keys;
 pub mod partners;
 pub mod reminders;
@@ -28,6 +29,7 @@ pub fn all() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(verify::router())
         .merge(keys::router())
+        .merge(import::router())
         .merge(partners::router())
         .merge(credits::router())
         .merge(audit::router())
