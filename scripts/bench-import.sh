@@ -3,10 +3,11 @@
 # cluster (destroyed on exit) with apikey in shared_preload_libraries:
 #   (a) native tokens with a valid checksum naming key ids that do not exist (an index probe
 #       each): today's cost of an unknown key;
-#   (b) foreign-looking garbage (`kp_<random>`) in a database whose imported keys use three
-#       lookup forms (sha256, a used sha256 key's hmac, a 16-character bcrypt prefix): one
-#       index probe per form;
-#   (c) the same garbage in a database without imported keys (answered `malformed` at once),
+#   (b) foreign-looking garbage (`mpk_<hex>.<hex>`, answered `malformed`) in a database of
+#       PAR-pack imports (the `id:` lookup form: one index probe);
+#   (c) the same garbage where sha256 keys were imported and one was used since (the `sha256:`
+#       and `hmac:` forms: two probes);
+#   (d) the same garbage in a database without imported keys (no probe),
 # each run for BENCH_SECONDS in turn, BENCH_ROUNDS times over, then the ratios of the summed
 # throughputs.
 #
@@ -49,8 +50,10 @@ cluster_preflight
 build_extension
 cluster_start
 
-APIKEY_PGDATABASE=postgres psql_as postgres -q -c 'CREATE DATABASE plain'
-APIKEY_PGDATABASE=plain psql_as postgres -q -c 'CREATE EXTENSION apikey'
+for db in plain keypal; do
+  APIKEY_PGDATABASE=postgres psql_as postgres -q -c "CREATE DATABASE $db"
+  APIKEY_PGDATABASE="$db" psql_as postgres -q -c 'CREATE EXTENSION apikey'
+done
 
 # Unknown native key ids: keys issued, then deleted, so their tokens are well formed.
 partner="$(psql_as postgres -tA -c "SELECT apikey_partner_create('bench', NULL)")"
@@ -59,24 +62,33 @@ SELECT i.token FROM generate_series(1, :n) AS g, LATERAL apikey_issue(:'pid'::uu
 SQL
 psql_as postgres -q -c "DELETE FROM apikey.keys WHERE partner_id = '$partner'"
 
-# Imported keys of three lookup forms; one sha256 key used once, so its lookup is an hmac.
+# PAR-pack keys (the hash need not match anything: no token of theirs is presented).
+psql_as postgres -q -v pid="$partner" <<'SQL' >/dev/null
+SELECT apikey_import(:'pid',
+    '$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$6xJMq0pbH4Lg0dVYq+8TK3XGBSwx2cQmrWzEyLm5DB8',
+    'argon2id-hmac', '{}', lookup => 'mpk_' || g)
+FROM generate_series(1, 100) AS g;
+SQL
+# sha256 keys, one used once, so that its lookup moved to an hmac.
 used="kp_$(openssl rand -hex 24)"
-psql_as postgres -q -v pid="$partner" -v used="$used" -v other="kp_$(openssl rand -hex 24)" <<'SQL' >/dev/null
-SELECT apikey_import(:'pid', encode(sha256(convert_to(:'used', 'UTF8')), 'hex'), 'sha256', '{}');
-SELECT apikey_import(:'pid', encode(sha256(convert_to(:'other', 'UTF8')), 'hex'), 'sha256', '{}');
-SELECT apikey_import(:'pid', '$2b$04$mnEQ7RE6zPfUl92ifVhWW.wXJyUaRc5cQc5sUCOGEs31Moqcwgmii',
-                     'bcrypt', '{}', lookup => 'mbk_live_Zq8rT2v');
+APIKEY_PGDATABASE=keypal psql_as postgres -q -v used="$used" <<'SQL' >/dev/null
+WITH partner AS MATERIALIZED (SELECT apikey_partner_create('bench', NULL) AS id)
+SELECT apikey_import(partner.id, encode(sha256(convert_to(t, 'UTF8')), 'hex'), 'sha256', '{}')
+FROM partner,
+     (SELECT :'used' UNION ALL SELECT 'kp_' || g FROM generate_series(1, 100) AS g) AS s(t);
 SELECT reason FROM apikey_verify(:'used');
 SQL
-forms="$(psql_as postgres -tA -c "SELECT string_agg(form || prefix_length, ',' ORDER BY form) FROM apikey.import_forms")"
-[ "$forms" = "hmac0,prefix16,sha2560" ] || die "imported lookup forms are '$forms', not hmac, prefix16 and sha256"
-for i in $(seq 1 "$ntokens"); do echo "kp_$(openssl rand -hex 24)"; done >"$work/garbage.tokens"
+forms="$(APIKEY_PGDATABASE=keypal psql_as postgres -tA -c "SELECT string_agg(form, ',' ORDER BY form) FROM apikey.import_forms")"
+[ "$forms" = "hmac,sha256" ] || die "the keypal database's lookup forms are '$forms', not hmac and sha256"
+forms="$(psql_as postgres -tA -c "SELECT string_agg(form, ',' ORDER BY form) FROM apikey.import_forms")"
+[ "$forms" = "id" ] || die "the PAR database's lookup forms are '$forms', not id"
+for i in $(seq 1 "$ntokens"); do echo "mpk_$(openssl rand -hex 6).$(openssl rand -hex 32)"; done >"$work/garbage.tokens"
 
 # scripts_for KIND: one pgbench script per token of KIND, printing the -f arguments.
 scripts_for() {
   local kind="$1" i=0 token
   while read -r token; do
-    [[ "$token" =~ ^[A-Za-z0-9_]+$ ]] || die "a token has characters outside [A-Za-z0-9_]"
+    [[ "$token" =~ ^[A-Za-z0-9_.]+$ ]] || die "a token has characters outside [A-Za-z0-9_.]"
     i=$((i + 1))
     printf "SELECT * FROM apikey_verify('%s');\n" "$token" >"$work/$kind-$i.sql"
     printf -- "-f %s@1 " "$work/$kind-$i.sql"
@@ -93,26 +105,28 @@ expect_reason() {
   [ "$bad" = 0 ] || die "$bad tokens of $file in $db are not $reason"
 }
 expect_reason apikey "$work/unknown.tokens" unknown_key
-expect_reason apikey "$work/garbage.tokens" unknown_key
-expect_reason plain "$work/garbage.tokens" malformed
+for db in apikey keypal plain; do expect_reason "$db" "$work/garbage.tokens" malformed; done
 
 tps() {
   awk '/^tps = / { printf "%.1f", $3; found = 1; exit } END { if (!found) print "0" }' "$1"
 }
-declare -A total=([unknown]=0 [imported]=0 [plain]=0)
+runs=(unknown par keypal plain)
+declare -A total=([unknown]=0 [par]=0 [keypal]=0 [plain]=0)
 for round in $(seq 1 "$rounds"); do
-  log "round $round of $rounds: unknown key ids, garbage with imported keys, without ($seconds s each)"
-  if [ $((round % 2)) = 1 ]; then order=(unknown imported plain); else order=(plain imported unknown); fi
+  log "round $round of $rounds: unknown key ids, then garbage with one lookup form, two, none ($seconds s each)"
+  # Every other round the other way round, so that neither end of a round favours a side.
+  if [ $((round % 2)) = 1 ]; then order=("${runs[@]}"); else order=(plain keypal par unknown); fi
   for run in "${order[@]}"; do
     case "$run" in
       unknown) args=("${unknown_args[@]}" apikey) ;;
-      imported) args=("${garbage_args[@]}" apikey) ;;
+      par) args=("${garbage_args[@]}" apikey) ;;
+      keypal) args=("${garbage_args[@]}" keypal) ;;
       plain) args=("${garbage_args[@]}" plain) ;;
     esac
     "$PGBIN/pgbench" -h "$APIKEY_SOCKET_DIR" -p "$APIKEY_PGPORT" -U postgres \
       -n -M prepared -c 4 -j 2 -T "$seconds" "${args[@]}" >"$work/$run.out" 2>&1
   done
-  for run in unknown imported plain; do
+  for run in "${runs[@]}"; do
     t="$(tps "$work/$run.out")"
     [ "$t" != 0 ] || die "the $run run failed: $(tail -n 5 "$work/$run.out")"
     total[$run]="$(awk -v a="${total[$run]}" -v b="$t" 'BEGIN { printf "%.1f", a + b }')"
@@ -124,7 +138,8 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f%%", 100 * a / b }'; }
 cat <<EOF
 
 == tokens that find no key, $rounds rounds of $seconds s, 4 clients ==
-unknown native key ids                  ${total[unknown]} tps (summed over the rounds)
-garbage, three lookup forms imported    ${total[imported]} tps   $(ratio "${total[imported]}" "${total[unknown]}") of unknown key ids
-garbage, no imported keys               ${total[plain]} tps   $(ratio "${total[plain]}" "${total[unknown]}") of unknown key ids
+unknown native key ids                ${total[unknown]} tps (summed over the rounds)
+garbage, one lookup form (PAR pack)   ${total[par]} tps   $(ratio "${total[par]}" "${total[unknown]}") of unknown key ids
+garbage, two forms (sha256, hmac)     ${total[keypal]} tps   $(ratio "${total[keypal]}" "${total[unknown]}") of unknown key ids
+garbage, no imported keys             ${total[plain]} tps   $(ratio "${total[plain]}" "${total[unknown]}") of unknown key ids
 EOF

@@ -185,15 +185,11 @@ pub fn find<'t, E>(
     let forms = forms()?;
     let peppers = if forms.hmac { peppers().ok() } else { None };
     let peppers = peppers.iter().flat_map(|p| p.all_bytes());
-    for lookup in import::candidates(token, &forms, peppers) {
-        if let Some(key_id) = key_of(&lookup)? {
-            return Ok(Some(Found {
-                key_id,
-                secret: import::secret_of(&lookup, token),
-            }));
-        }
-    }
-    Ok(None)
+    let candidates = import::candidates(token, &forms, peppers);
+    Ok(key_of(&candidates)?.map(|(lookup, key_id)| Found {
+        key_id,
+        secret: import::secret_of(lookup, token),
+    }))
 }
 
 /// Kept per backend for one `fetch` generation.
@@ -269,18 +265,32 @@ fn forms() -> ApiResult<Rc<Forms>> {
     Ok(forms)
 }
 
-fn key_of(lookup: &str) -> ApiResult<Option<String>> {
-    if let Some(key_id) = remembered(|r| r.keys.get(lookup).cloned()) {
-        return Ok(Some(key_id));
+/// The first of `candidates` that names an imported key, and that key. Remembered lookups
+/// first; the others probed with one snapshot between them.
+fn key_of(candidates: &[String]) -> ApiResult<Option<(&str, String)>> {
+    let known = remembered(|r| {
+        candidates
+            .iter()
+            .find_map(|lookup| Some((lookup.as_str(), r.keys.get(lookup)?.clone())))
+    });
+    if known.is_some() {
+        return Ok(known);
     }
     let generation = fetch::generation();
     let found = fetch::with_latest_snapshot(|snapshot| {
-        snapshot.by_primary_key(PrimaryKey::Imported(lookup), |row| {
-            row.get::<String>("key_id")
-        })
-    })?
-    .flatten();
-    if let Some(key_id) = &found {
+        for lookup in candidates {
+            let key_id = snapshot
+                .by_primary_key(PrimaryKey::Imported(lookup), |row| {
+                    row.get::<String>("key_id")
+                })?
+                .flatten();
+            if let Some(key_id) = key_id {
+                return Ok(Some((lookup.as_str(), key_id)));
+            }
+        }
+        Ok(None)
+    })?;
+    if let Some((lookup, key_id)) = &found {
         keep(generation, |r| {
             if r.keys.len() >= MAX_LOOKUPS {
                 r.keys.clear();
