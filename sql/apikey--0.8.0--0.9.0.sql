@@ -78,6 +78,30 @@ GRANT SELECT ON apikey.imported_keys, apikey.import_forms TO apikey_admin;
 ALTER TABLE apikey.imported_keys ENABLE ROW LEVEL SECURITY;
 ALTER TABLE apikey.imported_keys FORCE ROW LEVEL SECURITY;
 CREATE POLICY admin_reads_all ON apikey.imported_keys FOR SELECT TO apikey_admin USING (true);
+-- A partner sees which of its own keys were imported, and in which format (apikey.key_info).
+GRANT SELECT (key_id, hash_format, imported_at) ON apikey.imported_keys TO apikey_partner;
+CREATE POLICY partner_reads_own ON apikey.imported_keys FOR SELECT TO apikey_partner
+    USING (key_id IN (SELECT key_id FROM apikey.keys));
 ALTER TABLE apikey.import_forms ENABLE ROW LEVEL SECURITY;
 ALTER TABLE apikey.import_forms FORCE ROW LEVEL SECURITY;
 CREATE POLICY admin_reads_all ON apikey.import_forms FOR SELECT TO apikey_admin USING (true);
+
+-- key_info shows the format an imported key came in.
+CREATE OR REPLACE VIEW apikey.key_info WITH (security_invoker = true) AS
+SELECT
+    key_id, partner_id, name, scopes, tags, metadata, environment, enabled, not_before,
+    expires_at, revoked_at, revoke_reason, rotated_to, rate_per_minute, allowed_cidrs,
+    created_at, created_by, last_used_at,
+    CASE
+        WHEN revoked_at IS NOT NULL AND revoked_at <= clock_timestamp() THEN 'revoked'
+        WHEN expires_at IS NOT NULL AND expires_at <= clock_timestamp() THEN 'expired'
+        WHEN NOT enabled THEN 'disabled'
+        WHEN not_before IS NOT NULL AND not_before > clock_timestamp() THEN 'not_yet_valid'
+        ELSE 'live'
+    END AS status,
+    disabled_by_operator,
+    (SELECT i.hash_format FROM apikey.imported_keys i WHERE i.key_id = keys.key_id)
+        AS imported_from
+FROM apikey.keys;
+COMMENT ON VIEW apikey.key_info IS
+    'Every key column except the secret hash and pepper fingerprint, plus a derived status and the format an imported key came in';

@@ -88,10 +88,12 @@ SELECT
         WHEN not_before IS NOT NULL AND not_before > clock_timestamp() THEN 'not_yet_valid'
         ELSE 'live'
     END AS status,
-    disabled_by_operator
+    disabled_by_operator,
+    (SELECT i.hash_format FROM apikey.imported_keys i WHERE i.key_id = keys.key_id)
+        AS imported_from
 FROM apikey.keys;
 COMMENT ON VIEW apikey.key_info IS
-    'Every key column except the secret hash and pepper fingerprint, plus a derived status';
+    'Every key column except the secret hash and pepper fingerprint, plus a derived status and the format an imported key came in';
 
 -- Reading: the hash and the pepper fingerprint are readable by no role but the owner.
 GRANT SELECT (
@@ -217,6 +219,10 @@ GRANT SELECT ON apikey.imported_keys, apikey.import_forms TO apikey_admin;
 ALTER TABLE apikey.imported_keys ENABLE ROW LEVEL SECURITY;
 ALTER TABLE apikey.imported_keys FORCE ROW LEVEL SECURITY;
 CREATE POLICY admin_reads_all ON apikey.imported_keys FOR SELECT TO apikey_admin USING (true);
+-- A partner sees which of its own keys were imported, and in which format (apikey.key_info).
+GRANT SELECT (key_id, hash_format, imported_at) ON apikey.imported_keys TO apikey_partner;
+CREATE POLICY partner_reads_own ON apikey.imported_keys FOR SELECT TO apikey_partner
+    USING (key_id IN (SELECT key_id FROM apikey.keys));
 ALTER TABLE apikey.import_forms ENABLE ROW LEVEL SECURITY;
 ALTER TABLE apikey.import_forms FORCE ROW LEVEL SECURITY;
 CREATE POLICY admin_reads_all ON apikey.import_forms FOR SELECT TO apikey_admin USING (true);

@@ -895,6 +895,48 @@ fn a_partner_sees_only_its_own_keys() {
     );
 }
 
+#[test]
+fn an_imported_key_shows_the_format_it_came_in() {
+    let console = Console::start();
+    let a = console.partner();
+    let manager = console.issue(&a, &["keys:manage"]);
+    let token = format!("kp_{}", unique("imported"));
+    let imported: String = console
+        .db
+        .borrow_mut()
+        .query_one(
+            "SELECT apikey_import($1, encode(sha256(convert_to($2, 'UTF8')), 'hex'), 'sha256', \
+             '{orders:read}', name => 'moved from keypal')",
+            &[&a.id, &token],
+        )
+        .expect("import a key")
+        .get(0);
+    // Signed in as the partner: key_info shows it its own key's format (row-level security).
+    console.sign_in(&manager.token);
+    let browser = &console.browser;
+    let note = |key_id: &str| -> Option<String> {
+        browser
+            .exec(
+                "const row = [...document.querySelectorAll('#keys-table tbody tr[data-key-id]')]
+                   .find(r => r.getAttribute('data-key-id') === arguments[0]);
+                 const note = row && row.querySelector('.imported');
+                 return row ? (note ? note.textContent : '') : null;",
+                vec![serde_json::json!(key_id)],
+            )
+            .as_str()
+            .map(str::to_string)
+    };
+    browser.wait_until("the imported key's row notes its format", |_| {
+        note(&imported).as_deref() == Some("imported (sha256)")
+    });
+    assert_eq!(
+        note(&manager.key_id).as_deref(),
+        Some(""),
+        "a key issued here has no note"
+    );
+    assert_eq!(console.verify_http(&token), (200, "ok".to_string()));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Errors
 // ---------------------------------------------------------------------------------------------

@@ -194,20 +194,33 @@ fn keys_hashed_by_their_own_systems_verify_and_their_first_success_rehashes_them
 }
 
 /// Replaces the cluster's pepper file in place (same path, so the setting stays): `contents`
-/// until the guard is dropped, then the original again.
+/// until the guard is dropped, then the original again. One test at a time.
 struct PepperFileContents {
     path: String,
     original: Vec<u8>,
+    _only_one: std::sync::MutexGuard<'static, ()>,
 }
 
+static PEPPER_FILE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 impl PepperFileContents {
-    fn set(contents: &[u8]) -> Self {
+    /// The pepper file with `line` added after the others.
+    fn with_added(line: &str) -> Self {
+        let only_one = PEPPER_FILE
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let path = pepper_file_path();
         let original = std::fs::read(&path).expect("read the pepper file");
-        replace_file(&path, contents);
+        let mut contents = original.clone();
+        contents.extend_from_slice(format!("\n{line}\n").as_bytes());
+        replace_file(&path, &contents);
         // A backend trusts the file it loaded for a second (core/src/pepper.rs).
         std::thread::sleep(std::time::Duration::from_millis(1100));
-        PepperFileContents { path, original }
+        PepperFileContents {
+            path,
+            original,
+            _only_one: only_one,
+        }
     }
 }
 
@@ -245,9 +258,7 @@ fn a_par_pack_key_verifies_with_its_old_pepper_added_to_the_file() {
         "secret_mismatch",
         "without the old pepper in the file nothing proves it"
     );
-    let mut contents = std::fs::read(pepper_file_path()).expect("read the pepper file");
-    contents.extend_from_slice(format!("\n{old_pepper}\n").as_bytes());
-    let _with_old_pepper = PepperFileContents::set(&contents);
+    let _with_old_pepper = PepperFileContents::with_added(&old_pepper);
     let mut c = superuser();
     assert_eq!(verify(&mut c, &token), ("ok".into(), Some(key_id.clone())));
     let (after, fingerprint, lookup) = stored(&mut c, &key_id);
@@ -563,4 +574,138 @@ fn keys_are_imported_in_bulk_over_http_with_an_answer_for_each() {
             "no stored hash in the log"
         );
     }
+}
+
+/// `docs/examples/import-par-pack.sql`, as the migration guide shows it, against the PAR
+/// pack's tables in a database of their own, with keys hashed the PAR pack's way.
+#[test]
+fn the_migration_guide_moves_a_par_pack_installation_in_one_statement() {
+    const STATEMENT: &str = include_str!("../../docs/examples/import-par-pack.sql");
+    const GUIDE: &str = include_str!("../../docs/src/migrating.md");
+    assert!(
+        GUIDE.contains("```sql\n{{#include ../examples/import-par-pack.sql}}\n```"),
+        "docs/src/migrating.md must include docs/examples/import-par-pack.sql"
+    );
+    let mut dbs = Databases::default();
+    let db = dbs.create("apikey_par_pack");
+    let mut c = connect_to(&env_var("APIKEY_TEST_PGUSER"), &db);
+    c.batch_execute(
+        "SET client_min_messages = warning; CREATE EXTENSION apikey;
+         CREATE TABLE partners (
+           partner_id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
+           name TEXT NOT NULL,
+           contact_email TEXT,
+           active BOOLEAN NOT NULL DEFAULT TRUE,
+           created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+           updated_at TIMESTAMPTZ NOT NULL DEFAULT now());
+         CREATE TABLE api_keys (
+           key_id VARCHAR(64) PRIMARY KEY,
+           partner_id UUID NOT NULL REFERENCES partners(partner_id),
+           secret_hash TEXT NOT NULL,
+           scopes TEXT NOT NULL,
+           status VARCHAR(16) NOT NULL DEFAULT 'active',
+           not_before TIMESTAMPTZ NOT NULL DEFAULT now(),
+           not_after TIMESTAMPTZ,
+           rate_per_minute INT NOT NULL DEFAULT 300,
+           created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+           last_used_at TIMESTAMPTZ);",
+    )
+    .expect("the PAR pack's tables");
+    let par_pepper = random_hex(32);
+    let partner = |c: &mut Client, name: &str, active: bool| -> uuid::Uuid {
+        c.query_one(
+            "INSERT INTO partners (name, contact_email, active) VALUES ($1, $1 || '@example.com', $2) \
+             RETURNING partner_id",
+            &[&name, &active],
+        )
+        .expect("a PAR partner")
+        .get(0)
+    };
+    let (acme, globex, gone) = (
+        partner(&mut c, &unique("acme"), true),
+        partner(&mut c, &unique("globex"), true),
+        partner(&mut c, &unique("gone"), false),
+    );
+    // issueApiKey: keyId `mpk_<12 hex>`, a 64-hex secret, token `<keyId>.<secret>`.
+    let mut add = |partner: uuid::Uuid, scopes: &str, status: &str, not_after: &str| -> String {
+        let key_id = format!("mpk_{}", random_hex(6));
+        let secret = random_hex(32);
+        let hash = python(ARGON2ID_HMAC, &[&par_pepper, &secret]);
+        c.execute(
+            &format!(
+                "INSERT INTO api_keys (key_id, partner_id, secret_hash, scopes, status, not_after) \
+                 VALUES ($1, $2, $3, $4, $5, {not_after})"
+            ),
+            &[&key_id, &partner, &hash, &scopes, &status],
+        )
+        .expect("a PAR key");
+        format!("{key_id}.{secret}")
+    };
+    let live = add(acme, "assets:read,status:update", "active", "NULL");
+    let expiring = add(globex, "audit:read", "active", "now() + interval '30 days'");
+    let revoked = add(acme, "assets:read", "revoked", "NULL");
+    let expired = add(globex, "assets:read", "active", "now() - interval '1 day'");
+    let inactive = add(gone, "assets:read", "active", "NULL");
+
+    let _with_par_pepper = PepperFileContents::with_added(&par_pepper);
+    let mut c = connect_to(&env_var("APIKEY_TEST_PGUSER"), &db);
+    let moved: Vec<(String, String)> = c
+        .query(STATEMENT, &[])
+        .expect("the guide's statement")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let mut moved_ids: Vec<&str> = moved.iter().map(|(par, _)| par.as_str()).collect();
+    moved_ids.sort_unstable();
+    let mut expected = [id_of(&live), id_of(&expiring)];
+    expected.sort_unstable();
+    assert_eq!(
+        moved_ids, expected,
+        "the live keys of active partners, nothing else"
+    );
+
+    let check = |c: &mut Client, token: &str, scopes: &[&str]| -> String {
+        let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
+        c.query_one(
+            "SELECT reason FROM apikey_verify($1, $2)",
+            &[&token, &scopes],
+        )
+        .expect("verify")
+        .get(0)
+    };
+    assert_eq!(
+        check(&mut c, &live, &["assets:read", "status:update"]),
+        "ok"
+    );
+    assert_eq!(check(&mut c, &live, &["assets:mint"]), "insufficient_scope");
+    assert_eq!(check(&mut c, &expiring, &["audit:read"]), "ok");
+    for left_behind in [&revoked, &expired, &inactive] {
+        assert_eq!(
+            check(&mut c, left_behind, &[]),
+            "malformed",
+            "{left_behind}"
+        );
+    }
+    let partners: Vec<String> = c
+        .query(
+            "SELECT p.name FROM apikey.partners p JOIN apikey.keys k USING (partner_id) \
+             ORDER BY p.name",
+            &[],
+        )
+        .expect("the moved partners")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(partners.len(), 2, "{partners:?}");
+    assert!(
+        partners
+            .iter()
+            .all(|name| name.starts_with("acme") || name.starts_with("globex")),
+        "{partners:?}"
+    );
+}
+
+/// The PAR key id of a `<keyId>.<secret>` token.
+fn id_of(token: &str) -> &str {
+    token.split_once('.').map_or(token, |(id, _)| id)
 }

@@ -545,7 +545,7 @@ fn no_role_can_read_the_secret_hash_or_pepper_fingerprint() {
         "stored hash is an Argon2id PHC string: {hash}"
     );
 
-    // key_info has every column of keys but the two, plus status.
+    // key_info has every column of keys but the two, plus status and imported_from.
     let columns = |su: &mut Client, relation: &str| -> Vec<String> {
         su.query(
             "SELECT attname::text FROM pg_attribute \
@@ -560,7 +560,7 @@ fn no_role_can_read_the_secret_hash_or_pepper_fingerprint() {
     let mut expected: Vec<String> = columns(&mut f.su, "apikey.keys")
         .into_iter()
         .filter(|c| !SECRET_COLUMNS.contains(&c.as_str()))
-        .chain(["status".to_string()])
+        .chain(["status".to_string(), "imported_from".to_string()])
         .collect();
     expected.sort();
     assert_eq!(columns(&mut f.su, "apikey.key_info"), expected);

@@ -33,6 +33,12 @@ function rotationNote(key) {
   return el('span', { class: 'note', text: `rotated to ${key.rotated_to}${until}` });
 }
 
+// A key imported from another system keeps its holder's token; the note says from what.
+function importNote(key) {
+  if (!key.imported_from) return null;
+  return el('span', { class: 'note imported', data: { importedFrom: key.imported_from }, text: `imported (${key.imported_from})` });
+}
+
 export function readFilters() {
   return {
     partner: $('#filter-partner').value,
@@ -117,7 +123,7 @@ function keyRow(key, now) {
     cell(chips(key.scopes, 'scope-chips')),
     cell(chips(key.tags, 'tag-chips')),
     cell(el('span', { class: `env env-${key.environment}`, text: key.environment })),
-    cell(el('span', { class: `status status-${status}`, text: statusText(key, status) }), rotationNote(key)),
+    cell(el('span', { class: `status status-${status}`, text: statusText(key, status) }), rotationNote(key), importNote(key)),
     cell(timeNode(key.created_at, { day: true })),
     cell(timeNode(key.expires_at, { day: true })),
     cell(timeNode(key.last_used_at, { relative: true })),
