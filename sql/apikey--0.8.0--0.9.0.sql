@@ -16,9 +16,9 @@ GRANT EXECUTE ON FUNCTION @extschema@.apikey_last_rates(text)
 -- Keys another system issued, brought in by their stored hash (apikey_import,
 -- extension/src/imported.rs). The key's row in apikey.keys holds that hash until its first
 -- successful verification (pepper_fingerprint 'imported:<format>'), then apikey's own.
--- lookup is how verification finds the key from its token: 'sha256:<hex>' (the token's
--- digest), 'hmac:<hex>' (what a sha256 key's lookup becomes once used), 'id:<id>' or
--- 'prefix:<the token's first characters>'.
+-- lookup is how verification finds the key from its token: 'hmac:<hex>' (a sha256 key's:
+-- an HMAC under the pepper of the token's digest), 'id:<id>' or 'prefix:<the token's first
+-- characters>'.
 CREATE TABLE apikey.imported_keys (
     lookup      text PRIMARY KEY,
     key_id      text NOT NULL UNIQUE REFERENCES apikey.keys (key_id) ON DELETE CASCADE,
@@ -30,7 +30,7 @@ CREATE TABLE apikey.imported_keys (
 -- The lookup forms imported keys use (and the prefix lengths), so verification computes no
 -- other; written with apikey.imported_keys, never shrinks.
 CREATE TABLE apikey.import_forms (
-    form          text NOT NULL CHECK (form IN ('sha256', 'hmac', 'id', 'prefix')),
+    form          text NOT NULL CHECK (form IN ('hmac', 'id', 'prefix')),
     prefix_length integer NOT NULL DEFAULT 0,
     PRIMARY KEY (form, prefix_length)
 );

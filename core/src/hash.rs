@@ -45,9 +45,10 @@ pub fn fingerprint(phc: &str) -> Digest {
     Sha256::digest(phc.as_bytes()).into()
 }
 
-/// Lower-case hex of `bytes`, as fingerprints and saved digests are written.
+/// Lower-case hex of `bytes`, as fingerprints, saved digests and imported keys' lookups are
+/// written (on the path of every token that might be an imported key's: one allocation).
 pub fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(bytes)
 }
 
 pub fn digests_equal(a: &Digest, b: &Digest) -> bool {

@@ -3,9 +3,9 @@
 //!
 //! A key is found by a *lookup*, unique among imported keys, that verification can compute
 //! from the token alone:
-//! - `sha256:<hex>`: the stored SHA-256 of the whole token is its own lookup;
-//! - `hmac:<hex>`: what a `sha256` key's lookup becomes after its first success, an HMAC of
-//!   the token under a pepper, so the database keeps no unpeppered digest of a used key;
+//! - `hmac:<hex>` (`sha256`): an HMAC under the newest pepper of the stored SHA-256 of the
+//!   whole token, which verification computes from the token under each pepper of the file
+//!   (the digest itself is kept only as the key's hash, until its first success);
 //! - `id:<id>`: an `<id>.<secret>` token's id (`argon2id-hmac`);
 //! - `prefix:<p>`: the first characters of the token (`bcrypt`, `argon2id`).
 //!
@@ -86,11 +86,12 @@ pub struct Prepared {
 /// A refusal: the argument at fault and why.
 pub type Refusal = (&'static str, String);
 
-/// Checks an imported key's arguments and derives its lookup.
+/// Checks an imported key's arguments and derives its lookup (`pepper`: the newest).
 pub fn prepare(
     format: Format,
     stored_hash: &str,
     lookup: Option<&str>,
+    pepper: &[u8],
 ) -> Result<Prepared, Refusal> {
     let stored_hash = stored_hash.trim();
     match format {
@@ -106,7 +107,7 @@ pub fn prepare(
                 return Err(("stored_hash", "must be 64 hex digits (SHA-256)".into()));
             }
             Ok(Prepared {
-                lookup: format!("sha256:{hex}"),
+                lookup: peppered_lookup(pepper, &hex),
                 stored_hash: hex,
                 prefix_length: None,
             })
@@ -213,7 +214,6 @@ fn check_bcrypt(stored: &str) -> Result<(), Refusal> {
 /// Which lookup forms the database's imported keys use: verification computes only those.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Forms {
-    pub sha256: bool,
     pub hmac: bool,
     pub id: bool,
     pub prefix_lengths: Vec<usize>,
@@ -221,7 +221,7 @@ pub struct Forms {
 
 impl Forms {
     pub fn is_empty(&self) -> bool {
-        !self.sha256 && !self.hmac && !self.id && self.prefix_lengths.is_empty()
+        !self.hmac && !self.id && self.prefix_lengths.is_empty()
     }
 }
 
@@ -241,15 +241,10 @@ pub fn candidates<'p>(
     if !could_be_foreign(token) {
         return out;
     }
-    if forms.sha256 {
-        use sha2::Digest as _;
-        out.push(format!(
-            "sha256:{}",
-            to_hex(&sha2::Sha256::digest(token.as_bytes()))
-        ));
-    }
     if forms.hmac {
-        out.extend(peppers.map(|pepper| peppered_lookup(pepper, token)));
+        use sha2::Digest as _;
+        let digest = to_hex(&sha2::Sha256::digest(token.as_bytes()));
+        out.extend(peppers.map(|pepper| peppered_lookup(pepper, &digest)));
     }
     if forms.id {
         if let Some((id, _)) = token.split_once('.') {
@@ -266,12 +261,12 @@ pub fn candidates<'p>(
     out
 }
 
-/// The lookup a `sha256` key moves to after its first success: an HMAC under `pepper`, kept
-/// apart from the digest its stored hash covers by a label.
-pub fn peppered_lookup(pepper: &[u8], token: &str) -> String {
-    let mut labelled = Vec::with_capacity(token.len() + 16);
+/// The lookup of a `sha256` key: an HMAC under `pepper` of the token's SHA-256 (hex), kept
+/// apart from the digests proofs use by a label.
+pub fn peppered_lookup(pepper: &[u8], sha256_hex: &str) -> String {
+    let mut labelled = Vec::with_capacity(sha256_hex.len() + 16);
     labelled.extend_from_slice(b"apikey-lookup\0");
-    labelled.extend_from_slice(token.as_bytes());
+    labelled.extend_from_slice(sha256_hex.as_bytes());
     format!("hmac:{}", to_hex(&hash::digest(pepper, &labelled)))
 }
 
@@ -333,6 +328,7 @@ mod tests {
     use super::*;
 
     const TOKEN: &str = "mbk_live_Zq8rT2vW9xY4aB6cD1eF3gH5jK7mN0pQ";
+    const PEPPER: &[u8] = b"the newest pepper";
 
     #[test]
     fn formats_parse_by_their_sql_names_only() {
@@ -354,18 +350,26 @@ mod tests {
     }
 
     #[test]
-    fn a_sha256_key_is_found_by_its_digest() {
+    fn a_sha256_key_is_found_by_an_hmac_of_its_digest() {
         use sha2::Digest as _;
         let hex = to_hex(&sha2::Sha256::digest(TOKEN.as_bytes()));
-        let prepared = prepare(Format::Sha256, &hex.to_ascii_uppercase(), None).expect("valid");
+        let prepared =
+            prepare(Format::Sha256, &hex.to_ascii_uppercase(), None, PEPPER).expect("valid");
         assert_eq!(prepared.stored_hash, hex, "kept in lower case");
+        assert!(
+            prepared.lookup.starts_with("hmac:") && !prepared.lookup.contains(&hex),
+            "peppered: {}",
+            prepared.lookup
+        );
         let forms = Forms {
-            sha256: true,
+            hmac: true,
             ..Forms::default()
         };
+        let peppers: [&[u8]; 2] = [b"a newer pepper", PEPPER];
         assert_eq!(
-            candidates(TOKEN, &forms, std::iter::empty()),
-            vec![prepared.lookup]
+            candidates(TOKEN, &forms, peppers.into_iter())[1],
+            prepared.lookup,
+            "found under the pepper it was imported with"
         );
         assert!(verify(
             Format::Sha256,
@@ -380,12 +384,14 @@ mod tests {
             std::iter::empty()
         ));
         assert_eq!(
-            prepare(Format::Sha256, &hex, Some("x")).unwrap_err().0,
+            prepare(Format::Sha256, &hex, Some("x"), PEPPER)
+                .unwrap_err()
+                .0,
             "lookup"
         );
         for bad in ["", "abc", &hex[1..], &format!("{}g", &hex[1..])] {
             assert_eq!(
-                prepare(Format::Sha256, bad, None).unwrap_err().0,
+                prepare(Format::Sha256, bad, None, PEPPER).unwrap_err().0,
                 "stored_hash",
                 "{bad}"
             );
@@ -396,23 +402,25 @@ mod tests {
     fn lookups_are_checked_and_derived_per_format() {
         let phc =
             "$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$6xJMq0pbH4Lg0dVYq+8TK3XGBSwx2cQmrWzEyLm5DB8";
-        let id = prepare(Format::Argon2idHmac, phc, Some("mpk_7f3a")).expect("valid");
+        let id = prepare(Format::Argon2idHmac, phc, Some("mpk_7f3a"), PEPPER).expect("valid");
         assert_eq!(id.lookup, "id:mpk_7f3a");
         for bad in [None, Some(""), Some("a.b"), Some("has space")] {
             assert_eq!(
-                prepare(Format::Argon2idHmac, phc, bad).unwrap_err().0,
+                prepare(Format::Argon2idHmac, phc, bad, PEPPER)
+                    .unwrap_err()
+                    .0,
                 "lookup",
                 "{bad:?}"
             );
         }
-        let prefix = prepare(Format::Argon2id, phc, Some(&TOKEN[..16])).expect("valid");
+        let prefix = prepare(Format::Argon2id, phc, Some(&TOKEN[..16]), PEPPER).expect("valid");
         assert_eq!(
             (prefix.lookup.as_str(), prefix.prefix_length),
             ("prefix:mbk_live_Zq8rT2v", Some(16))
         );
         for bad in [None, Some("abc"), Some(&TOKEN[..0])] {
             assert_eq!(
-                prepare(Format::Argon2id, phc, bad).unwrap_err().0,
+                prepare(Format::Argon2id, phc, bad, PEPPER).unwrap_err().0,
                 "lookup",
                 "{bad:?}"
             );
@@ -441,12 +449,12 @@ mod tests {
             "$argon2id$v=19$m=1048576,t=1,p=1$c2FsdHNhbHQ$6xJMq0pbH4Lg0dVYq+8TK3XGBSwx2cQmrWzEyLm5DB8",
             "$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ"]
         {
-            assert_eq!(prepare(Format::Argon2id, bad, Some("abcd")).unwrap_err().0, "stored_hash", "{bad}");
+            assert_eq!(prepare(Format::Argon2id, bad, Some("abcd"), PEPPER).unwrap_err().0, "stored_hash", "{bad}");
         }
         let good = bcrypt::hash_with_salt(TOKEN, 4, [7; 16])
             .expect("bcrypt")
             .to_string();
-        assert!(prepare(Format::Bcrypt, &good, Some("mbk_live")).is_ok());
+        assert!(prepare(Format::Bcrypt, &good, Some("mbk_live"), PEPPER).is_ok());
         let costly = bcrypt::hash_with_salt(TOKEN, 4, [7; 16])
             .expect("bcrypt")
             .format_for_version(bcrypt::Version::TwoB)
@@ -458,7 +466,7 @@ mod tests {
             &good.replacen("$2b$", "$2x$", 1),
         ] {
             assert_eq!(
-                prepare(Format::Bcrypt, bad, Some("mbk_live"))
+                prepare(Format::Bcrypt, bad, Some("mbk_live"), PEPPER)
                     .unwrap_err()
                     .0,
                 "stored_hash",
@@ -515,20 +523,20 @@ mod tests {
     }
 
     #[test]
-    fn a_peppered_lookup_depends_on_the_pepper_and_is_no_digest_of_the_secret() {
-        let lookup = peppered_lookup(b"pepper", TOKEN);
+    fn a_peppered_lookup_depends_on_the_pepper_and_is_no_digest_a_proof_uses() {
+        use sha2::Digest as _;
+        let hex = to_hex(&sha2::Sha256::digest(TOKEN.as_bytes()));
+        let lookup = peppered_lookup(b"pepper", &hex);
         assert!(lookup.starts_with("hmac:"));
-        assert_ne!(lookup, peppered_lookup(b"other", TOKEN));
+        assert_ne!(lookup, peppered_lookup(b"other", &hex));
         assert_ne!(
             &lookup[5..],
             to_hex(&hash::digest(b"pepper", TOKEN.as_bytes()))
         );
-        let forms = Forms {
-            hmac: true,
-            ..Forms::default()
-        };
-        let peppers: [&[u8]; 2] = [b"other", b"pepper"];
-        assert!(candidates(TOKEN, &forms, peppers.into_iter()).contains(&lookup));
+        assert_ne!(
+            &lookup[5..],
+            to_hex(&hash::digest(b"pepper", hex.as_bytes()))
+        );
     }
 
     #[test]
@@ -544,7 +552,6 @@ mod tests {
     #[test]
     fn garbage_has_no_candidates() {
         let forms = Forms {
-            sha256: true,
             hmac: true,
             id: true,
             prefix_lengths: vec![4],

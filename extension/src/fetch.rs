@@ -510,26 +510,43 @@ impl Snapshot {
         key: PrimaryKey<'_>,
         read: impl FnOnce(&Found) -> ApiResult<R>,
     ) -> ApiResult<Option<R>> {
+        self.first_by_primary_key(&[key], |_, found| read(found))
+    }
+
+    /// Looks up the rows of `keys` (all of one table) in turn, and hands the first that
+    /// exists to `read`, with its position in `keys`. The table, its index and one index scan are opened once
+    /// for all of them: each further key costs a rescan, not a lookup.
+    pub fn first_by_primary_key<R>(
+        &self,
+        keys: &[PrimaryKey<'_>],
+        read: impl FnOnce(usize, &Found) -> ApiResult<R>,
+    ) -> ApiResult<Option<R>> {
+        let Some(table) = keys.first().map(|k| k.table()) else {
+            return Ok(None);
+        };
         // SAFETY: standard relation-scan protocol: open with a lock, fetch with a registered
-        // snapshot into a slot; the guards drop the slot before closing the relation. The
-        // slot holds its own buffer pin, so the row stays readable after the fetch or index
-        // scan has ended.
+        // snapshot into a slot; the guards drop the scan and the slot before closing the
+        // relation. The slot holds its own buffer pin, so the row stays readable after the
+        // fetch or index scan has ended.
         unsafe {
-            let rel = open(key.table(), Part::Table)?;
+            let rel = open(table, Part::Table)?;
             let slot = Slot::for_relation(&rel);
             let found = Found { slot: slot.0 };
-            let mut hit = match known_tid(key) {
-                Some(tid) => self.fetch_tid(rel.0, tid, slot.0) && key.is_row_of(&found)?,
-                None => false,
-            };
-            if !hit {
-                hit = self.probe_index(rel.0, key, slot.0)?;
+            for (i, &key) in keys.iter().enumerate() {
+                if let Some(tid) = known_tid(key) {
+                    if self.fetch_tid(rel.0, tid, slot.0) && key.is_row_of(&found)? {
+                        return read(i, &found).map(Some);
+                    }
+                }
             }
-            if hit {
-                read(&found).map(Some)
-            } else {
-                Ok(None)
+            let idx = open(table, Part::Index)?;
+            let scanning = IndexScan(compat::index_beginscan(rel.0, idx.0, self.0));
+            for (i, &key) in keys.iter().enumerate() {
+                if probe_index(scanning.0, key, slot.0)? {
+                    return read(i, &found).map(Some);
+                }
             }
+            Ok(None)
         }
     }
 
@@ -569,54 +586,50 @@ impl Snapshot {
             })
         }
     }
+}
 
-    /// Probes the primary-key index for `key`, storing the row in `slot` and remembering
-    /// where it was found.
-    ///
-    /// # Safety
-    /// `rel` must be open and locked, `slot` made for it.
-    unsafe fn probe_index(
-        &self,
-        rel: pg_sys::Relation,
-        key: PrimaryKey<'_>,
-        slot: *mut pg_sys::TupleTableSlot,
-    ) -> ApiResult<bool> {
-        let datum = key
-            .datum()
-            .ok_or_else(|| ApiError::internal("primary-key value is NULL"))?;
-        // SAFETY: per the contract; the guards end the scan and close the index (lock kept).
-        unsafe {
-            let idx = open(key.table(), Part::Index)?;
-            let scanning = IndexScan(compat::index_beginscan(rel, idx.0, self.0));
-            let scan = scanning.0;
-            let mut scan_key = pg_sys::ScanKeyData::default();
-            pg_sys::ScanKeyInit(
-                &mut scan_key,
-                1,
-                pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
-                key.table().eq_proc(),
-                datum,
-            );
-            pg_sys::index_rescan(scan, &mut scan_key, 1, std::ptr::null_mut(), 0);
-            // index_getnext_slot, unrolled to keep the TID the index holds: fetching moves
-            // xs_heaptid to the chain member found, which is no place to start from later.
-            // With an MVCC snapshot, one entry's chain has at most one visible version.
-            let mut root = None;
-            loop {
-                let tid =
-                    pg_sys::index_getnext_tid(scan, pg_sys::ScanDirection::ForwardScanDirection);
-                if tid.is_null() {
-                    break;
-                }
-                let entry = *tid;
-                if pg_sys::index_fetch_heap(scan, slot) {
-                    root = Some(entry);
-                    break;
-                }
+/// Probes the primary-key index through `scan` for `key`, storing the row in `slot` and
+/// remembering where it was found.
+///
+/// # Safety
+/// `scan` must be an index scan of the table's primary-key index under a registered
+/// snapshot, `slot` made for the table.
+unsafe fn probe_index(
+    scan: pg_sys::IndexScanDesc,
+    key: PrimaryKey<'_>,
+    slot: *mut pg_sys::TupleTableSlot,
+) -> ApiResult<bool> {
+    let datum = key
+        .datum()
+        .ok_or_else(|| ApiError::internal("primary-key value is NULL"))?;
+    // SAFETY: per the contract.
+    unsafe {
+        let mut scan_key = pg_sys::ScanKeyData::default();
+        pg_sys::ScanKeyInit(
+            &mut scan_key,
+            1,
+            pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
+            key.table().eq_proc(),
+            datum,
+        );
+        pg_sys::index_rescan(scan, &mut scan_key, 1, std::ptr::null_mut(), 0);
+        // index_getnext_slot, unrolled to keep the TID the index holds: fetching moves
+        // xs_heaptid to the chain member found, which is no place to start from later.
+        // With an MVCC snapshot, one entry's chain has at most one visible version.
+        let mut root = None;
+        loop {
+            let tid = pg_sys::index_getnext_tid(scan, pg_sys::ScanDirection::ForwardScanDirection);
+            if tid.is_null() {
+                break;
             }
-            let found = root.is_some();
-            set_known_tid(key, root);
-            Ok(found)
+            let entry = *tid;
+            if pg_sys::index_fetch_heap(scan, slot) {
+                root = Some(entry);
+                break;
+            }
         }
+        let found = root.is_some();
+        set_known_tid(key, root);
+        Ok(found)
     }
 }

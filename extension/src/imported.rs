@@ -7,10 +7,10 @@
 use crate::credits::Balance;
 use crate::error::{ApiError, ApiResult, OrRaise};
 use crate::fetch::{self, PrimaryKey};
+use crate::hash;
 use crate::lifecycle::{self, IssueRequest};
 use crate::pepper::PepperSet;
 use crate::sqltypes::CidrArray;
-use crate::{db, hash};
 use apikey_core::import::{self, Format, Forms, Prepared, FOREIGN_MARK};
 use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
@@ -140,7 +140,8 @@ fn checked(
         )
     })?;
     let stored_hash = stored_hash.ok_or_else(|| ApiError::null("stored_hash"))?;
-    let prepared = import::prepare(format, stored_hash, lookup)
+    let peppers = crate::guc::peppers()?;
+    let prepared = import::prepare(format, stored_hash, lookup, peppers.newest().bytes())
         .map_err(|(argument, why)| ApiError::invalid(argument, why))?;
     let taken = client
         .select(
@@ -246,7 +247,6 @@ fn forms() -> ApiResult<Rc<Forms>> {
                 let form: Option<String> = row.get(1)?;
                 let length: Option<i32> = row.get(2)?;
                 match form.as_deref() {
-                    Some("sha256") => forms.sha256 = true,
                     Some("hmac") => forms.hmac = true,
                     Some("id") => forms.id = true,
                     Some("prefix") => {
@@ -266,7 +266,7 @@ fn forms() -> ApiResult<Rc<Forms>> {
 }
 
 /// The first of `candidates` that names an imported key, and that key. Remembered lookups
-/// first; the others probed with one snapshot between them.
+/// first; the others probed in one index scan.
 fn key_of(candidates: &[String]) -> ApiResult<Option<(&str, String)>> {
     let known = remembered(|r| {
         candidates
@@ -277,19 +277,18 @@ fn key_of(candidates: &[String]) -> ApiResult<Option<(&str, String)>> {
         return Ok(known);
     }
     let generation = fetch::generation();
+    let keys: Vec<PrimaryKey<'_>> = candidates
+        .iter()
+        .map(|lookup| PrimaryKey::Imported(lookup))
+        .collect();
     let found = fetch::with_latest_snapshot(|snapshot| {
-        for lookup in candidates {
-            let key_id = snapshot
-                .by_primary_key(PrimaryKey::Imported(lookup), |row| {
-                    row.get::<String>("key_id")
-                })?
-                .flatten();
-            if let Some(key_id) = key_id {
-                return Ok(Some((lookup.as_str(), key_id)));
-            }
-        }
-        Ok(None)
-    })?;
+        snapshot.first_by_primary_key(&keys, |i, row| {
+            Ok(row
+                .get::<String>("key_id")?
+                .map(|key_id| (candidates[i].as_str(), key_id)))
+        })
+    })?
+    .flatten();
     if let Some((lookup, key_id)) = &found {
         keep(generation, |r| {
             if r.keys.len() >= MAX_LOOKUPS {
@@ -299,29 +298,6 @@ fn key_of(candidates: &[String]) -> ApiResult<Option<(&str, String)>> {
         });
     }
     Ok(found)
-}
-
-/// After the first success of a `sha256` key: its lookup becomes an HMAC under the newest
-/// pepper, so no unpeppered digest of a used key stays in the database.
-pub fn relookup(
-    client: &mut SpiClient<'_>,
-    key_id: &str,
-    pepper: &[u8],
-    token: &str,
-) -> ApiResult<()> {
-    const MOVE: &str = "UPDATE apikey.imported_keys SET lookup = $2 \
-        WHERE key_id = $1 AND hash_format = 'sha256' AND lookup LIKE 'sha256:%'";
-    let lookup = import::peppered_lookup(pepper, token);
-    db::execute(
-        client,
-        MOVE,
-        &[pg_sys::TEXTOID; 2],
-        &[key_id.into(), lookup.as_str().into()],
-    )?;
-    const NOTE: &str = "INSERT INTO apikey.import_forms (form, prefix_length) VALUES ('hmac', 0) \
-        ON CONFLICT DO NOTHING";
-    db::execute(client, NOTE, &[], &[])?;
-    Ok(())
 }
 
 /// Whether `secret` matches the other system's hash a key row still holds.

@@ -558,9 +558,6 @@ fn rehash_key(
         row.secret_hash.as_str().into(),
     ];
     db::execute(client, UPDATE, &[pg_sys::TEXTOID; 4], &args)?;
-    if rehash.imported_from == Some(Format::Sha256) {
-        imported::relookup(client, key_id, newest.bytes(), secret)?;
-    }
     proof::proved(key_id, &phc, digest, clock::now());
     let mut event = Event::new("rehash");
     event.key_id = Some(key_id);
