@@ -7,12 +7,15 @@
 #       PAR-pack imports (the `id:` lookup form: one index probe);
 #   (c) the same garbage where sha256 keys were imported, one of them used since (the `hmac:`
 #       form: one probe, plus a SHA-256 and an HMAC of the token);
-#   (d) the same garbage in a database without imported keys (no probe),
+#   (d) the same garbage where keys of every kind were imported: sha256, PAR-pack and bcrypt
+#       (all three forms, `hmac:`, `id:` and `prefix:`: three candidates, probed in one index
+#       scan), the most a database can make garbage cost,
+#   (e) the same garbage in a database without imported keys (no probe),
 # each run for BENCH_SECONDS in turn, BENCH_ROUNDS times over, then the ratios of the summed
 # throughputs.
 #
 # Env: BENCH_SECONDS                 duration of each run, default 10
-#      BENCH_ROUNDS                  rounds of the three runs, default 3
+#      BENCH_ROUNDS                  rounds of the five runs, default 3
 #      APIKEY_BENCH_IMPORT_STATE_DIR default /tmp/apikey-bench-import (wiped first)
 #      APIKEY_BENCH_IMPORT_PGPORT    default 54335
 #      APIKEY_SKIP_BUILD=1           use the installed extension as is
@@ -50,7 +53,7 @@ cluster_preflight
 build_extension
 cluster_start
 
-for db in plain keypal; do
+for db in plain keypal every; do
   APIKEY_PGDATABASE=postgres psql_as postgres -q -c "CREATE DATABASE $db"
   APIKEY_PGDATABASE="$db" psql_as postgres -q -c 'CREATE EXTENSION apikey'
 done
@@ -78,6 +81,20 @@ FROM partner,
      (SELECT :'used' UNION ALL SELECT 'kp_' || g FROM generate_series(1, 100) AS g) AS s(t);
 SELECT reason FROM apikey_verify(:'used');
 SQL
+# Keys of every kind (none of whose tokens is presented).
+APIKEY_PGDATABASE=every psql_as postgres -q <<'SQL' >/dev/null
+WITH partner AS MATERIALIZED (SELECT apikey_partner_create('bench', NULL) AS id)
+SELECT apikey_import(partner.id, k.hash, k.format, '{}', lookup => k.lookup)
+FROM partner, generate_series(1, 100) AS g,
+     LATERAL (VALUES
+       (encode(sha256(convert_to('kp_' || g, 'UTF8')), 'hex'), 'sha256', NULL),
+       ('$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$6xJMq0pbH4Lg0dVYq+8TK3XGBSwx2cQmrWzEyLm5DB8',
+        'argon2id-hmac', 'mpk_' || g),
+       ('$2b$04$/lA8NuKCXS2Vqxm.YhbL6.16dwlpHAwcUFqyXDcFU2NXK2RnWhDsy', 'bcrypt',
+        'mbk_live_' || lpad(g::text, 7, '0'))) AS k(hash, format, lookup);
+SQL
+forms="$(APIKEY_PGDATABASE=every psql_as postgres -tA -c "SELECT string_agg(form, ',' ORDER BY form) FROM apikey.import_forms")"
+[ "$forms" = "hmac,id,prefix" ] || die "the every-kind database's lookup forms are '$forms'"
 forms="$(APIKEY_PGDATABASE=keypal psql_as postgres -tA -c "SELECT string_agg(form, ',' ORDER BY form) FROM apikey.import_forms")"
 [ "$forms" = "hmac" ] || die "the keypal database's lookup forms are '$forms', not hmac"
 forms="$(psql_as postgres -tA -c "SELECT string_agg(form, ',' ORDER BY form) FROM apikey.import_forms")"
@@ -105,22 +122,23 @@ expect_reason() {
   [ "$bad" = 0 ] || die "$bad tokens of $file in $db are not $reason"
 }
 expect_reason apikey "$work/unknown.tokens" unknown_key
-for db in apikey keypal plain; do expect_reason "$db" "$work/garbage.tokens" malformed; done
+for db in apikey keypal every plain; do expect_reason "$db" "$work/garbage.tokens" malformed; done
 
 tps() {
   awk '/^tps = / { printf "%.1f", $3; found = 1; exit } END { if (!found) print "0" }' "$1"
 }
-runs=(unknown par keypal plain)
-declare -A total=([unknown]=0 [par]=0 [keypal]=0 [plain]=0)
+runs=(unknown par keypal every plain)
+declare -A total=([unknown]=0 [par]=0 [keypal]=0 [every]=0 [plain]=0)
 for round in $(seq 1 "$rounds"); do
-  log "round $round of $rounds: unknown key ids, then garbage with PAR-pack keys, sha256 keys, none ($seconds s each)"
+  log "round $round of $rounds: unknown key ids, then garbage with PAR-pack keys, sha256 keys, every kind, none ($seconds s each)"
   # Every other round the other way round, so that neither end of a round favours a side.
-  if [ $((round % 2)) = 1 ]; then order=("${runs[@]}"); else order=(plain keypal par unknown); fi
+  if [ $((round % 2)) = 1 ]; then order=("${runs[@]}"); else order=(plain every keypal par unknown); fi
   for run in "${order[@]}"; do
     case "$run" in
       unknown) args=("${unknown_args[@]}" apikey) ;;
       par) args=("${garbage_args[@]}" apikey) ;;
       keypal) args=("${garbage_args[@]}" keypal) ;;
+      every) args=("${garbage_args[@]}" every) ;;
       plain) args=("${garbage_args[@]}" plain) ;;
     esac
     "$PGBIN/pgbench" -h "$APIKEY_SOCKET_DIR" -p "$APIKEY_PGPORT" -U postgres \
@@ -141,5 +159,6 @@ cat <<EOF
 unknown native key ids                ${total[unknown]} tps (summed over the rounds)
 garbage, one lookup form (PAR pack)   ${total[par]} tps   $(ratio "${total[par]}" "${total[unknown]}") of unknown key ids
 garbage, sha256 keys (hmac lookups)   ${total[keypal]} tps   $(ratio "${total[keypal]}" "${total[unknown]}") of unknown key ids
+garbage, every kind (three forms)     ${total[every]} tps   $(ratio "${total[every]}" "${total[unknown]}") of unknown key ids
 garbage, no imported keys             ${total[plain]} tps   $(ratio "${total[plain]}" "${total[unknown]}") of unknown key ids
 EOF

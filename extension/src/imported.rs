@@ -143,6 +143,9 @@ fn checked(
     let peppers = crate::guc::peppers()?;
     let prepared = import::prepare(format, stored_hash, lookup, peppers.newest().bytes())
         .map_err(|(argument, why)| ApiError::invalid(argument, why))?;
+    if let Some(length) = prepared.prefix_length {
+        one_prefix_length(client, length)?;
+    }
     let taken = client
         .select(
             "SELECT key_id FROM apikey.imported_keys WHERE lookup = $1",
@@ -164,6 +167,31 @@ fn checked(
         .about(argument));
     }
     Ok(Import { format, prepared })
+}
+
+/// Every prefix length in use costs a token that finds no key one more index probe, so the
+/// keys found by a prefix of their token share one length: the first such import sets it.
+fn one_prefix_length(client: &SpiClient<'_>, length: usize) -> ApiResult<()> {
+    let length = i32::try_from(length).unwrap_or(i32::MAX);
+    let in_use = client
+        .select(
+            "SELECT min(prefix_length) FROM apikey.import_forms WHERE form = 'prefix' \
+             HAVING NOT bool_or(prefix_length = $1)",
+            Some(1),
+            &[length.into()],
+        )?
+        .next()
+        .and_then(|row| row.get::<i32>(1).ok().flatten());
+    match in_use {
+        Some(in_use) => Err(ApiError::invalid(
+            "lookup",
+            format!(
+                "must be the first {in_use} characters of the token, as for the keys imported \
+                 before it: one lookup length keeps a token that finds no key at one index probe"
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// An imported key a token found, and the part of the token the key's hash covers.

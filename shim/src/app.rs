@@ -29,6 +29,10 @@ pub fn router(state: AppState) -> Router {
             state.config.max_body_bytes,
         ))
         .layer(middleware::from_fn_with_state(state.clone(), time_limit))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            replayed_everywhere,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(middleware::map_response(no_store))
         .with_state(state)
@@ -53,6 +57,27 @@ async fn time_limit(State(state): State<AppState>, request: Request, next: Next)
         Ok(response) => response,
         Err(_) => AppError::TimedOut.into_response(),
     }
+}
+
+/// A change made through the shim (a request that may write, answered with success) answers
+/// once every replica the shim verifies with has replayed it (`Replicas::wait_for_replay`):
+/// a key revoked or issued here is revoked or known on the next verification, wherever it
+/// goes. Verification itself writes nothing a replica needs.
+async fn replayed_everywhere(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let writes = !request.method().is_safe()
+        && !request
+            .extensions()
+            .get::<MatchedPath>()
+            .is_some_and(|p| p.as_str().starts_with("/v1/verify"));
+    let response = next.run(request).await;
+    if writes && response.status().is_success() && !state.replicas.is_empty() {
+        state.replicas.wait_for_replay(&state.pool).await;
+    }
+    response
 }
 
 /// What handling a request learned about its key: the key id for the log line, and the

@@ -21,6 +21,27 @@ pub struct Config {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
 
+    /// Comma-separated connection strings of hot standbys of DATABASE_URL's server, one
+    /// server each: verification goes to the ones in use in turn (a pool of
+    /// APIKEY_SHIM_POOL_SIZE each), everything else to DATABASE_URL. Never logged.
+    #[arg(
+        long,
+        env = "APIKEY_SHIM_REPLICA_URLS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub replica_urls: Vec<String>,
+
+    /// A replica further behind the primary than this many milliseconds is not verified
+    /// with until it catches up.
+    #[arg(long, env = "APIKEY_SHIM_MAX_REPLICA_LAG_MS", default_value_t = 1_000)]
+    pub max_replica_lag_ms: u64,
+
+    /// A change made through the shim answers once every replica in use has replayed it;
+    /// one that has not after this many milliseconds is taken out of use.
+    #[arg(long, env = "APIKEY_SHIM_REPLICA_WAIT_MS", default_value_t = 5_000)]
+    pub replica_wait_ms: u64,
+
     /// Address and port to listen on.
     #[arg(long, env = "APIKEY_SHIM_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,

@@ -2,7 +2,7 @@
 //! HTTP to the apikey extension's SQL functions and holds no key logic of its own.
 //!
 //! `config` (flags/env), `auth` (which key, which client IP), `db` (pool, verify, acting as
-//! the key holder), `rate` (rate-limit headers), `metrics`, `error` (one error type),
+//! the key holder), `replicas` (the hot standbys verification may use), `rate` (rate-limit headers), `metrics`, `error` (one error type),
 //! `extract` (extractors with that error as rejection), `app` (router + middleware), `serve`
 //! (the accept loop and its connection limits), `routes/` one module per resource,
 //! `openapi` (the OpenAPI document, generated from the routes),
@@ -21,6 +21,7 @@ pub mod github_signature;
 pub mod metrics;
 pub mod openapi;
 pub mod rate;
+pub mod replicas;
 pub mod routes;
 pub mod serve;
 pub mod state;

@@ -1,8 +1,7 @@
 use apikey_shim::config::Config;
 use apikey_shim::github_signature::KeyFile;
-use apikey_shim::metrics::Metrics;
 use apikey_shim::state::AppState;
-use apikey_shim::{app, db, delivery, serve};
+use apikey_shim::{app, delivery, serve};
 use clap::Parser;
 use std::sync::Arc;
 use tracing_subscriber::EnvFilter;
@@ -40,11 +39,6 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(config: Config) -> Result<(), String> {
-    let pool = db::pool(
-        &config.database_url,
-        config.pool_size,
-        config.request_timeout(),
-    )?;
     let secret_scanning = match &config.secret_scanning_keys {
         Some(path) => {
             let keys = KeyFile::load(path)
@@ -62,12 +56,17 @@ async fn run(config: Config) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-    let state = AppState {
-        pool,
-        config: Arc::new(config),
-        metrics: Arc::new(Metrics::default()),
-        secret_scanning,
-    };
+    let state = AppState::new(config, secret_scanning)?;
+    if !state.replicas.is_empty() {
+        let names: Vec<&str> = state
+            .replicas
+            .servers()
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect();
+        tracing::info!(replicas = %names.join(", "), "verifying with hot standbys");
+        state.replicas.spawn_probe(state.pool.clone());
+    }
     // One signal stops both the server and the webhook delivery task.
     let (stop, stopping) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

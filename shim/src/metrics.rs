@@ -8,9 +8,10 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 /// The `Content-Type` of what [`Metrics::render`] writes.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -162,6 +163,19 @@ pub struct PoolUse {
     pub waiting: usize,
 }
 
+/// One replica of `APIKEY_SHIM_REPLICA_URLS` as the shim sees it now.
+pub struct ReplicaUse {
+    pub name: String,
+    pub in_use: bool,
+    /// `None` while the replica does not answer.
+    pub lag_seconds: Option<f64>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReplicaLabel {
+    replica: String,
+}
+
 impl Metrics {
     pub fn observe(&self, route: &str, status: u16, seconds: f64) {
         self.requests
@@ -204,7 +218,12 @@ impl Metrics {
     /// Everything `/metrics` shows: the shim's series, the pool's use, and the server's
     /// `apikey_status()` as a JSON object when the database answered (`None` leaves its
     /// series out: a scrape must not fail because of the database).
-    pub fn render(&self, pool: PoolUse, server_status: Option<&serde_json::Value>) -> String {
+    pub fn render(
+        &self,
+        pool: PoolUse,
+        replicas: &[ReplicaUse],
+        server_status: Option<&serde_json::Value>,
+    ) -> String {
         let mut registry = Registry::default();
         registry.register(
             "apikey_shim_requests",
@@ -257,6 +276,9 @@ impl Metrics {
         ] {
             registry.register(name, help, ConstGauge::new(saturating_i64(value)));
         }
+        if !replicas.is_empty() {
+            register_replicas(&mut registry, replicas);
+        }
         if let Some(status) = server_status {
             register_server_status(&mut registry, status);
         }
@@ -295,7 +317,12 @@ pub fn catalogue() -> Vec<Described> {
     let metrics = Metrics::default();
     metrics.observe("/v1/verify", 200, 0.001);
     metrics.verify_outcome("ok");
-    let text = metrics.render(pool, Some(&status));
+    let replicas = [ReplicaUse {
+        name: "standby-1:5432".into(),
+        in_use: true,
+        lag_seconds: Some(0.0),
+    }];
+    let text = metrics.render(pool, &replicas, Some(&status));
     let mut described: Vec<Described> = Vec::new();
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("# HELP ") {
@@ -374,6 +401,31 @@ const SERVER_GAUGES: [(&str, &str); 6] = [
     ),
 ];
 
+fn register_replicas(registry: &mut Registry, replicas: &[ReplicaUse]) {
+    let in_use = Family::<ReplicaLabel, Gauge>::default();
+    let lag = Family::<ReplicaLabel, Gauge<f64, AtomicU64>>::default();
+    for replica in replicas {
+        let label = ReplicaLabel {
+            replica: replica.name.clone(),
+        };
+        in_use.get_or_create(&label).set(i64::from(replica.in_use));
+        if let Some(seconds) = replica.lag_seconds {
+            lag.get_or_create(&label).set(seconds);
+        }
+    }
+    registry.register(
+        "apikey_shim_replica_in_use",
+        "Whether verification uses the replica (APIKEY_SHIM_REPLICA_URLS): it answers and is \
+         within APIKEY_SHIM_MAX_REPLICA_LAG_MS of the primary",
+        in_use,
+    );
+    registry.register(
+        "apikey_shim_replica_lag_seconds",
+        "How far the replica's replay is behind the primary (absent while it does not answer)",
+        lag,
+    );
+}
+
 fn register_server_status(registry: &mut Registry, status: &serde_json::Value) {
     let shared = status["shared_memory"].as_bool().unwrap_or(false);
     registry.register(
@@ -420,7 +472,7 @@ mod tests {
             "shared_memory": true, "proof_hits": 7, "keys_in_use": 3, "argon2_running": 0,
             "last_flush": "2026-12-01T10:00:00+00:00", "note": null
         });
-        let text = Metrics::default().render(POOL, Some(&status));
+        let text = Metrics::default().render(POOL, &[], Some(&status));
         assert!(text.contains("\napikey_shared_memory 1\n"), "{text}");
         assert!(
             text.contains(
@@ -443,11 +495,11 @@ mod tests {
         };
         let off = serde_json::json!({ "shared_memory": false, "proof_hits": null });
         assert_eq!(
-            server_lines(&Metrics::default().render(POOL, Some(&off))),
+            server_lines(&Metrics::default().render(POOL, &[], Some(&off))),
             ["apikey_shared_memory 0"]
         );
         assert_eq!(
-            server_lines(&Metrics::default().render(POOL, None)),
+            server_lines(&Metrics::default().render(POOL, &[], None)),
             Vec::<String>::new()
         );
     }
@@ -461,7 +513,7 @@ mod tests {
         m.webhook_attempt(WebhookOutcome::of_state("pending"));
         m.webhook_attempt(WebhookOutcome::of_state("delivered"));
         m.webhook_attempt(WebhookOutcome::of_state("pending"));
-        let text = m.render(POOL, None);
+        let text = m.render(POOL, &[], None);
         for line in [
             "# HELP apikey_shim_requests_total HTTP requests by route and status.",
             "# TYPE apikey_shim_requests_total counter",
@@ -486,7 +538,7 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "{line:?} missing:\n{text}");
         }
         m.leak_reported(LeakLabel::FalsePositive);
-        let text = m.render(POOL, None);
+        let text = m.render(POOL, &[], None);
         assert!(
             text.contains("apikey_shim_secret_scanning_tokens_total{label=\"false_positive\"} 1\n")
         );

@@ -34,13 +34,7 @@ fn state_with(max_body: usize, secret_scanning: Option<Arc<KeyFile>>) -> AppStat
         "--max-body-bytes",
         &max_body.to_string(),
     ]);
-    AppState {
-        pool: apikey_shim::db::pool(&config.database_url, 1, config.request_timeout())
-            .expect("a pool"),
-        config: Arc::new(config),
-        metrics: Arc::new(Metrics::default()),
-        secret_scanning,
-    }
+    AppState::new(config, secret_scanning).expect("the pools")
 }
 
 /// Sends one request through a fresh router, as if from 192.0.2.10.

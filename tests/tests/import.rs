@@ -101,7 +101,7 @@ fn keys_hashed_by_their_own_systems_verify_and_their_first_success_rehashes_them
             own_argon.clone(),
             python(ARGON2ID, &[&own_argon]),
             "argon2id",
-            Some(own_argon[..12].to_string()),
+            Some(own_argon[..16].to_string()),
         ),
     ];
     for (token, hash, format, lookup) in &cases {
@@ -382,6 +382,24 @@ fn imports_are_refused_with_clear_errors_and_leave_nothing_behind() {
     );
     assert_eq!(keys(&mut c), 1);
 
+    // The tests of this file that find keys by a prefix all use 16 characters.
+    import(&mut c, &partner, &bcrypt, "bcrypt", Some(&token[..16])).expect("a 16-character prefix");
+    let shorter = import(&mut c, &partner, &bcrypt, "bcrypt", Some(&token[..12]));
+    let detail = detail_of(&shorter);
+    let message = shorter
+        .as_ref()
+        .err()
+        .and_then(|e| e.as_db_error())
+        .map(|e| e.message().to_string())
+        .unwrap_or_default();
+    assert_eq!(sqlstate(shorter), "22023", "{message}");
+    assert!(detail.contains("lookup"), "names lookup: {detail}");
+    assert!(
+        message.contains("first 16 characters"),
+        "says the length: {message}"
+    );
+    assert_eq!(keys(&mut c), 2);
+
     let role = login_role(&mut c, "import_partner", &["apikey_partner"]);
     let refused = import(
         &mut connect(&role),
@@ -412,6 +430,22 @@ fn imported_keys_follow_every_rule_of_a_native_key_and_rotate_to_a_native_one() 
         .expect("verify")
         .get(0)
     };
+    let events = |c: &mut Client| -> Vec<String> {
+        c.query(
+            // The worker writes key.credits_exhausted when it flushes: at no set moment.
+            "SELECT type FROM apikey.events WHERE key_id = $1 \
+             AND type <> 'key.credits_exhausted' ORDER BY created_at",
+            &[&key_id],
+        )
+        .expect("events")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    };
+    assert!(
+        events(&mut c).is_empty(),
+        "an import announces nothing: the partner has held the key all along"
+    );
     assert_eq!(reasons(&mut c, "{orders:read}"), "ok");
     assert_eq!(reasons(&mut c, "{orders:write}"), "insufficient_scope");
     c.execute("SELECT apikey_set_credits($1, 1)", &[&key_id])
@@ -441,6 +475,11 @@ fn imported_keys_follow_every_rule_of_a_native_key_and_rotate_to_a_native_one() 
     c.execute("SELECT apikey_revoke($1)", &[&key_id])
         .expect("revoke");
     assert_eq!(verify(&mut c, &token).0, "revoked");
+    assert_eq!(
+        events(&mut c),
+        ["key.rotated", "key.revoked"],
+        "an imported key's changes are announced as a native key's"
+    );
 }
 
 #[test]
@@ -552,6 +591,74 @@ fn keys_are_imported_in_bulk_over_http_with_an_answer_for_each() {
         "malformed",
         "a refused key was not imported"
     );
+
+    // Every option of apikey_issue, each checked for its own key.
+    let extra: Vec<String> = (0..5).map(|_| format!("kp_{}", random_hex(24))).collect();
+    let with = |token: &str, options: serde_json::Value| {
+        let mut k = key(&python(SHA256, &[token]), "sha256");
+        for (name, value) in options.as_object().expect("options") {
+            k[name] = value.clone();
+        }
+        k
+    };
+    let body_with_options = serde_json::json!({ "keys": [
+        with(&extra[0], serde_json::json!({
+            "allowed_cidrs": ["10.0.0.0/8"], "prefix": "mv", "credits": 5,
+            "credits_refill_amount": 5, "credits_refill_interval": "1 day"
+        })),
+        with(&extra[1], serde_json::json!({ "allowed_cidrs": ["10.0.0.1/8"] })),
+        with(&extra[2], serde_json::json!({ "credits": 5, "credits_refill_amount": 5,
+                                            "credits_refill_interval": "fortnightly" })),
+        with(&extra[3], serde_json::json!({ "prefix": "Not-A-Prefix" })),
+        with(&extra[4], serde_json::json!({ "credits": -1 })),
+    ]});
+    let answer = shim.post_as(&operator.token, "/v1/keys/import", &body_with_options);
+    assert_eq!(answer.status, 200, "{}", answer.json());
+    let answer = answer.json();
+    let outcomes: Vec<(&str, Option<&str>)> = answer["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| (r["outcome"].as_str().unwrap_or(""), r["field"].as_str()))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("imported", None),
+            ("refused", Some("allowed_cidrs")),
+            ("refused", Some("credits_refill_interval")),
+            ("refused", Some("prefix")),
+            ("refused", Some("credits")),
+        ],
+        "{answer}"
+    );
+    let with_options = answer["results"][0]["key_id"].as_str().expect("key_id");
+    let row = c
+        .query_one(
+            "SELECT k.allowed_cidrs::text[], b.remaining, b.refill_amount, b.refill_interval::text \
+             FROM apikey.keys k, apikey_credits_state(k.key_id) b WHERE k.key_id = $1",
+            &[&with_options],
+        )
+        .expect("the imported key");
+    assert_eq!(row.get::<_, Vec<String>>(0), ["10.0.0.0/8"]);
+    assert_eq!(
+        (row.get::<_, i64>(1), row.get::<_, Option<i64>>(2)),
+        (5, Some(5))
+    );
+    assert_eq!(row.get::<_, Option<String>>(3).as_deref(), Some("1 day"));
+    assert_eq!(
+        shim.get_as(&extra[0], "/v1/verify").reason(),
+        "ip_not_allowed",
+        "the shim's client is outside the key's network"
+    );
+    let rotated: String = c
+        .query_one("SELECT key_id FROM apikey_rotate($1)", &[&with_options])
+        .expect("rotate")
+        .get(0);
+    assert!(rotated.starts_with("mv_"), "{rotated} has the prefix given");
+    for token in &extra[1..] {
+        assert_eq!(shim.get_as(token, "/v1/verify").reason(), "malformed");
+    }
 
     let too_many = serde_json::json!({
         "keys": (0..1001).map(|i| key(&format!("{i:064x}"), "sha256")).collect::<Vec<_>>()

@@ -71,18 +71,17 @@ async fn managed(
     Ok(Managed::ok(body))
 }
 
-/// An interval checked before the transaction, so a mistake is a 422 naming its field
-/// (PostgreSQL's own error for a bad interval names no argument).
-async fn check_interval(
-    state: &AppState,
+/// An interval cast on its own first, so a mistake is a 422 naming its field (PostgreSQL's own
+/// error for a bad interval names no argument). A failed cast aborts `tx`.
+pub(super) async fn check_interval(
+    tx: &Transaction<'_>,
     field: &str,
     interval: Option<&str>,
 ) -> Result<(), AppError> {
     let Some(interval) = interval else {
         return Ok(());
     };
-    let conn = state.connection().await?;
-    conn.query_one("SELECT $1::text::interval", &[&interval])
+    tx.query_one("SELECT $1::text::interval", &[&interval])
         .await
         .map(|_| ())
         .map_err(|e| match e.as_db_error() {
@@ -159,8 +158,8 @@ async fn set_key_credits(
     Path(key_id): Path<String>,
     Json(r): Json<SetKeyCredits>,
 ) -> Result<Managed, AppError> {
-    check_interval(&state, "refill_interval", r.refill_interval.as_deref()).await?;
     managed(&state, &caller, async |tx| {
+        check_interval(tx, "refill_interval", r.refill_interval.as_deref()).await?;
         tx.execute(
             "SELECT apikey_set_credits($1, $2, $3, $4::text::interval)",
             &[&key_id, &r.remaining, &r.refill_amount, &r.refill_interval],
@@ -285,9 +284,9 @@ async fn set_partner_limits(
     Path(partner_id): Path<Uuid>,
     Json(r): Json<SetPartnerLimits>,
 ) -> Result<Managed, AppError> {
-    let interval = r.credits_refill_interval.as_deref();
-    check_interval(&state, "credits_refill_interval", interval).await?;
     managed(&state, &caller, async |tx| {
+        let interval = r.credits_refill_interval.as_deref();
+        check_interval(tx, "credits_refill_interval", interval).await?;
         tx.execute(
             "SELECT apikey_partner_set_limits($1, $2, $3, $4, $5::text::interval)",
             &[

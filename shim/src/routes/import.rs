@@ -2,6 +2,8 @@
 //! in one transaction, each in a savepoint of its own so that one refused key costs only
 //! itself.
 
+use super::credits::check_interval;
+use super::keys::check_cidrs;
 use super::Managed;
 use crate::app::Caller;
 use crate::db;
@@ -12,6 +14,7 @@ use crate::openapi::schemas;
 use crate::state::AppState;
 use axum::extract::{DefaultBodyLimit, State};
 use chrono::{DateTime, Utc};
+use deadpool_postgres::Transaction;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use utoipa::ToSchema;
@@ -62,6 +65,9 @@ struct ImportedKey {
     not_before: Option<DateTime<Utc>>,
     #[schema(minimum = 1, default = 300)]
     rate_per_minute: Option<i32>,
+    /// CIDRs the key may be used from; `null` (default) means any address.
+    #[schema(min_items = 1)]
+    allowed_cidrs: Option<Vec<String>>,
     #[schema(schema_with = schemas::environment_schema)]
     environment: Option<String>,
     #[schema(max_items = 32, default = json!([]))]
@@ -69,6 +75,18 @@ struct ImportedKey {
     /// A JSON object of at most 16 KiB; default `{}`.
     #[schema(value_type = Option<Object>)]
     metadata: Option<Value>,
+    /// The prefix of the native token the key rotates to; default from the GUC
+    /// `apikey.default_prefix` (`ak`).
+    #[schema(pattern = "^[a-z][a-z0-9]{0,15}$")]
+    prefix: Option<String>,
+    /// A credit balance; `null` (default) means unlimited.
+    #[schema(minimum = 0)]
+    credits: Option<i64>,
+    /// With `credits_refill_interval`: what the balance is set back to at every interval.
+    #[schema(minimum = 0)]
+    credits_refill_amount: Option<i64>,
+    /// PostgreSQL interval text, at least a second (`1 month`, `1 day`).
+    credits_refill_interval: Option<String>,
 }
 
 /// Import keys from another system
@@ -111,37 +129,12 @@ async fn import(
     let mut results = Vec::with_capacity(r.keys.len());
     let mut imported = 0;
     for (index, key) in r.keys.iter().enumerate() {
-        let savepoint = tx.savepoint("import_key").await?;
-        let answer = savepoint
-            .query_one(
-                "SELECT apikey_import($1::uuid, $2::text, $3::text, $4::text[], $5::text, \
-                    $6::text, $7::timestamptz, $8::timestamptz, coalesce($9::int, 300), NULL, \
-                    coalesce($10::text, 'live'), coalesce($11::text[], '{}'), \
-                    coalesce($12::jsonb, '{}'))",
-                &[
-                    &key.partner_id,
-                    &key.stored_hash,
-                    &key.hash_format,
-                    &key.scopes,
-                    &key.lookup,
-                    &key.name,
-                    &key.expires_at,
-                    &key.not_before,
-                    &key.rate_per_minute,
-                    &key.environment,
-                    &key.tags,
-                    &key.metadata,
-                ],
-            )
-            .await;
-        let mut result = match answer {
-            Ok(row) => {
-                savepoint.commit().await?;
+        let mut result = match import_one(&mut tx, key).await? {
+            Ok(key_id) => {
                 imported += 1;
-                json!({ "outcome": "imported", "key_id": row.try_get::<_, String>(0)? })
+                json!({ "outcome": "imported", "key_id": key_id })
             }
-            // Dropping the savepoint rolls it back.
-            Err(e) => refusal(e)?,
+            Err(refused) => refused,
         };
         result["index"] = json!(index);
         results.push(result);
@@ -152,8 +145,66 @@ async fn import(
     ))
 }
 
-/// The answer for a key `apikey_import` refused; `Err` when the whole request must fail: the
-/// caller may not import at all, or the database failed rather than refused.
+/// One key in a savepoint of its own: `Ok(Ok(key_id))` when imported, `Ok(Err(answer))` when
+/// refused (the savepoint rolled back), `Err` when the whole request must fail: the caller may
+/// not import at all, or the database failed rather than refused.
+async fn import_one(
+    tx: &mut Transaction<'_>,
+    key: &ImportedKey,
+) -> Result<Result<String, Value>, AppError> {
+    if let Some(cidrs) = &key.allowed_cidrs {
+        if let Err(e) = check_cidrs(cidrs) {
+            return Ok(Err(refused(&e, "refused")));
+        }
+    }
+    // Dropping the savepoint unfinished rolls it back.
+    let savepoint = tx.savepoint("import_key").await?;
+    let interval = key.credits_refill_interval.as_deref();
+    if let Err(e) = check_interval(&savepoint, "credits_refill_interval", interval).await {
+        return match e {
+            AppError::Unprocessable { .. } => Ok(Err(refused(&e, "refused"))),
+            e => Err(e),
+        };
+    }
+    let answer = savepoint
+        .query_one(
+            "SELECT apikey_import($1::uuid, $2::text, $3::text, $4::text[], $5::text, \
+                $6::text, $7::timestamptz, $8::timestamptz, coalesce($9::int, 300), \
+                $10::text[]::cidr[], coalesce($11::text, 'live'), coalesce($12::text[], '{}'), \
+                coalesce($13::jsonb, '{}'), $14::text, $15::bigint, $16::bigint, \
+                $17::text::interval)",
+            &[
+                &key.partner_id,
+                &key.stored_hash,
+                &key.hash_format,
+                &key.scopes,
+                &key.lookup,
+                &key.name,
+                &key.expires_at,
+                &key.not_before,
+                &key.rate_per_minute,
+                &key.allowed_cidrs,
+                &key.environment,
+                &key.tags,
+                &key.metadata,
+                &key.prefix,
+                &key.credits,
+                &key.credits_refill_amount,
+                &key.credits_refill_interval,
+            ],
+        )
+        .await;
+    match answer {
+        Ok(row) => {
+            let key_id = row.try_get::<_, String>(0)?;
+            savepoint.commit().await?;
+            Ok(Ok(key_id))
+        }
+        Err(e) => refusal(e).map(Err),
+    }
+}
+
+/// The answer for a key `apikey_import` refused; `Err` when the error is not the key's fault.
 fn refusal(e: tokio_postgres::Error) -> Result<Value, AppError> {
     let Some(db) = e.as_db_error() else {
         return Err(AppError::from(e));
@@ -167,14 +218,20 @@ fn refusal(e: tokio_postgres::Error) -> Result<Value, AppError> {
         .detail()
         .and_then(apikey_contract::argument::from_detail)
         .map(str::to_string);
-    let mut body = AppError::from(e).body();
-    body["outcome"] = json!(if code == "23505" {
+    let outcome = if code == "23505" {
         "duplicate"
     } else {
         "refused"
-    });
+    };
+    let mut body = refused(&AppError::from(e), outcome);
     if let Some(field) = field {
         body["field"] = json!(field);
     }
     Ok(body)
+}
+
+fn refused(e: &AppError, outcome: &str) -> Value {
+    let mut body = e.body();
+    body["outcome"] = json!(outcome);
+    body
 }

@@ -130,7 +130,7 @@ async fn issue(
 /// The CIDRs are cast to `cidr[]` in the query, and PostgreSQL's error for a bad one names
 /// no argument: they are checked here first, so a mistake is a 422 naming `allowed_cidrs`.
 /// Stricter than PostgreSQL in one way: abbreviated networks (`10/8`) must be written out.
-fn check_cidrs(cidrs: &[String]) -> Result<(), AppError> {
+pub(super) fn check_cidrs(cidrs: &[String]) -> Result<(), AppError> {
     for cidr in cidrs {
         let network = cidr
             .parse::<ipnet::IpNet>()

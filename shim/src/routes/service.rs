@@ -2,15 +2,15 @@
 
 use crate::db;
 use crate::error::AppError;
-use crate::metrics::PoolUse;
+use crate::metrics::{PoolUse, ReplicaUse};
 use crate::openapi::answers::ServerErrors;
 use crate::openapi::schemas;
 use crate::state::AppState;
 use axum::extract::State;
 use axum::http::header;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use deadpool_postgres::Object;
-use serde_json::json;
+use serde_json::{json, Value};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -24,23 +24,56 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// Health
 ///
-/// One round trip through the connection pool: healthy means the database answers. No key needed.
+/// One round trip through the connection pool: healthy means the database answers. With
+/// replicas (`APIKEY_SHIM_REPLICA_URLS`), each one's state and lag too, and still 200
+/// (`verify_only`) while the primary does not answer but a replica verifies. No key needed.
 #[utoipa::path(
     get,
     path = "/healthz",
     tag = "service",
     operation_id = "health",
     responses(
-        (status = 200, description = "The database answers.", body = schemas::Health),
+        (status = 200, description = "The database answers (or, with replicas, verification does).", body = schemas::Health),
         ServerErrors,
     ),
     security(()),
 )]
-async fn healthz(State(state): State<AppState>) -> Result<impl IntoResponse, AppError> {
-    let client = state.connection().await?;
-    let session: &Object = &client;
-    db::query_one(session, state.config.statements, "SELECT 1", &[]).await?;
-    Ok(axum::Json(json!({ "status": "ok" })))
+async fn healthz(State(state): State<AppState>) -> Result<Response, AppError> {
+    let primary = async {
+        let client = state.connection().await?;
+        let session: &Object = &client;
+        db::query_one(session, state.config.statements, "SELECT 1", &[]).await?;
+        Ok::<(), AppError>(())
+    };
+    let primary = primary.await;
+    if state.replicas.is_empty() {
+        primary?;
+        return Ok(axum::Json(json!({ "status": "ok" })).into_response());
+    }
+    let replicas: Vec<Value> = state
+        .replicas
+        .servers()
+        .iter()
+        .map(|r| {
+            let health = r.health();
+            json!({
+                "name": r.name,
+                "in_use": health.in_use,
+                "lag_ms": health.lag.map(|lag| u64::try_from(lag.as_millis()).unwrap_or(u64::MAX)),
+                "problem": health.problem,
+            })
+        })
+        .collect();
+    let verifying = replicas.iter().any(|r| r["in_use"] == true);
+    let body = match primary {
+        Ok(()) => json!({ "status": "ok", "replicas": replicas }),
+        // Verification still answers; changes do not.
+        Err(e) if verifying => json!({
+            "status": "verify_only", "primary_problem": e.body()["error"], "replicas": replicas
+        }),
+        Err(e) => return Err(e),
+    };
+    Ok(axum::Json(body).into_response())
 }
 
 /// Prometheus metrics
@@ -50,8 +83,9 @@ async fn healthz(State(state): State<AppState>) -> Result<impl IntoResponse, App
 /// (histogram) `apikey_shim_webhook_attempts_total{outcome}`,
 /// `apikey_shim_secret_scanning_tokens_total{label}` (tokens reported by GitHub secret scanning:
 /// `true_positive`, `false_positive`) and the pool gauges `apikey_shim_pool_max_size`,
-/// `apikey_shim_pool_size`, `apikey_shim_pool_available`, `apikey_shim_pool_waiting`. No key
-/// needed: do not expose it publicly.
+/// `apikey_shim_pool_size`, `apikey_shim_pool_available`, `apikey_shim_pool_waiting`, and with
+/// replicas `apikey_shim_replica_in_use{replica}` and `apikey_shim_replica_lag_seconds{replica}`.
+/// No key needed: do not expose it publicly.
 #[utoipa::path(
     get,
     path = "/metrics",
@@ -72,6 +106,19 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     // answer: a scrape must not fail because of it.
     let server = server_status(&state).await.ok();
     let pool = state.pool.status();
+    let replicas: Vec<ReplicaUse> = state
+        .replicas
+        .servers()
+        .iter()
+        .map(|r| {
+            let health = r.health();
+            ReplicaUse {
+                name: r.name.clone(),
+                in_use: health.in_use,
+                lag_seconds: health.lag.map(|lag| lag.as_secs_f64()),
+            }
+        })
+        .collect();
     let text = state.metrics.render(
         PoolUse {
             max_size: pool.max_size,
@@ -79,6 +126,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             available: pool.available,
             waiting: pool.waiting,
         },
+        &replicas,
         server.as_ref(),
     );
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text)

@@ -7,6 +7,7 @@ use crate::error::AppError;
 use crate::openapi::answers::CallerErrors;
 use crate::openapi::{parameters, schemas};
 use crate::state::AppState;
+use apikey_contract::reason::Reason;
 use apikey_contract::{redact, scope};
 use axum::body::Body;
 use axum::extract::{FromRequestParts, State};
@@ -218,17 +219,7 @@ async fn verify(
     RequiredScopes(required): RequiredScopes,
     Cost(cost): Cost,
 ) -> Result<Response, AppError> {
-    let client = state.connection().await?;
-    let row = db::verify(
-        &client,
-        state.config.statements,
-        &caller.key,
-        &required,
-        caller.ip,
-        cost,
-    )
-    .await?;
-    drop(client);
+    let row = verified(&state, &caller, &required, cost).await?;
     let verdict = db::Verdict::from_row(&row)?;
     state.metrics.verify_outcome(verdict.reason);
     if let Some(key_id) = verdict.key_id {
@@ -274,6 +265,46 @@ async fn verify(
     let mut response = Response::new(Body::from(body));
     *response.headers_mut() = headers;
     Ok(response)
+}
+
+/// The row of `apikey_verify` from the replicas in use, in turn, then from the primary: a
+/// replica that fails is taken out of use and the next one asked, so a standby lost under
+/// load fails no request. An `unknown_key` from a replica is asked again of the primary (the
+/// key may have been issued a moment ago); with the primary unreachable, it stands.
+async fn verified(
+    state: &AppState,
+    caller: &Caller,
+    required: &[String],
+    cost: Option<i32>,
+) -> Result<tokio_postgres::Row, AppError> {
+    let statements = state.config.statements;
+    let mut unknown_on_a_replica = None;
+    for replica in state.replicas.in_turn() {
+        let answer = async {
+            let client = replica.connection().await?;
+            db::verify(&client, statements, &caller.key, required, caller.ip, cost).await
+        };
+        match answer.await {
+            Ok(row) if db::Verdict::from_row(&row)?.reason == Reason::UnknownKey.as_str() => {
+                unknown_on_a_replica = Some(row);
+                break;
+            }
+            Ok(row) => return Ok(row),
+            Err(e) => replica.out_of_use(format!("{e:?}")),
+        }
+    }
+    let on_primary = async {
+        let client = state.connection().await?;
+        db::verify(&client, statements, &caller.key, required, caller.ip, cost).await
+    };
+    match (on_primary.await, unknown_on_a_replica) {
+        (Ok(row), _) => Ok(row),
+        (Err(e), Some(row)) => {
+            tracing::warn!(error = ?e, "the primary did not answer for a key unknown to a replica");
+            Ok(row)
+        }
+        (Err(e), None) => Err(e),
+    }
 }
 
 /// Verify the presented key (gateway path form)

@@ -1,0 +1,411 @@
+//! Hot standbys the shim verifies with (`APIKEY_SHIM_REPLICA_URLS`).
+//!
+//! Verification goes to the replicas in use, in turn; everything else to the primary
+//! (`DATABASE_URL`). A replica is in use while it answers and has replayed everything the
+//! primary wrote more than `APIKEY_SHIM_MAX_REPLICA_LAG_MS` ago. Lag is read off the
+//! primary's WAL position, which a probe task samples: a replica's lag is the age of the
+//! oldest sample it has not replayed yet, so an idle primary makes no lag (where
+//! `pg_last_xact_replay_timestamp()` would grow without end).
+//!
+//! After a change made through the shim, [`Replicas::wait_for_replay`] holds the answer until
+//! every replica in use has replayed it, or takes the laggard out of use: a revoke that
+//! answered 200 is in effect wherever the shim verifies.
+
+use crate::abandon::{self, Connection};
+use deadpool_postgres::{Pool, PoolError};
+use std::collections::VecDeque;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// How often the probe task samples the primary and asks each replica how far it replayed.
+const PROBE_INTERVAL: Duration = Duration::from_millis(100);
+/// How often a change's answer asks a replica again whether it replayed the change.
+const REPLAY_POLL: Duration = Duration::from_millis(2);
+/// The most samples kept: a minute and more of a busy primary. A replica further behind
+/// reads as this far behind, which is out of use at any sensible limit.
+const MAX_SAMPLES: usize = 1024;
+
+/// `(lsn - '0/0')`: a WAL position as a number.
+const PRIMARY_POSITION: &str = "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8";
+/// A promoted replica (no longer in recovery) replays nothing: it is at its own position.
+const REPLAYED_POSITION: &str = "SELECT CASE WHEN pg_is_in_recovery() \
+     THEN (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::int8 \
+     ELSE (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8 END";
+
+pub struct Replicas {
+    servers: Vec<Replica>,
+    turn: AtomicUsize,
+    max_lag: Duration,
+    wait: Duration,
+    /// Probe and replay queries are cut off after this long (a stopped server never answers).
+    query_timeout: Duration,
+    samples: Mutex<Samples>,
+}
+
+pub struct Replica {
+    /// Host and port, for `/healthz`, `/metrics` and the log (never the connection string,
+    /// which may hold a password).
+    pub name: String,
+    pool: Pool,
+    health: Mutex<Health>,
+}
+
+/// What the shim knows of one replica.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Health {
+    pub in_use: bool,
+    /// `None` until the replica first answered, and while it does not.
+    pub lag: Option<Duration>,
+    /// Why the replica is out of use, when it is.
+    pub problem: Option<String>,
+}
+
+/// The primary's WAL positions, oldest first, each with the moment it was first seen.
+#[derive(Default)]
+struct Samples(VecDeque<(Instant, i64)>);
+
+impl Samples {
+    fn record(&mut self, at: Instant, position: i64) {
+        if self.0.back().is_some_and(|&(_, last)| last >= position) {
+            return;
+        }
+        if self.0.len() == MAX_SAMPLES {
+            self.0.pop_front();
+        }
+        self.0.push_back((at, position));
+    }
+
+    /// How long ago the primary was first seen past `replayed`: zero when the replica has
+    /// replayed every position sampled.
+    fn lag(&self, replayed: i64, now: Instant) -> Duration {
+        self.0
+            .iter()
+            .find(|&&(_, position)| position > replayed)
+            .map_or(Duration::ZERO, |&(at, _)| now.saturating_duration_since(at))
+    }
+
+    /// Forgets what every replica has replayed, keeping the newest (the next replica to
+    /// fall behind is measured from it).
+    fn forget_before(&mut self, replayed_by_all: i64) {
+        while self.0.len() > 1 && self.0.get(1).is_some_and(|&(_, p)| p <= replayed_by_all) {
+            self.0.pop_front();
+        }
+    }
+}
+
+impl Replicas {
+    /// One pool per connection string, built as the primary's (`make_pool`); no connection
+    /// is opened until the probe task runs.
+    pub fn new(
+        urls: &[String],
+        make_pool: impl Fn(&str) -> Result<Pool, String>,
+        max_lag: Duration,
+        wait: Duration,
+        query_timeout: Duration,
+    ) -> Result<Replicas, String> {
+        let servers = urls
+            .iter()
+            .enumerate()
+            .map(|(i, url)| {
+                let which = format!("APIKEY_SHIM_REPLICA_URLS, replica {}", i + 1);
+                Ok(Replica {
+                    name: server_name(url).map_err(|e| format!("{which}: {e}"))?,
+                    pool: make_pool(url).map_err(|e| format!("{which}: {e}"))?,
+                    health: Mutex::new(Health {
+                        in_use: false,
+                        lag: None,
+                        problem: Some("not probed yet".into()),
+                    }),
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(Replicas {
+            servers,
+            turn: AtomicUsize::new(0),
+            max_lag,
+            wait,
+            query_timeout,
+            samples: Mutex::default(),
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.servers.is_empty()
+    }
+
+    pub fn servers(&self) -> &[Replica] {
+        &self.servers
+    }
+
+    /// The replicas in use, each once, starting from the next one's turn.
+    pub fn in_turn(&self) -> impl Iterator<Item = &Replica> {
+        let n = self.servers.len();
+        let start = if n == 0 {
+            0
+        } else {
+            self.turn.fetch_add(1, Ordering::Relaxed) % n
+        };
+        (0..n)
+            .map(move |i| &self.servers[(start + i) % n])
+            .filter(|r| r.health().in_use)
+    }
+
+    /// Samples the primary and asks each replica how far it replayed, every
+    /// `PROBE_INTERVAL`, until the shim stops.
+    pub fn spawn_probe(self: &Arc<Self>, primary: Pool) -> tokio::task::JoinHandle<()> {
+        let replicas = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PROBE_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                replicas.probe(&primary).await;
+            }
+        })
+    }
+
+    async fn probe(&self, primary: &Pool) {
+        // An unreachable primary writes nothing a replica could miss: the samples stay.
+        if let Ok(position) = self.position(primary, PRIMARY_POSITION).await {
+            self.samples().record(Instant::now(), position);
+        }
+        let mut replayed_by_all = i64::MAX;
+        for replica in &self.servers {
+            match self.position(&replica.pool, REPLAYED_POSITION).await {
+                Ok(replayed) => {
+                    replayed_by_all = replayed_by_all.min(replayed);
+                    let lag = self.samples().lag(replayed, Instant::now());
+                    replica.observe(lag, self.max_lag);
+                }
+                Err(problem) => replica.out_of_use(problem),
+            }
+        }
+        self.samples().forget_before(replayed_by_all);
+    }
+
+    async fn position(&self, pool: &Pool, sql: &str) -> Result<i64, String> {
+        let asked = async {
+            let client = pool.get().await.map_err(|e| e.to_string())?;
+            let row = client
+                .query_one(sql, &[])
+                .await
+                .map_err(|e| e.to_string())?;
+            row.try_get::<_, i64>(0).map_err(|e| e.to_string())
+        };
+        tokio::time::timeout(self.query_timeout, asked)
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {:?}", self.query_timeout)))
+    }
+
+    /// Waits until every replica in use has replayed what the primary has written so far
+    /// (a change just committed through the shim); a replica that has not after
+    /// `APIKEY_SHIM_REPLICA_WAIT_MS` is taken out of use until it catches up.
+    pub async fn wait_for_replay(&self, primary: &Pool) {
+        if !self.servers.iter().any(|r| r.health().in_use) {
+            return;
+        }
+        let target = match self.position(primary, PRIMARY_POSITION).await {
+            Ok(position) => position,
+            Err(problem) => {
+                tracing::warn!(%problem, "could not read the primary's WAL position after a change");
+                return;
+            }
+        };
+        let deadline = Instant::now() + self.wait;
+        for replica in self.servers.iter().filter(|r| r.health().in_use) {
+            loop {
+                match self.position(&replica.pool, REPLAYED_POSITION).await {
+                    Ok(replayed) if replayed >= target => break,
+                    Ok(_) if Instant::now() >= deadline => {
+                        replica.out_of_use(format!(
+                            "did not replay a change within {} ms (APIKEY_SHIM_REPLICA_WAIT_MS)",
+                            self.wait.as_millis()
+                        ));
+                        break;
+                    }
+                    Ok(_) => tokio::time::sleep(REPLAY_POLL).await,
+                    Err(problem) => {
+                        replica.out_of_use(problem);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn samples(&self) -> MutexGuard<'_, Samples> {
+        self.samples
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Replica {
+    /// A pooled connection for the request being handled (see `abandon`).
+    pub async fn connection(&self) -> Result<Connection, PoolError> {
+        abandon::connection(&self.pool).await
+    }
+
+    pub fn health(&self) -> Health {
+        self.lock().clone()
+    }
+
+    /// The replica failed a request or a probe: out of use until a probe finds it answering
+    /// and caught up.
+    pub fn out_of_use(&self, problem: impl Into<String>) {
+        let problem = problem.into();
+        let mut health = self.lock();
+        if health.in_use {
+            tracing::warn!(replica = %self.name, %problem, "replica taken out of use");
+        }
+        *health = Health {
+            in_use: false,
+            lag: None,
+            problem: Some(problem),
+        };
+    }
+
+    fn observe(&self, lag: Duration, max_lag: Duration) {
+        let in_use = lag <= max_lag;
+        let mut health = self.lock();
+        if in_use && !health.in_use {
+            tracing::info!(replica = %self.name, lag_ms = lag.as_millis(), "replica in use");
+        }
+        *health = Health {
+            in_use,
+            lag: Some(lag),
+            problem: (!in_use).then(|| {
+                format!(
+                    "{} ms behind the primary (APIKEY_SHIM_MAX_REPLICA_LAG_MS is {})",
+                    lag.as_millis(),
+                    max_lag.as_millis()
+                )
+            }),
+        };
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Health> {
+        self.health
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// `host:port` of a one-server connection string (URL or key=value).
+fn server_name(url: &str) -> Result<String, String> {
+    let config = tokio_postgres::Config::from_str(url)
+        .map_err(|e| format!("not a valid connection string: {e}"))?;
+    let [host] = config.get_hosts() else {
+        return Err("name exactly one server (host) per replica".into());
+    };
+    let host = match host {
+        tokio_postgres::config::Host::Tcp(name) => name.clone(),
+        tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    Ok(format!("{host}:{port}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_is_the_age_of_the_oldest_position_not_replayed() {
+        let start = Instant::now();
+        let at = |ms| start + Duration::from_millis(ms);
+        let mut samples = Samples::default();
+        samples.record(at(0), 100);
+        samples.record(at(100), 100);
+        samples.record(at(200), 300);
+        samples.record(at(300), 500);
+        assert_eq!(
+            samples.0.len(),
+            3,
+            "an unchanged position is kept from its first sight"
+        );
+        assert_eq!(samples.lag(500, at(400)), Duration::ZERO);
+        assert_eq!(samples.lag(600, at(400)), Duration::ZERO);
+        assert_eq!(samples.lag(300, at(400)), Duration::from_millis(100));
+        assert_eq!(samples.lag(299, at(400)), Duration::from_millis(200));
+        assert_eq!(samples.lag(0, at(400)), Duration::from_millis(400));
+        samples.record(at(500), 400);
+        assert_eq!(
+            samples.0.len(),
+            3,
+            "a position older than the newest is ignored"
+        );
+    }
+
+    #[test]
+    fn samples_every_replica_replayed_are_forgotten_but_the_newest() {
+        let start = Instant::now();
+        let mut samples = Samples::default();
+        for (i, position) in [10, 20, 30, 40].into_iter().enumerate() {
+            samples.record(start + Duration::from_millis(i as u64), position);
+        }
+        samples.forget_before(30);
+        assert_eq!(
+            samples.0.iter().map(|&(_, p)| p).collect::<Vec<_>>(),
+            [30, 40]
+        );
+        samples.forget_before(i64::MAX);
+        assert_eq!(samples.0.iter().map(|&(_, p)| p).collect::<Vec<_>>(), [40]);
+        for i in 0..2 * MAX_SAMPLES {
+            samples.record(start + Duration::from_secs(i as u64), 100 + i as i64);
+        }
+        assert_eq!(samples.0.len(), MAX_SAMPLES, "bounded");
+    }
+
+    #[test]
+    fn replicas_are_named_by_host_and_port_never_by_their_password() {
+        assert_eq!(
+            server_name("postgresql://shim:s3cret@db-2.internal:5433/app").as_deref(),
+            Ok("db-2.internal:5433")
+        );
+        assert_eq!(
+            server_name("host=/run/postgresql user=shim password=s3cret").as_deref(),
+            Ok("/run/postgresql:5432")
+        );
+        let several = server_name("host=a,b user=shim").expect_err("two hosts");
+        assert!(several.contains("one server"), "{several}");
+        let bad = server_name("postgresql://shim:s3cret@[::1").expect_err("not a URL");
+        assert!(!bad.contains("s3cret"), "{bad}");
+    }
+
+    #[test]
+    fn a_lagging_replica_leaves_use_and_comes_back_when_caught_up() {
+        let pool = crate::db::pool("host=/nonexistent", 1, Duration::from_secs(1))
+            .expect("a pool, connecting lazily");
+        let replica = Replica {
+            name: "r:5432".into(),
+            pool,
+            health: Mutex::new(Health {
+                in_use: false,
+                lag: None,
+                problem: None,
+            }),
+        };
+        let limit = Duration::from_millis(1000);
+        replica.observe(Duration::from_millis(1000), limit);
+        assert!(replica.health().in_use);
+        replica.observe(Duration::from_millis(1001), limit);
+        let health = replica.health();
+        assert!(!health.in_use);
+        assert!(health.problem.is_some_and(|p| p.contains("1001 ms")));
+        replica.observe(Duration::ZERO, limit);
+        assert_eq!(
+            replica.health(),
+            Health {
+                in_use: true,
+                lag: Some(Duration::ZERO),
+                problem: None
+            }
+        );
+        replica.out_of_use("connection refused");
+        assert_eq!(replica.health().lag, None);
+        assert!(!replica.health().in_use);
+    }
+}
