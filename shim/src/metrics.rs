@@ -169,6 +169,8 @@ pub struct ReplicaUse {
     pub in_use: bool,
     /// `None` while the replica does not answer.
     pub lag_seconds: Option<f64>,
+    /// Verifications it answered.
+    pub verifications: u64,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -321,6 +323,7 @@ pub fn catalogue() -> Vec<Described> {
         name: "standby-1:5432".into(),
         in_use: true,
         lag_seconds: Some(0.0),
+        verifications: 0,
     }];
     let text = metrics.render(pool, &replicas, Some(&status));
     let mut described: Vec<Described> = Vec::new();
@@ -404,11 +407,13 @@ const SERVER_GAUGES: [(&str, &str); 6] = [
 fn register_replicas(registry: &mut Registry, replicas: &[ReplicaUse]) {
     let in_use = Family::<ReplicaLabel, Gauge>::default();
     let lag = Family::<ReplicaLabel, Gauge<f64, AtomicU64>>::default();
+    let answered = Family::<ReplicaLabel, Counter>::default();
     for replica in replicas {
         let label = ReplicaLabel {
             replica: replica.name.clone(),
         };
         in_use.get_or_create(&label).set(i64::from(replica.in_use));
+        answered.get_or_create(&label).inc_by(replica.verifications);
         if let Some(seconds) = replica.lag_seconds {
             lag.get_or_create(&label).set(seconds);
         }
@@ -423,6 +428,12 @@ fn register_replicas(registry: &mut Registry, replicas: &[ReplicaUse]) {
         "apikey_shim_replica_lag_seconds",
         "How far the replica's replay is behind the primary (absent while it does not answer)",
         lag,
+    );
+    registry.register(
+        "apikey_shim_replica_verifications",
+        "Verifications the replica answered (an unknown_key asked again of the primary is the \
+         primary's)",
+        answered,
     );
 }
 

@@ -15,7 +15,7 @@ use crate::abandon::{self, Connection};
 use deadpool_postgres::{Pool, PoolError};
 use std::collections::VecDeque;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -50,6 +50,11 @@ pub struct Replica {
     pub name: String,
     pool: Pool,
     health: Mutex<Health>,
+    /// Verifications this replica answered.
+    answered: AtomicU64,
+    /// The WAL position of a change it did not replay in time: it stays out of use until it
+    /// has (0: nothing owed), however small its lag.
+    owed: AtomicI64,
 }
 
 /// What the shim knows of one replica.
@@ -118,6 +123,8 @@ impl Replicas {
                         lag: None,
                         problem: Some("not probed yet".into()),
                     }),
+                    answered: AtomicU64::new(0),
+                    owed: AtomicI64::new(0),
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
@@ -177,7 +184,7 @@ impl Replicas {
                 Ok(replayed) => {
                     replayed_by_all = replayed_by_all.min(replayed);
                     let lag = self.samples().lag(replayed, Instant::now());
-                    replica.observe(lag, self.max_lag);
+                    replica.observe(replayed, lag, self.max_lag);
                 }
                 Err(problem) => replica.out_of_use(problem),
             }
@@ -219,6 +226,7 @@ impl Replicas {
                 match self.position(&replica.pool, REPLAYED_POSITION).await {
                     Ok(replayed) if replayed >= target => break,
                     Ok(_) if Instant::now() >= deadline => {
+                        replica.owed.fetch_max(target, Ordering::Relaxed);
                         replica.out_of_use(format!(
                             "did not replay a change within {} ms (APIKEY_SHIM_REPLICA_WAIT_MS)",
                             self.wait.as_millis()
@@ -252,6 +260,15 @@ impl Replica {
         self.lock().clone()
     }
 
+    pub fn answered(&self) {
+        self.answered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Verifications this replica answered since the shim started.
+    pub fn verifications(&self) -> u64 {
+        self.answered.load(Ordering::Relaxed)
+    }
+
     /// The replica failed a request or a probe: out of use until a probe finds it answering
     /// and caught up.
     pub fn out_of_use(&self, problem: impl Into<String>) {
@@ -267,8 +284,23 @@ impl Replica {
         };
     }
 
-    fn observe(&self, lag: Duration, max_lag: Duration) {
-        let in_use = lag <= max_lag;
+    fn observe(&self, replayed: i64, lag: Duration, max_lag: Duration) {
+        let owed = self.owed.load(Ordering::Relaxed);
+        let problem = if replayed < owed {
+            Some("has not replayed a change made through the shim yet".to_string())
+        } else {
+            let _ = self
+                .owed
+                .compare_exchange(owed, 0, Ordering::Relaxed, Ordering::Relaxed);
+            (lag > max_lag).then(|| {
+                format!(
+                    "{} ms behind the primary (APIKEY_SHIM_MAX_REPLICA_LAG_MS is {})",
+                    lag.as_millis(),
+                    max_lag.as_millis()
+                )
+            })
+        };
+        let in_use = problem.is_none();
         let mut health = self.lock();
         if in_use && !health.in_use {
             tracing::info!(replica = %self.name, lag_ms = lag.as_millis(), "replica in use");
@@ -276,13 +308,7 @@ impl Replica {
         *health = Health {
             in_use,
             lag: Some(lag),
-            problem: (!in_use).then(|| {
-                format!(
-                    "{} ms behind the primary (APIKEY_SHIM_MAX_REPLICA_LAG_MS is {})",
-                    lag.as_millis(),
-                    max_lag.as_millis()
-                )
-            }),
+            problem,
         };
     }
 
@@ -387,15 +413,17 @@ mod tests {
                 lag: None,
                 problem: None,
             }),
+            answered: AtomicU64::new(0),
+            owed: AtomicI64::new(0),
         };
         let limit = Duration::from_millis(1000);
-        replica.observe(Duration::from_millis(1000), limit);
+        replica.observe(10, Duration::from_millis(1000), limit);
         assert!(replica.health().in_use);
-        replica.observe(Duration::from_millis(1001), limit);
+        replica.observe(10, Duration::from_millis(1001), limit);
         let health = replica.health();
         assert!(!health.in_use);
         assert!(health.problem.is_some_and(|p| p.contains("1001 ms")));
-        replica.observe(Duration::ZERO, limit);
+        replica.observe(10, Duration::ZERO, limit);
         assert_eq!(
             replica.health(),
             Health {
@@ -407,5 +435,17 @@ mod tests {
         replica.out_of_use("connection refused");
         assert_eq!(replica.health().lag, None);
         assert!(!replica.health().in_use);
+
+        // A change it did not replay in time keeps it out, however small its lag.
+        replica.owed.store(20, Ordering::Relaxed);
+        replica.observe(19, Duration::ZERO, limit);
+        assert!(!replica.health().in_use);
+        replica.observe(20, Duration::ZERO, limit);
+        assert!(replica.health().in_use);
+        assert_eq!(
+            replica.owed.load(Ordering::Relaxed),
+            0,
+            "nothing owed any more"
+        );
     }
 }

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod github;
 pub mod receiver;
 pub mod shim;
+pub mod standby;
 pub mod webdriver;
 
 use postgres::types::ToSql;

@@ -84,7 +84,8 @@ async fn healthz(State(state): State<AppState>) -> Result<Response, AppError> {
 /// `apikey_shim_secret_scanning_tokens_total{label}` (tokens reported by GitHub secret scanning:
 /// `true_positive`, `false_positive`) and the pool gauges `apikey_shim_pool_max_size`,
 /// `apikey_shim_pool_size`, `apikey_shim_pool_available`, `apikey_shim_pool_waiting`, and with
-/// replicas `apikey_shim_replica_in_use{replica}` and `apikey_shim_replica_lag_seconds{replica}`.
+/// replicas `apikey_shim_replica_in_use{replica}`, `apikey_shim_replica_lag_seconds{replica}` and
+/// `apikey_shim_replica_verifications_total{replica}`.
 /// No key needed: do not expose it publicly.
 #[utoipa::path(
     get,
@@ -116,6 +117,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
                 name: r.name.clone(),
                 in_use: health.in_use,
                 lag_seconds: health.lag.map(|lag| lag.as_secs_f64()),
+                verifications: r.verifications(),
             }
         })
         .collect();

@@ -289,7 +289,10 @@ async fn verified(
                 unknown_on_a_replica = Some(row);
                 break;
             }
-            Ok(row) => return Ok(row),
+            Ok(row) => {
+                replica.answered();
+                return Ok(row);
+            }
             Err(e) => replica.out_of_use(format!("{e:?}")),
         }
     }
