@@ -24,6 +24,11 @@
 #                                   each round then also verifies through it, on the next
 #                                   port, and the report adds this build's verify req/s over
 #                                   the baseline's
+#      BENCH_REPLICAS               hot standbys of the cluster (pg_basebackup) for a second
+#                                   shim to verify on (APIKEY_SHIM_REPLICA_URLS, on the port
+#                                   after the baseline's): each round then also verifies
+#                                   through it, and the report adds its verify req/s over
+#                                   the single-server shim's. Default 0
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -43,6 +48,8 @@ shim_role=apikey_bench_shim
 pool_size=8
 wrk_args=(-t2 -c16 "-d${seconds}s" --latency)
 baseline="${BENCH_BASELINE_SHIM:-}"
+replicas="${BENCH_REPLICAS:-0}"
+[[ "$replicas" =~ ^[0-9]$ ]] || die "BENCH_REPLICAS must be a number of standbys from 0 to 9 (got '$replicas')"
 if [ -n "$baseline" ] && [ ! -x "$baseline" ]; then
   die "BENCH_BASELINE_SHIM must name an apikey-shim binary (got '$baseline')"
 fi
@@ -60,17 +67,24 @@ fi
 work="$(mktemp -d "${TMPDIR:-/tmp}/apikey-bench-shim-work.XXXXXX")"
 bench_shim_pid=
 baseline_pid=
+replicas_pid=
+standby_dir() { echo "$APIKEY_STATE_DIR/standby$1"; }
 cleanup() {
   local rc=$?
   set +e
   # A second Ctrl-C or TERM must not cut the cleanup short and leave a shim or postmaster behind.
   trap '' INT TERM
   local pid
-  for pid in $bench_shim_pid $baseline_pid; do
+  for pid in $bench_shim_pid $baseline_pid $replicas_pid; do
     if kill -0 "$pid" 2>/dev/null; then
       kill -TERM "$pid"
       wait "$pid" 2>/dev/null
     fi
+  done
+  local i
+  for i in $(seq 1 "$replicas"); do
+    [ -f "$(standby_dir "$i")/pgdata/postmaster.pid" ] \
+      && runuser -u postgres -- "$PGBIN/pg_ctl" -D "$(standby_dir "$i")/pgdata" -m immediate -w stop >/dev/null 2>&1
   done
   (cluster_destroy)
   rm -rf -- "$work"
@@ -102,6 +116,28 @@ log "apikey-shim pid $bench_shim_pid"
 target_pid="$bench_shim_pid"
 target_url="$shim_url"
 
+# The standbys: base backups of the cluster, each on the socket directory of its own.
+replica_urls=()
+for i in $(seq 1 "$replicas"); do
+  dir="$(standby_dir "$i")"
+  standby_port=$((APIKEY_PGPORT + i))
+  _apikey_port_in_use "$standby_port" && die "port $standby_port (standby $i) is in use"
+  install -d -o postgres -g postgres -m 0700 "$dir" "$dir/socket"
+  log "standby $i: pg_basebackup, then PostgreSQL on port $standby_port"
+  runuser -u postgres -- "$PGBIN/pg_basebackup" -h "$APIKEY_SOCKET_DIR" -p "$APIKEY_PGPORT" \
+    -U postgres -D "$dir/pgdata" -R -X stream --checkpoint=fast
+  runuser -u postgres -- "$PGBIN/pg_ctl" -D "$dir/pgdata" -l "$dir/log" -w -t 60 start \
+    -o "-p $standby_port -k '$dir/socket' -c listen_addresses=''" >/dev/null
+  replica_urls+=("host=$dir/socket port=$standby_port user=$shim_role dbname=apikey")
+done
+if [ "$replicas" -gt 0 ]; then
+  bench_shim_env=("APIKEY_SHIM_REPLICA_URLS=$(IFS=,; echo "${replica_urls[*]}")")
+  bench_shim_start "$shim_role" "$((shim_port + 2))" "$pool_size" "$work/replicas.log"
+  replicas_pid="$bench_shim_pid"
+  bench_shim_env=()
+  bench_shim_pid="$target_pid"
+fi
+
 log "issuing one key (rate_per_minute $rate)"
 token="$(psql_as postgres -tA -v rate="$rate" <<'SQL'
 SELECT token FROM apikey_issue(apikey_partner_create('bench-shim'), ARRAY['orders:read'],
@@ -112,6 +148,17 @@ SQL
 # The first verification in a backend pays Argon2id; the runs measure the warm path.
 status="$(curl -sS -o "$work/warm.json" -w '%{http_code}' -H "X-API-Key: $token" "$shim_url/v1/verify")"
 [ "$status" = 200 ] || die "GET /v1/verify with the benchmark key answered $status: $(cat "$work/warm.json")"
+if [ "$replicas" -gt 0 ]; then
+  # Verified by a standby once it replayed the key (until then the primary answers).
+  for _ in $(seq 1 100); do
+    curl -s "http://127.0.0.1:$((shim_port + 2))/healthz" | grep -q '"in_use":false' || break
+    sleep 0.1
+  done
+  for _ in $(seq 1 "$((replicas * 4))"); do
+    status="$(curl -sS -o "$work/warm.json" -w '%{http_code}' -H "X-API-Key: $token" "http://127.0.0.1:$((shim_port + 2))/v1/verify")"
+    [ "$status" = 200 ] || die "GET /v1/verify through the replicas' shim answered $status: $(cat "$work/warm.json")"
+  done
+fi
 
 # run_wrk NAME PATH [wrk args...]: one wrk run; output kept in $work/NAME.out. Any non-2xx
 # answer or socket error makes the run worthless (a benchmark of refusals), so it fails.
@@ -167,6 +214,11 @@ for round in $(seq 1 "$rounds"); do
     measure "baseline-$round" /v1/verify -H "X-API-Key: $token"
     target_pid="$bench_shim_pid" target_url="$shim_url"
   fi
+  if [ "$replicas" -gt 0 ]; then
+    target_pid="$replicas_pid" target_url="http://127.0.0.1:$((shim_port + 2))"
+    measure "replicas-$round" /v1/verify -H "X-API-Key: $token"
+    target_pid="$bench_shim_pid" target_url="$shim_url"
+  fi
 done
 status="$(curl -sS -o /dev/null -w '%{http_code}' -H "X-API-Key: $token" "$shim_url/v1/verify")"
 [ "$status" = 200 ] || die "after the runs GET /v1/verify answered $status"
@@ -188,6 +240,7 @@ printf '%-30s %9s %8s %8s %8s %8s %8s %8s %8s\n' "round / route" "req/s" "p50 ms
   "p90 ms" "p99 ms" "shim us" "pg us" "ratio"
 ratios=()
 baseline_ratios=()
+replica_ratios=()
 for round in $(seq 1 "$rounds"); do
   row "$round GET /healthz (SELECT 1)" "$work/healthz-$round.out"
   pct="$(ratio "$(wrk_field "$work/verify-$round.out" rps)" "$(wrk_field "$work/healthz-$round.out" rps)" 100 '%.1f')"
@@ -197,6 +250,11 @@ for round in $(seq 1 "$rounds"); do
     pct="$(ratio "$(wrk_field "$work/verify-$round.out" rps)" "$(wrk_field "$work/baseline-$round.out" rps)" 100 '%.1f')"
     baseline_ratios+=("$pct")
     printf '%s %8s%%\n' "$(row "$round GET /v1/verify, baseline" "$work/baseline-$round.out")" "$pct"
+  fi
+  if [ "$replicas" -gt 0 ]; then
+    pct="$(ratio "$(wrk_field "$work/replicas-$round.out" rps)" "$(wrk_field "$work/verify-$round.out" rps)" 100 '%.1f')"
+    replica_ratios+=("$pct")
+    printf '%s %8s%%\n' "$(row "$round GET /v1/verify, $replicas replicas" "$work/replicas-$round.out")" "$pct"
   fi
 done
 # median_of VALUES...: "median lowest highest", rounded.
@@ -210,12 +268,17 @@ read -r median lowest highest <<<"$(median_of "${ratios[@]}")"
 echo
 echo "(shim us, pg us: CPU time per request of the shim process and of all PostgreSQL processes;"
 echo " ratio: verify req/s over the same round's healthz req/s; on a baseline row, this build's"
-echo " verify req/s over the baseline's)"
+echo " verify req/s over the baseline's; on a replicas row, over the single-server shim's)"
 echo
 echo "verify / healthz throughput: median $median% over $rounds rounds (lowest $lowest%, highest $highest%; goal: at least 70%)"
 if [ -n "$baseline" ]; then
   read -r b_median b_lowest b_highest <<<"$(median_of "${baseline_ratios[@]}")"
   echo "verify, this build / $baseline: median $b_median% (lowest $b_lowest%, highest $b_highest%)"
+fi
+if [ "$replicas" -gt 0 ]; then
+  read -r r_median r_lowest r_highest <<<"$(median_of "${replica_ratios[@]}")"
+  answered="$(curl -s "http://127.0.0.1:$((shim_port + 2))/metrics" | awk '/^apikey_shim_replica_verifications_total/ { n += $2 } END { print n + 0 }')"
+  echo "verify with $replicas replicas / one server: median $r_median% (lowest $r_lowest%, highest $r_highest%; $answered verifications answered by the standbys)"
 fi
 echo
 echo "RESULT verify_vs_healthz=${median}%"

@@ -5,7 +5,10 @@
 # installed by apt onto the system's PostgreSQL 15. Then it checks the result (a key issued
 # by the guide verifies in psql and through the packaged shim), removes the packages
 # (checking that removal keeps the pepper file and the database, and what purge says), drops
-# the cluster, and puts back the extension files a developer build had installed.
+# the cluster, and puts back the extension files a developer build had installed. Between the
+# checks and the removal it runs the scale-out chapter (docs/src/scale-out.md) on from the
+# guide: two standbys of the cluster, made as the chapter makes them, the shim verifying on
+# them, then drops them.
 #
 # Two things differ from a real server, and only these: the cluster name and port (the guide's
 # `CLUSTER=main PGPORT=5432` line), and `systemctl`, which a machine without systemd cannot
@@ -13,7 +16,8 @@
 # free port instead of 8080.
 #
 # Env: APIKEY_SKIP_BUILD=1   package what is already built
-#      APIKEY_DEPLOY_PGPORT  the cluster's port (default 25435; the shim takes the next one).
+#      APIKEY_DEPLOY_PGPORT  the cluster's port (default 25435; the shim takes the next one,
+#                            the scale-out chapter's standbys the two after it).
 #                            Below Linux's ephemeral range (32768-60999), where a client
 #                            socket of the test run before could still hold the port.
 set -euo pipefail
@@ -23,6 +27,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 root="$APIKEY_REPO_ROOT"
 cluster=apikeydeploy
+standby1=apikeydeploy_standby1
+standby2=apikeydeploy_standby2
 port="${APIKEY_DEPLOY_PGPORT:-25435}"
 shim_port=$((port + 1))
 work="$(mktemp -d "${TMPDIR:-/tmp}/apikey-deploy.XXXXXX")"
@@ -73,6 +79,7 @@ finish() {
     ss -Htan "( sport = :$port or sport = :$shim_port )" 2>/dev/null
   fi
   stop_shim
+  for standby in "$standby1" "$standby2"; do pg_dropcluster --stop 15 "$standby" >/dev/null 2>&1; done
   pg_dropcluster --stop 15 "$cluster" >/dev/null 2>&1
   if dpkg-query -W postgresql-15-apikey >/dev/null 2>&1 || dpkg-query -W apikey-shim >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq postgresql-15-apikey apikey-shim >/dev/null 2>&1
@@ -90,9 +97,10 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 command -v pg_createcluster >/dev/null || die "pg_createcluster (postgresql-common) is missing"
-pg_dropcluster --stop 15 "$cluster" >/dev/null 2>&1 || true
-if [ -n "$(ss -Htan "( sport = :$port or sport = :$shim_port )" 2>/dev/null)" ]; then
-  die "port $port or $shim_port is in use: $(ss -Htan "( sport = :$port or sport = :$shim_port )"); set APIKEY_DEPLOY_PGPORT"
+for old in "$cluster" "$standby1" "$standby2"; do pg_dropcluster --stop 15 "$old" >/dev/null 2>&1 || true; done
+ports_in_use="( sport = :$port or sport = :$shim_port or sport = :$((shim_port + 1)) or sport = :$((shim_port + 2)) )"
+if [ -n "$(ss -Htan "$ports_in_use" 2>/dev/null)" ]; then
+  die "port $port or one of the three after it is in use: $(ss -Htan "$ports_in_use"); set APIKEY_DEPLOY_PGPORT"
 fi
 echo 'DPkg::Lock::Timeout "600";' >"$apt_wait"
 log "pg_createcluster 15 $cluster on port $port"
@@ -170,6 +178,40 @@ status="$(curl -s -o /dev/null -w '%{http_code}' -X POST "http://127.0.0.1:$shim
 [ "$(stat -c '%U %a' /etc/postgresql/15/$cluster/apikey-pepper)" = "postgres 600" ] || die "the pepper file's owner or mode is wrong"
 [ "$(stat -c '%U:%G %a' /etc/apikey-shim/apikey-shim.env)" = "root:apikey_shim 640" ] || die "the environment file's owner or mode is wrong"
 ps -o user= -p "$(pgrep -f '^/usr/bin/apikey-shim' | head -n1)" | grep -qx apikey_shim || die "the shim does not run as apikey_shim"
+
+# The scale-out chapter, on from here in the same shell: two standbys as Debian clusters of
+# their own, on the two ports after the shim's.
+log "running the scale-out chapter's blocks"
+awk '
+  /^```sh$/ { block = 1; next }
+  block && /^```$/ { block = 0; print ""; next }
+  block { print }
+' "$root/docs/src/scale-out.md" >"$work/scale-out.sh"
+grep -q '^STANDBYS="standby1:5433 standby2:5434"$' "$work/scale-out.sh" \
+  || die "the scale-out chapter no longer names its standbys as expected"
+sed -e "s/^STANDBYS=.*\$/STANDBYS=\"$standby1:$((shim_port + 1)) $standby2:$((shim_port + 2))\"/" \
+    -e 's/^sudo systemctl restart apikey-shim$/start_shim/' \
+    -e "s#127.0.0.1:8080#127.0.0.1:$shim_port#g" \
+    "$work/scale-out.sh" >"$work/scale-out-steps.sh"
+{
+  cat "$work/preamble.sh"
+  echo "CLUSTER=$cluster PGPORT=$port ADMIN_TOKEN=$token"
+  cat "$work/scale-out-steps.sh"
+} >"$work/scale-out-run.sh"
+bash "$work/scale-out-run.sh" 2>&1 | tee "$work/scale-out.log" | sed 's/^/    /'
+[ "$(psql_deploy "SELECT string_agg(application_name || ' ' || sync_state, ',' ORDER BY 1) FROM pg_stat_replication")" \
+  = "$standby1 quorum,$standby2 quorum" ] || die "the standbys are not both streaming as quorum standbys"
+health="$(curl -s "http://127.0.0.1:$shim_port/healthz")"
+[ "$(echo "$health" | python3 -c 'import json,sys; print(sum(r["in_use"] for r in json.load(sys.stdin)["replicas"]))')" = 2 ] \
+  || die "the shim does not verify with both standbys: $health"
+grep -q '"valid":true' "$work/scale-out.log" || die "the chapter's new key did not verify"
+grep -q '"reason":"revoked"' "$work/scale-out.log" || die "the chapter's revoked key was not refused as revoked"
+answered="$(curl -s "http://127.0.0.1:$shim_port/metrics" | awk '/^apikey_shim_replica_verifications_total/ { n += $2 } END { print n + 0 }')"
+[ "$answered" -ge 2 ] || die "the standbys answered $answered verifications, not the chapter's two"
+log "scale-out chapter: two standbys streaming, the shim verified on them ($answered verifications)"
+rm -f "/etc/postgresql/15/$cluster/conf.d/replication.conf"
+pg_ctlcluster 15 "$cluster" reload
+for standby in "$standby1" "$standby2"; do pg_dropcluster --stop 15 "$standby" >/dev/null; done
 
 if command -v systemd-analyze >/dev/null; then
   systemd-analyze verify /lib/systemd/system/apikey-shim.service || die "systemd-analyze finds fault with the unit"

@@ -120,8 +120,9 @@ wrk_field() {
 # bench_shim_start ROLE PORT POOL LOG [BINARY]: creates login ROLE (a member of the three
 # apikey roles) unless it exists and starts the release apikey-shim (or BINARY) on
 # 127.0.0.1:PORT with a pool of POOL, in a clean environment (the caller's APIKEY_SHIM_*
-# settings must not change a benchmark), logging to LOG; sets bench_shim_pid once /healthz
-# answers.
+# settings must not change a benchmark; only the NAME=VALUE words of the array bench_shim_env
+# are added), logging to LOG; sets bench_shim_pid once /healthz answers.
+bench_shim_env=()
 bench_shim_start() {
   local role="$1" port="$2" pool="$3" log_file="$4" binary="${5:-$APIKEY_TARGET_DIR/release/apikey-shim}"
   log "starting $binary on 127.0.0.1:$port (pool $pool, role $role)"
@@ -130,7 +131,7 @@ bench_shim_start() {
   env -i PATH="$PATH" \
     DATABASE_URL="host=$APIKEY_SOCKET_DIR port=$APIKEY_PGPORT user=$role dbname=apikey" \
     APIKEY_SHIM_LISTEN="127.0.0.1:$port" APIKEY_SHIM_POOL_SIZE="$pool" RUST_LOG=warn \
-    "$binary" >"$log_file" 2>&1 </dev/null &
+    "${bench_shim_env[@]}" "$binary" >"$log_file" 2>&1 </dev/null &
   bench_shim_pid=$!
   local url="http://127.0.0.1:$port"
   for _ in $(seq 1 100); do
