@@ -114,3 +114,95 @@ fn every_chapter_of_the_book_renders_in_chromium() {
         "the console's chapter shows its screenshots: {images}"
     );
 }
+
+/// Every `sh` and `sql` block of a page is either run by a test or says why not, in a marker
+/// before it (`<!-- blocks: run by FILE -->` or `<!-- blocks: not run (why) -->`, holding
+/// until the next heading or marker). A runner must name the page, the file the block
+/// includes, or the block's first statement: a file that does none of these cannot be
+/// running it.
+#[test]
+fn every_shell_and_sql_block_of_the_book_is_run_by_a_test_or_says_why_not() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the repository")
+        .to_path_buf();
+    let mut pages: Vec<PathBuf> = std::fs::read_dir(root.join("docs/src"))
+        .expect("docs/src")
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        .collect();
+    pages.sort();
+    let mut problems = Vec::new();
+    let mut checked = 0;
+    for page in &pages {
+        let name = page
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let text = std::fs::read_to_string(page).expect("read a page");
+        let mut marker: Option<String> = None;
+        let mut lines = text.lines().enumerate();
+        while let Some((i, line)) = lines.next() {
+            if line.starts_with('#') {
+                marker = None;
+            } else if let Some(m) = line
+                .strip_prefix("<!-- blocks: ")
+                .and_then(|m| m.strip_suffix(" -->"))
+            {
+                marker = Some(m.to_string());
+            } else if let Some(info) = line.strip_prefix("```") {
+                let language = info.split([' ', ',']).next().unwrap_or_default();
+                let body: Vec<&str> = lines
+                    .by_ref()
+                    .map(|(_, l)| l)
+                    .take_while(|l| !l.starts_with("```"))
+                    .collect();
+                if !matches!(language, "sh" | "sql" | "bash" | "console" | "shell") {
+                    continue;
+                }
+                checked += 1;
+                let at = format!("{name}:{}", i + 1);
+                match marker.as_deref() {
+                    None => problems.push(format!("{at}: a {language} block with no marker")),
+                    Some(m) if m.starts_with("not run (") && m.len() > "not run ()".len() => {}
+                    Some(m) => match m.strip_prefix("run by ") {
+                        None => problems.push(format!("{at}: unknown marker '{m}'")),
+                        Some(runners) => {
+                            let first = body.first().copied().unwrap_or_default();
+                            let statement = first
+                                .split(" --")
+                                .next()
+                                .unwrap_or_default()
+                                .split(" #")
+                                .next()
+                                .unwrap_or_default()
+                                .trim()
+                                .trim_end_matches(';');
+                            let included = first
+                                .strip_prefix("{{#include ")
+                                .and_then(|f| f.strip_suffix("}}"))
+                                .and_then(|f| f.rsplit('/').next());
+                            for runner in runners.split(", ") {
+                                let Ok(source) = std::fs::read_to_string(root.join(runner)) else {
+                                    problems.push(format!("{at}: no runner {runner}"));
+                                    continue;
+                                };
+                                let names_it = source.contains(name)
+                                    || included.is_some_and(|f| source.contains(f))
+                                    || (!statement.is_empty() && source.contains(statement));
+                                if !names_it {
+                                    problems.push(format!(
+                                        "{at}: {runner} names neither {name}, the included file \
+                                         nor '{statement}'"
+                                    ));
+                                }
+                            }
+                        }
+                    },
+                }
+            }
+        }
+    }
+    assert!(checked >= 30, "the pages' blocks were found: {checked}");
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
