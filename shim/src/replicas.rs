@@ -176,7 +176,15 @@ impl Replicas {
     async fn probe(&self, primary: &Pool) {
         // An unreachable primary writes nothing a replica could miss: the samples stay.
         if let Ok(position) = self.position(primary, PRIMARY_POSITION).await {
+            let first = self.samples().0.is_empty();
             self.samples().record(Instant::now(), position);
+            // Whatever the primary wrote before the shim started is owed too: the first
+            // sample cannot tell a replica minutes behind from one just behind.
+            if first {
+                for replica in &self.servers {
+                    replica.owe(position, None);
+                }
+            }
         }
         let mut replayed_by_all = i64::MAX;
         for replica in &self.servers {
@@ -221,21 +229,28 @@ impl Replicas {
             }
         };
         let deadline = Instant::now() + self.wait;
-        for replica in self.servers.iter().filter(|r| r.health().in_use) {
+        for replica in &self.servers {
+            // One out of use now must replay the change before it is back in use.
+            if !replica.health().in_use {
+                replica.owe(target, None);
+                continue;
+            }
             loop {
                 match self.position(&replica.pool, REPLAYED_POSITION).await {
                     Ok(replayed) if replayed >= target => break,
                     Ok(_) if Instant::now() >= deadline => {
-                        replica.owed.fetch_max(target, Ordering::Relaxed);
-                        replica.out_of_use(format!(
-                            "did not replay a change within {} ms (APIKEY_SHIM_REPLICA_WAIT_MS)",
-                            self.wait.as_millis()
-                        ));
+                        replica.owe(
+                            target,
+                            Some(format!(
+                                "did not replay a change within {} ms (APIKEY_SHIM_REPLICA_WAIT_MS)",
+                                self.wait.as_millis()
+                            )),
+                        );
                         break;
                     }
                     Ok(_) => tokio::time::sleep(REPLAY_POLL).await,
                     Err(problem) => {
-                        replica.out_of_use(problem);
+                        replica.owe(target, Some(problem));
                         break;
                     }
                 }
@@ -284,14 +299,31 @@ impl Replica {
         };
     }
 
+    /// The replica must replay WAL up to `position` before it is (back) in use; with a
+    /// `problem`, it is out of use now. Under the health lock, so that a probe's `observe`
+    /// cannot put it back in use in between.
+    fn owe(&self, position: i64, problem: Option<String>) {
+        let mut health = self.lock();
+        self.owed.fetch_max(position, Ordering::Relaxed);
+        if let Some(problem) = problem {
+            if health.in_use {
+                tracing::warn!(replica = %self.name, %problem, "replica taken out of use");
+            }
+            *health = Health {
+                in_use: false,
+                lag: None,
+                problem: Some(problem),
+            };
+        }
+    }
+
     fn observe(&self, replayed: i64, lag: Duration, max_lag: Duration) {
+        let mut health = self.lock();
         let owed = self.owed.load(Ordering::Relaxed);
         let problem = if replayed < owed {
             Some("has not replayed a change made through the shim yet".to_string())
         } else {
-            let _ = self
-                .owed
-                .compare_exchange(owed, 0, Ordering::Relaxed, Ordering::Relaxed);
+            self.owed.store(0, Ordering::Relaxed);
             (lag > max_lag).then(|| {
                 format!(
                     "{} ms behind the primary (APIKEY_SHIM_MAX_REPLICA_LAG_MS is {})",
@@ -301,7 +333,6 @@ impl Replica {
             })
         };
         let in_use = problem.is_none();
-        let mut health = self.lock();
         if in_use && !health.in_use {
             tracing::info!(replica = %self.name, lag_ms = lag.as_millis(), "replica in use");
         }
@@ -437,7 +468,7 @@ mod tests {
         assert!(!replica.health().in_use);
 
         // A change it did not replay in time keeps it out, however small its lag.
-        replica.owed.store(20, Ordering::Relaxed);
+        replica.owe(20, None);
         replica.observe(19, Duration::ZERO, limit);
         assert!(!replica.health().in_use);
         replica.observe(20, Duration::ZERO, limit);

@@ -8,7 +8,6 @@
 use apikey_shim::app::router;
 use apikey_shim::config::Config;
 use apikey_shim::github_signature::KeyFile;
-use apikey_shim::metrics::Metrics;
 use apikey_shim::routes::console::security_headers;
 use apikey_shim::state::AppState;
 use axum::body::Body;
