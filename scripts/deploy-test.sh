@@ -69,6 +69,17 @@ stop_shim() {
 # guide's under sudo included, waits for it instead of failing at once.
 apt_wait="/etc/apt/apt.conf.d/99apikey-deploy-test-lock-wait"
 
+# drop_clusters: the test's three clusters and their configuration directories, which
+# pg_dropcluster keeps while they hold files it did not make (the pepper, a conf.d file the
+# scale-out chapter wrote): a later run's cluster of the same name would read them.
+drop_clusters() {
+  local name
+  for name in "$standby1" "$standby2" "$cluster"; do
+    pg_dropcluster --stop 15 "$name" >/dev/null 2>&1
+    rm -rf "/etc/postgresql/15/$name"
+  done
+}
+
 finish() {
   local rc=$?
   set +e
@@ -79,8 +90,7 @@ finish() {
     ss -Htan "( sport = :$port or sport = :$shim_port )" 2>/dev/null
   fi
   stop_shim
-  for standby in "$standby1" "$standby2"; do pg_dropcluster --stop 15 "$standby" >/dev/null 2>&1; done
-  pg_dropcluster --stop 15 "$cluster" >/dev/null 2>&1
+  drop_clusters
   if dpkg-query -W postgresql-15-apikey >/dev/null 2>&1 || dpkg-query -W apikey-shim >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq postgresql-15-apikey apikey-shim >/dev/null 2>&1
   fi
@@ -97,7 +107,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 command -v pg_createcluster >/dev/null || die "pg_createcluster (postgresql-common) is missing"
-for old in "$cluster" "$standby1" "$standby2"; do pg_dropcluster --stop 15 "$old" >/dev/null 2>&1 || true; done
+drop_clusters || true
 ports_in_use="( sport = :$port or sport = :$shim_port or sport = :$((shim_port + 1)) or sport = :$((shim_port + 2)) )"
 if [ -n "$(ss -Htan "$ports_in_use" 2>/dev/null)" ]; then
   die "port $port or one of the three after it is in use: $(ss -Htan "$ports_in_use"); set APIKEY_DEPLOY_PGPORT"
@@ -199,11 +209,21 @@ sed -e "s/^STANDBYS=.*\$/STANDBYS=\"$standby1:$((shim_port + 1)) $standby2:$((sh
   cat "$work/scale-out-steps.sh"
 } >"$work/scale-out-run.sh"
 bash "$work/scale-out-run.sh" 2>&1 | tee "$work/scale-out.log" | sed 's/^/    /'
-[ "$(psql_deploy "SELECT string_agg(application_name || ' ' || sync_state, ',' ORDER BY 1) FROM pg_stat_replication")" \
-  = "$standby1 quorum,$standby2 quorum" ] || die "the standbys are not both streaming as quorum standbys"
-health="$(curl -s "http://127.0.0.1:$shim_port/healthz")"
-[ "$(echo "$health" | python3 -c 'import json,sys; print(sum(r["in_use"] for r in json.load(sys.stdin)["replicas"]))')" = 2 ] \
-  || die "the shim does not verify with both standbys: $health"
+# A standby's walreceiver may be reconnecting, or the shim's probe not yet back from the
+# wait after the revoke: what is checked here must hold within 10 s, not at one instant.
+replication_state() { psql_deploy "SELECT string_agg(application_name || ' ' || sync_state, ',' ORDER BY application_name) FROM pg_stat_replication"; }
+replicas_in_use() {
+  curl -s "http://127.0.0.1:$shim_port/healthz" \
+    | python3 -c 'import json,sys; print(sum(r["in_use"] for r in json.load(sys.stdin)["replicas"]))'
+}
+for _ in $(seq 1 100); do
+  [ "$(replication_state)" = "$standby1 quorum,$standby2 quorum" ] && [ "$(replicas_in_use)" = 2 ] && break
+  sleep 0.1
+done
+[ "$(replication_state)" = "$standby1 quorum,$standby2 quorum" ] \
+  || die "the standbys are not both streaming as quorum standbys: $(replication_state)"
+[ "$(replicas_in_use)" = 2 ] \
+  || die "the shim does not verify with both standbys: $(curl -s "http://127.0.0.1:$shim_port/healthz")"
 grep -q '"valid":true' "$work/scale-out.log" || die "the chapter's new key did not verify"
 grep -q '"reason":"revoked"' "$work/scale-out.log" || die "the chapter's revoked key was not refused as revoked"
 answered="$(curl -s "http://127.0.0.1:$shim_port/metrics" | awk '/^apikey_shim_replica_verifications_total/ { n += $2 } END { print n + 0 }')"

@@ -222,8 +222,8 @@ if [ "$#" -eq 0 ] && [ "$APIKEY_PG_MAJOR" = 15 ]; then
   else
     record "packages + deploy guide" FAIL
     # Where a CI log is cut to its end, the reason still shows.
-    failure_notes+=("why packages + deploy guide failed (the end of its output):" \
-      "$(tail -n 15 "$deploy_output")")
+    failure_notes+=("why packages + deploy guide failed (its errors, then the end of its output):" \
+      "$(grep -a '^error: ' "$deploy_output" | tail -n 5)" "$(tail -n 15 "$deploy_output")")
   fi
   rm -f "$deploy_output"
 
