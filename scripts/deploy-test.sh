@@ -217,13 +217,13 @@ replicas_in_use() {
     | python3 -c 'import json,sys; print(sum(r["in_use"] for r in json.load(sys.stdin)["replicas"]))'
 }
 for _ in $(seq 1 100); do
-  [ "$(replication_state)" = "$standby1 quorum,$standby2 quorum" ] && [ "$(replicas_in_use)" = 2 ] && break
+  state="$(replication_state)" in_use="$(replicas_in_use)"
+  [ "$state" = "$standby1 quorum,$standby2 quorum" ] && [ "$in_use" = 2 ] && break
   sleep 0.1
 done
-[ "$(replication_state)" = "$standby1 quorum,$standby2 quorum" ] \
-  || die "the standbys are not both streaming as quorum standbys: $(replication_state)"
-[ "$(replicas_in_use)" = 2 ] \
-  || die "the shim does not verify with both standbys: $(curl -s "http://127.0.0.1:$shim_port/healthz")"
+[ "$state" = "$standby1 quorum,$standby2 quorum" ] \
+  || die "the standbys are not both streaming as quorum standbys: $state"
+[ "$in_use" = 2 ] || die "the shim does not verify with both standbys: $(curl -s "http://127.0.0.1:$shim_port/healthz")"
 grep -q '"valid":true' "$work/scale-out.log" || die "the chapter's new key did not verify"
 grep -q '"reason":"revoked"' "$work/scale-out.log" || die "the chapter's revoked key was not refused as revoked"
 answered="$(curl -s "http://127.0.0.1:$shim_port/metrics" | awk '/^apikey_shim_replica_verifications_total/ { n += $2 } END { print n + 0 }')"
