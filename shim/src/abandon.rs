@@ -7,13 +7,17 @@
 //! the connection leaves the pool, its query is cancelled on the server, and it is closed.
 //! (Taken out of the pool first, so the cancel can never reach another request's query.)
 
-use deadpool_postgres::{Object, Pool, PoolError};
+use deadpool_postgres::{Object, Pool, PoolError, Timeouts};
 use std::cell::RefCell;
 use std::future::Future;
 use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// How long the cancel of an abandoned query may take.
+const CANCEL_LIMIT: Duration = Duration::from_secs(10);
 
 /// One request being handled; compared by address.
 #[derive(Default)]
@@ -65,7 +69,13 @@ pub struct Connection {
 
 /// Takes a connection from `pool` for the request being polled (if any).
 pub async fn connection(pool: &Pool) -> Result<Connection, PoolError> {
-    let object = pool.get().await?;
+    connection_within(pool, &pool.timeouts()).await
+}
+
+/// As [`connection`], with limits on waiting for a free connection, connecting and
+/// recycling (the pool must have a runtime for them).
+pub async fn connection_within(pool: &Pool, timeouts: &Timeouts) -> Result<Connection, PoolError> {
+    let object = pool.timeout_get(timeouts).await?;
     Ok(Connection {
         object: Some(object),
         request: POLLING.with_borrow(Clone::clone),
@@ -90,6 +100,16 @@ impl DerefMut for Connection {
     }
 }
 
+impl Connection {
+    /// Cancels its query and closes it, instead of returning it to the pool: for a query
+    /// given up on while the request goes on (a replica that did not answer in time).
+    pub fn discard(mut self) {
+        if let Some(object) = self.object.take() {
+            abandon(object);
+        }
+    }
+}
+
 impl Drop for Connection {
     fn drop(&mut self) {
         let (Some(object), Some(request)) = (self.object.take(), self.request.take()) else {
@@ -107,8 +127,12 @@ fn abandon(object: Object) {
     let cancel = client.cancel_token();
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
         runtime.spawn(async move {
-            if let Err(e) = cancel.cancel_query(tokio_postgres::NoTls).await {
-                tracing::warn!("could not cancel the query of an abandoned request: {e}");
+            // A stopped server accepts the cancel's connection and never reads it: the task
+            // must not wait for it forever.
+            match tokio::time::timeout(CANCEL_LIMIT, cancel.cancel_query(tokio_postgres::NoTls)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!("could not cancel the query of an abandoned request: {e}"),
+                Err(_) => tracing::warn!("the server did not take the cancel of an abandoned request's query within {} s", CANCEL_LIMIT.as_secs()),
             }
             drop(client);
         });

@@ -34,8 +34,18 @@ pub struct Config {
 
     /// A replica further behind the primary than this many milliseconds is not verified
     /// with until it catches up.
-    #[arg(long, env = "APIKEY_SHIM_MAX_REPLICA_LAG_MS", default_value_t = 1_000)]
+    #[arg(long, env = "APIKEY_SHIM_MAX_REPLICA_LAG_MS", default_value_t = 1_000,
+          value_parser = clap::value_parser!(u64).range(1..=crate::replicas::MAX_LAG_LIMIT_MS))]
     pub max_replica_lag_ms: u64,
+
+    /// A replica that has not connected or answered a query (a verification, the probe's)
+    /// within this many milliseconds is taken out of use and the next server asked; one with
+    /// no free pooled connection for as long is skipped for that request. The primary's
+    /// answer for a key a replica did not know is waited for as long, then the replica's
+    /// stands.
+    #[arg(long, env = "APIKEY_SHIM_REPLICA_TIMEOUT_MS", default_value_t = 1_000,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub replica_timeout_ms: u64,
 
     /// A change made through the shim answers once every replica in use has replayed it;
     /// one that has not after this many milliseconds is taken out of use.
@@ -246,6 +256,25 @@ mod tests {
             &["--webhook-poll-ms", "0"],
             &["--webhook-timeout-ms", "0"],
             &["--webhook-delivery", "maybe"],
+        ] {
+            assert!(parse(refused).is_err(), "{refused:?}");
+        }
+    }
+
+    #[test]
+    fn replica_limits_are_bounded_by_what_the_shim_can_measure() {
+        let config = parse(&[]).expect("defaults");
+        assert_eq!(
+            (config.max_replica_lag_ms, config.replica_timeout_ms),
+            (1_000, 1_000)
+        );
+        let longest = crate::replicas::MAX_LAG_LIMIT_MS.to_string();
+        assert!(parse(&["--max-replica-lag-ms", &longest]).is_ok());
+        let too_long = (crate::replicas::MAX_LAG_LIMIT_MS + 1).to_string();
+        for refused in [
+            &["--max-replica-lag-ms", &too_long][..],
+            &["--max-replica-lag-ms", "0"],
+            &["--replica-timeout-ms", "0"],
         ] {
             assert!(parse(refused).is_err(), "{refused:?}");
         }

@@ -26,9 +26,19 @@ use uuid::Uuid;
 
 /// The pool of connections to `database_url`. Each connection's statements are cut off by
 /// the server after `statement_timeout` (a request past its own time limit has been
-/// answered already), unless the connection string sets its own `statement_timeout`.
-pub fn pool(database_url: &str, size: usize, statement_timeout: Duration) -> Result<Pool, String> {
-    let config = connection_config(database_url, statement_timeout)?;
+/// answered already), and connecting is given up on after `connect_timeout` (a host that
+/// drops packets is otherwise waited for minutes), unless the connection string sets its
+/// own `statement_timeout` or `connect_timeout`.
+pub fn pool(
+    database_url: &str,
+    size: usize,
+    statement_timeout: Duration,
+    connect_timeout: Duration,
+) -> Result<Pool, String> {
+    let mut config = connection_config(database_url, statement_timeout)?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(connect_timeout);
+    }
     let manager = Manager::from_config(
         config,
         tokio_postgres::NoTls,
@@ -41,6 +51,9 @@ pub fn pool(database_url: &str, size: usize, statement_timeout: Duration) -> Res
     );
     Pool::builder(manager)
         .max_size(size.max(1))
+        // Timers for the limits replicas put on waiting and connecting (`connect_timeout`
+        // bounds only the TCP connect, not a startup a stopped server never answers).
+        .runtime(deadpool_postgres::Runtime::Tokio1)
         .build()
         .map_err(|e| format!("cannot build the connection pool: {e}"))
 }

@@ -12,10 +12,12 @@
 //! answered 200 is in effect wherever the shim verifies.
 
 use crate::abandon::{self, Connection};
-use deadpool_postgres::{Pool, PoolError};
+use crate::error::AppError;
+use deadpool_postgres::{Pool, PoolError, TimeoutType, Timeouts};
 use std::collections::VecDeque;
+use std::fmt::Display;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -23,9 +25,11 @@ use std::time::{Duration, Instant};
 const PROBE_INTERVAL: Duration = Duration::from_millis(100);
 /// How often a change's answer asks a replica again whether it replayed the change.
 const REPLAY_POLL: Duration = Duration::from_millis(2);
-/// The most samples kept: a minute and more of a busy primary. A replica further behind
-/// reads as this far behind, which is out of use at any sensible limit.
+/// The most samples kept: 102 s of a busy primary, past the longest lag limit the shim takes
+/// (`MAX_LAG_LIMIT`). A replica further behind reads as this far behind.
 const MAX_SAMPLES: usize = 1024;
+/// The longest `APIKEY_SHIM_MAX_REPLICA_LAG_MS` the samples can measure.
+pub const MAX_LAG_LIMIT_MS: u64 = 60_000;
 
 /// `(lsn - '0/0')`: a WAL position as a number.
 const PRIMARY_POSITION: &str = "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8";
@@ -39,9 +43,49 @@ pub struct Replicas {
     turn: AtomicUsize,
     max_lag: Duration,
     wait: Duration,
-    /// Probe and replay queries are cut off after this long (a stopped server never answers).
-    query_timeout: Duration,
+    /// Each step of asking a server (waiting for a connection, connecting, the query) is
+    /// given up on after this long (`APIKEY_SHIM_REPLICA_TIMEOUT_MS`): a server that stopped
+    /// answering must not hold a request until its own time limit.
+    timeout: Duration,
     samples: Mutex<Samples>,
+    /// A change was made whose WAL position could not be read: every replica is out of use
+    /// until the primary's position is read again, and then owes it.
+    change_at_unknown_position: AtomicBool,
+}
+
+/// Why a server did not answer as asked.
+pub enum Failed {
+    /// It did not answer in time, or failed: take it out of use, ask another.
+    Server(Problem),
+    /// The request itself was refused (bad input): the server is well, and the answer stands.
+    Request(AppError),
+    /// No connection of its pool came free in time: it is busy, not lost; ask another.
+    Busy,
+}
+
+/// What `/healthz` says of a server's failure, and (for the log only) the server's own
+/// words, which may name hosts, roles and databases.
+pub struct Problem {
+    pub public: String,
+    pub detail: String,
+}
+
+impl Problem {
+    fn new(public: impl Into<String>, detail: impl Display) -> Problem {
+        Problem {
+            public: public.into(),
+            detail: detail.to_string(),
+        }
+    }
+
+    fn of(error: &AppError) -> Problem {
+        let public = match error {
+            AppError::Unavailable(_) => "cannot be reached",
+            AppError::TimedOut => "does not answer",
+            _ => "failed a query",
+        };
+        Problem::new(public, format!("{error:?}"))
+    }
 }
 
 pub struct Replica {
@@ -108,7 +152,7 @@ impl Replicas {
         make_pool: impl Fn(&str) -> Result<Pool, String>,
         max_lag: Duration,
         wait: Duration,
-        query_timeout: Duration,
+        timeout: Duration,
     ) -> Result<Replicas, String> {
         let servers = urls
             .iter()
@@ -133,8 +177,9 @@ impl Replicas {
             turn: AtomicUsize::new(0),
             max_lag,
             wait,
-            query_timeout,
+            timeout,
             samples: Mutex::default(),
+            change_at_unknown_position: AtomicBool::new(false),
         })
     }
 
@@ -175,43 +220,132 @@ impl Replicas {
 
     async fn probe(&self, primary: &Pool) {
         // An unreachable primary writes nothing a replica could miss: the samples stay.
+        // A sample skipped (the primary busy or away) costs nothing: the next tick takes one.
         if let Ok(position) = self.position(primary, PRIMARY_POSITION).await {
-            let first = self.samples().0.is_empty();
-            self.samples().record(Instant::now(), position);
             // Whatever the primary wrote before the shim started is owed too: the first
             // sample cannot tell a replica minutes behind from one just behind.
-            if first {
+            let first = self.samples().0.is_empty();
+            self.samples().record(Instant::now(), position);
+            if first
+                || self
+                    .change_at_unknown_position
+                    .swap(false, Ordering::Relaxed)
+            {
                 for replica in &self.servers {
                     replica.owe(position, None);
                 }
             }
         }
+        let held_out = self.change_at_unknown_position.load(Ordering::Relaxed);
+        // All at once: one server that does not answer delays no other's probe.
+        let replayed = futures_util::future::join_all(
+            self.servers
+                .iter()
+                .map(|replica| self.position(&replica.pool, REPLAYED_POSITION)),
+        )
+        .await;
         let mut replayed_by_all = i64::MAX;
-        for replica in &self.servers {
-            match self.position(&replica.pool, REPLAYED_POSITION).await {
+        for (replica, replayed) in self.servers.iter().zip(replayed) {
+            match replayed {
+                Ok(replayed) if held_out => replayed_by_all = replayed_by_all.min(replayed),
                 Ok(replayed) => {
                     replayed_by_all = replayed_by_all.min(replayed);
                     let lag = self.samples().lag(replayed, Instant::now());
                     replica.observe(replayed, lag, self.max_lag);
                 }
-                Err(problem) => replica.out_of_use(problem),
+                // Its position unknown, no sample it may still need is forgotten.
+                Err(Failed::Busy) => replayed_by_all = i64::MIN,
+                Err(failed) => replica.out_of_use(self.problem(failed)),
             }
         }
         self.samples().forget_before(replayed_by_all);
     }
 
-    async fn position(&self, pool: &Pool, sql: &str) -> Result<i64, String> {
-        let asked = async {
-            let client = pool.get().await.map_err(|e| e.to_string())?;
-            let row = client
-                .query_one(sql, &[])
-                .await
-                .map_err(|e| e.to_string())?;
-            row.try_get::<_, i64>(0).map_err(|e| e.to_string())
+    /// A WAL position (`sql`) read on `pool`, within the limits of [`Replicas::ask`].
+    async fn position(&self, pool: &Pool, sql: &str) -> Result<i64, Failed> {
+        self.within(pool, async |client| {
+            Ok(client.query_one(sql, &[]).await?.try_get::<_, i64>(0)?)
+        })
+        .await
+    }
+
+    /// `work` on a connection of the replica's pool. Each step is given up on after
+    /// `APIKEY_SHIM_REPLICA_TIMEOUT_MS`: waiting for a free connection ([`Failed::Busy`]: a
+    /// busy replica is not a lost one), connecting (a stopped server accepts the TCP
+    /// connection and never answers the startup), and `work` itself, whose connection is
+    /// then discarded (its query cancelled), never returned to the pool still running it.
+    pub async fn ask<T>(
+        &self,
+        replica: &Replica,
+        work: impl AsyncFnOnce(&Connection) -> Result<T, AppError>,
+    ) -> Result<T, Failed> {
+        self.within(&replica.pool, work).await
+    }
+
+    /// As [`Replicas::ask`], of the primary: for an answer that is not needed (a replica gave one already, or
+    /// verification goes on without the primary), so no longer waited for than a replica.
+    pub async fn ask_primary<T>(
+        &self,
+        primary: &Pool,
+        work: impl AsyncFnOnce(&Connection) -> Result<T, AppError>,
+    ) -> Result<T, Failed> {
+        self.within(primary, work).await
+    }
+
+    async fn within<T>(
+        &self,
+        pool: &Pool,
+        work: impl AsyncFnOnce(&Connection) -> Result<T, AppError>,
+    ) -> Result<T, Failed> {
+        let limits = Timeouts {
+            wait: Some(self.timeout),
+            create: Some(self.timeout),
+            recycle: Some(self.timeout),
         };
-        tokio::time::timeout(self.query_timeout, asked)
-            .await
-            .unwrap_or_else(|_| Err(format!("no answer within {:?}", self.query_timeout)))
+        let client = match abandon::connection_within(pool, &limits).await {
+            Ok(client) => client,
+            Err(PoolError::Timeout(TimeoutType::Wait)) => return Err(Failed::Busy),
+            Err(PoolError::Timeout(_)) => return Err(Failed::Server(self.no_answer())),
+            Err(e) => {
+                return Err(Failed::Server(Problem::new("cannot be connected to", e)));
+            }
+        };
+        match tokio::time::timeout(self.timeout, work(&client)).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(
+                e @ (AppError::Unavailable(_) | AppError::TimedOut | AppError::Internal(_)),
+            )) => Err(Failed::Server(Problem::of(&e))),
+            Ok(Err(e)) => Err(Failed::Request(e)),
+            Err(_) => {
+                client.discard();
+                Err(Failed::Server(self.no_answer()))
+            }
+        }
+    }
+
+    /// What a server's failure is taken for where no other server can be asked instead.
+    pub fn problem(&self, failed: Failed) -> Problem {
+        match failed {
+            Failed::Server(problem) => problem,
+            Failed::Request(e) => Problem::of(&e),
+            Failed::Busy => Problem::new(
+                format!(
+                    "had no free connection within {} ms (APIKEY_SHIM_REPLICA_TIMEOUT_MS)",
+                    self.timeout.as_millis()
+                ),
+                "busy",
+            ),
+        }
+    }
+
+    fn no_answer(&self) -> Problem {
+        Problem::new(
+            format!(
+                "did not answer within {} ms (APIKEY_SHIM_REPLICA_TIMEOUT_MS)",
+                self.timeout.as_millis()
+            ),
+            "timed out",
+        )
     }
 
     /// Waits until every replica in use has replayed what the primary has written so far
@@ -223,8 +357,18 @@ impl Replicas {
         }
         let target = match self.position(primary, PRIMARY_POSITION).await {
             Ok(position) => position,
-            Err(problem) => {
-                tracing::warn!(%problem, "could not read the primary's WAL position after a change");
+            Err(failed) => {
+                let problem = self.problem(failed);
+                // Which position the change is at is unknown: every replica is out of use
+                // until it has replayed what the primary is next seen to have written.
+                self.change_at_unknown_position
+                    .store(true, Ordering::Relaxed);
+                for replica in &self.servers {
+                    replica.out_of_use(Problem::new(
+                        "a change's WAL position could not be read from the primary",
+                        problem.detail.as_str(),
+                    ));
+                }
                 return;
             }
         };
@@ -241,16 +385,20 @@ impl Replicas {
                     Ok(_) if Instant::now() >= deadline => {
                         replica.owe(
                             target,
-                            Some(format!(
-                                "did not replay a change within {} ms (APIKEY_SHIM_REPLICA_WAIT_MS)",
-                                self.wait.as_millis()
+                            Some(Problem::new(
+                                format!(
+                                    "did not replay a change within {} ms (APIKEY_SHIM_REPLICA_WAIT_MS)",
+                                    self.wait.as_millis()
+                                ),
+                                "waited",
                             )),
                         );
                         break;
                     }
                     Ok(_) => tokio::time::sleep(REPLAY_POLL).await,
-                    Err(problem) => {
-                        replica.owe(target, Some(problem));
+                    Err(Failed::Busy) if Instant::now() < deadline => {}
+                    Err(failed) => {
+                        replica.owe(target, Some(self.problem(failed)));
                         break;
                     }
                 }
@@ -266,11 +414,6 @@ impl Replicas {
 }
 
 impl Replica {
-    /// A pooled connection for the request being handled (see `abandon`).
-    pub async fn connection(&self) -> Result<Connection, PoolError> {
-        abandon::connection(&self.pool).await
-    }
-
     pub fn health(&self) -> Health {
         self.lock().clone()
     }
@@ -286,34 +429,30 @@ impl Replica {
 
     /// The replica failed a request or a probe: out of use until a probe finds it answering
     /// and caught up.
-    pub fn out_of_use(&self, problem: impl Into<String>) {
-        let problem = problem.into();
+    pub fn out_of_use(&self, problem: Problem) {
         let mut health = self.lock();
+        self.leave_use(&mut health, problem);
+    }
+
+    fn leave_use(&self, health: &mut Health, problem: Problem) {
         if health.in_use {
-            tracing::warn!(replica = %self.name, %problem, "replica taken out of use");
+            tracing::warn!(replica = %self.name, problem = %problem.public, detail = %problem.detail, "replica taken out of use");
         }
         *health = Health {
             in_use: false,
             lag: None,
-            problem: Some(problem),
+            problem: Some(problem.public),
         };
     }
 
     /// The replica must replay WAL up to `position` before it is (back) in use; with a
     /// `problem`, it is out of use now. Under the health lock, so that a probe's `observe`
     /// cannot put it back in use in between.
-    fn owe(&self, position: i64, problem: Option<String>) {
+    fn owe(&self, position: i64, problem: Option<Problem>) {
         let mut health = self.lock();
         self.owed.fetch_max(position, Ordering::Relaxed);
         if let Some(problem) = problem {
-            if health.in_use {
-                tracing::warn!(replica = %self.name, %problem, "replica taken out of use");
-            }
-            *health = Health {
-                in_use: false,
-                lag: None,
-                problem: Some(problem),
-            };
+            self.leave_use(&mut health, problem);
         }
     }
 
@@ -434,8 +573,13 @@ mod tests {
 
     #[test]
     fn a_lagging_replica_leaves_use_and_comes_back_when_caught_up() {
-        let pool = crate::db::pool("host=/nonexistent", 1, Duration::from_secs(1))
-            .expect("a pool, connecting lazily");
+        let pool = crate::db::pool(
+            "host=/nonexistent",
+            1,
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        )
+        .expect("a pool, connecting lazily");
         let replica = Replica {
             name: "r:5432".into(),
             pool,
@@ -463,7 +607,7 @@ mod tests {
                 problem: None
             }
         );
-        replica.out_of_use("connection refused");
+        replica.out_of_use(Problem::new("cannot be reached", "connection refused"));
         assert_eq!(replica.health().lag, None);
         assert!(!replica.health().in_use);
 

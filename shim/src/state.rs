@@ -25,14 +25,22 @@ pub struct AppState {
 impl AppState {
     /// The pools of `config` (no connection is opened yet).
     pub fn new(config: Config, secret_scanning: Option<Arc<KeyFile>>) -> Result<AppState, String> {
-        let make_pool = |url: &str| db::pool(url, config.pool_size, config.request_timeout());
-        let pool = make_pool(&config.database_url)?;
+        let replica_timeout = Duration::from_millis(config.replica_timeout_ms);
+        let make_pool = |url: &str, connect_timeout| {
+            db::pool(
+                url,
+                config.pool_size,
+                config.request_timeout(),
+                connect_timeout,
+            )
+        };
+        let pool = make_pool(&config.database_url, config.request_timeout())?;
         let replicas = Replicas::new(
             &config.replica_urls,
-            make_pool,
+            |url| make_pool(url, replica_timeout),
             Duration::from_millis(config.max_replica_lag_ms),
             Duration::from_millis(config.replica_wait_ms),
-            config.request_timeout(),
+            replica_timeout,
         )?;
         Ok(AppState {
             pool,

@@ -299,8 +299,9 @@ async fn the_task_survives_an_unreachable_database_and_stops_on_request() {
     use apikey_shim::metrics::Metrics;
     use std::sync::Arc;
     let pool = apikey_shim::db::pool(
-        "host=/nonexistent/apikey-delivery-test dbname=apikey user=apikey_shim connect_timeout=1",
+        "host=/nonexistent/apikey-delivery-test dbname=apikey user=apikey_shim",
         2,
+        Duration::from_secs(1),
         Duration::from_secs(1),
     )
     .expect("a pool");

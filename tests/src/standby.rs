@@ -156,23 +156,62 @@ impl Standby {
 
     /// Kills the postmaster and its backends with SIGKILL, as a crash would.
     pub fn kill(&mut self) {
+        self.signal("-KILL").expect("the standby killed");
+        // Backends forked after the first signal would exit on their own: their postmaster
+        // is gone.
+        if let Ok(pid) = self.postmaster_pid() {
+            let _ = Command::new("pkill").args(["-KILL", "-P", &pid]).output();
+        }
+        self.started = false;
+    }
+
+    /// Stops the postmaster and its processes with SIGSTOP: the server accepts connections
+    /// (the kernel does) and answers nothing, as a host that hangs. Until `resume`.
+    pub fn pause(&self) {
+        self.signal("-STOP").expect("the standby paused");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT").expect("the standby resumed");
+    }
+
+    /// `signal` to the postmaster and its children. The postmaster is stopped before its
+    /// children, so it forks none after they were listed; it gets other signals after them,
+    /// while they are still its children.
+    fn signal(&self, signal: &str) -> Result<(), String> {
+        let pid = self.postmaster_pid()?;
+        let postmaster = || {
+            let done = Command::new("kill").args([signal, &pid]).output();
+            match done {
+                Ok(o) if o.status.success() => Ok(()),
+                other => Err(format!("kill {signal} {pid}: {other:?}")),
+            }
+        };
+        let children = || {
+            // pkill exits 1 when the postmaster has no children: nothing to signal.
+            let done = Command::new("pkill").args([signal, "-P", &pid]).output();
+            match done {
+                Ok(o) if o.status.code().is_some_and(|c| c <= 1) => Ok(()),
+                other => Err(format!("pkill {signal} -P {pid}: {other:?}")),
+            }
+        };
+        if signal == "-STOP" {
+            postmaster()?;
+            children()
+        } else {
+            children()?;
+            postmaster()
+        }
+    }
+
+    fn postmaster_pid(&self) -> Result<String, String> {
         let pid_file = std::fs::read_to_string(self.dir.join("pgdata").join("postmaster.pid"))
-            .expect("postmaster.pid of the standby");
-        let pid = pid_file
+            .map_err(|e| format!("postmaster.pid of the standby: {e}"))?;
+        pid_file
             .lines()
             .next()
-            .expect("the postmaster's pid")
-            .trim()
-            .to_string();
-        let children = Command::new("pkill").args(["-9", "-P", &pid]).output();
-        let postmaster = Command::new("kill").args(["-9", &pid]).output();
-        assert!(
-            postmaster.as_ref().is_ok_and(|o| o.status.success()),
-            "kill -9 {pid}: {postmaster:?} (children: {children:?})"
-        );
-        // Backends forked after the pkill would exit on their own: their postmaster is gone.
-        let _ = Command::new("pkill").args(["-9", "-P", &pid]).output();
-        self.started = false;
+            .map(|pid| pid.trim().to_string())
+            .ok_or_else(|| "postmaster.pid names no pid".to_string())
     }
 
     /// A connection as `role` to the server whatever it is now (a promoted standby too).
@@ -240,6 +279,8 @@ impl Standby {
 impl Drop for Standby {
     fn drop(&mut self) {
         if self.started {
+            // A paused standby would never stop.
+            let _ = self.signal("-CONT");
             let stopped = as_postgres(
                 "pg_ctl",
                 &["-D", &self.pgdata(), "-m", "immediate", "-w", "stop"],

@@ -133,7 +133,7 @@ fn a_standby_that_stopped_replaying_is_asked_no_more_than_it_knows() {
     let shim = Shim::start_with(&[
         ("APIKEY_SHIM_REPLICA_URLS", &standby.conninfo(SHIM_ROLE)),
         // In use however far behind: only a change's wait takes it out.
-        ("APIKEY_SHIM_MAX_REPLICA_LAG_MS", "600000"),
+        ("APIKEY_SHIM_MAX_REPLICA_LAG_MS", "60000"),
         ("APIKEY_SHIM_REPLICA_WAIT_MS", "300"),
     ]);
     wait_until_in_use(&shim, 1);
@@ -178,35 +178,19 @@ fn a_standby_that_stopped_replaying_is_asked_no_more_than_it_knows() {
     wait_until_in_use(&shim, 1);
 }
 
-#[test]
-fn a_standby_killed_under_load_fails_no_request() {
-    let mut primary = superuser();
-    let partner = create_partner(&mut primary);
-    let key = issue_with(
-        &mut primary,
-        "$1, '{orders:read}', rate_per_minute => 1000000",
-        &[&partner],
-    );
-    let (mut doomed, survivor) = (Standby::start(), Standby::start());
-    doomed.catch_up(&mut primary);
-    survivor.catch_up(&mut primary);
-    let shim = Shim::start_with(&[(
-        "APIKEY_SHIM_REPLICA_URLS",
-        &replica_urls(&[&doomed, &survivor]),
-    )]);
-    wait_until_in_use(&shim, 2);
-
+/// Verifications of `token` from 4 threads: 200 of them, then `fault`, then 500 more. The
+/// number sent, and the answers that were not 200.
+fn under_load(shim: &Shim, token: &str, fault: impl FnOnce()) -> (usize, Vec<String>) {
     let stop = AtomicBool::new(false);
-    let (sent, failed) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let sent = AtomicUsize::new(0);
     let failures = std::sync::Mutex::new(Vec::new());
     std::thread::scope(|scope| {
         for _ in 0..4 {
             scope.spawn(|| {
                 while !stop.load(Ordering::Relaxed) {
-                    let answer = shim.get_as(&key.token, "/v1/verify?scope=orders:read");
+                    let answer = shim.get_as(token, "/v1/verify?scope=orders:read");
                     sent.fetch_add(1, Ordering::Relaxed);
                     if answer.status != 200 {
-                        failed.fetch_add(1, Ordering::Relaxed);
                         if let Ok(mut f) = failures.lock() {
                             f.push(format!("{} {}", answer.status, answer.body));
                         }
@@ -218,28 +202,51 @@ fn a_standby_killed_under_load_fails_no_request() {
         while sent.load(Ordering::Relaxed) < 200 && started.elapsed() < Duration::from_secs(30) {
             std::thread::sleep(Duration::from_millis(10));
         }
-        let answered = verifications_by_replica(&shim);
+        let answered = verifications_by_replica(shim);
         assert!(
             answered[0] > 0,
-            "the doomed standby was verifying: {answered:?}"
+            "the first standby was verifying: {answered:?}"
         );
-        doomed.kill();
-        let killed_at = sent.load(Ordering::Relaxed);
-        while sent.load(Ordering::Relaxed) < killed_at + 500
+        fault();
+        let faulted_at = sent.load(Ordering::Relaxed);
+        while sent.load(Ordering::Relaxed) < faulted_at + 500
             && started.elapsed() < Duration::from_secs(60)
         {
             std::thread::sleep(Duration::from_millis(10));
         }
         stop.store(true, Ordering::Relaxed);
     });
-    let sent = sent.load(Ordering::Relaxed);
-    assert!(sent >= 700, "the load ran: {sent} requests");
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "of {sent} requests: {:?}",
-        failures.lock().map(|f| f.clone()).unwrap_or_default()
+    let failures = failures.lock().map(|f| f.clone()).unwrap_or_default();
+    (sent.load(Ordering::Relaxed), failures)
+}
+
+/// A key with room for any load, two standbys that replayed it, and a shim verifying with
+/// both (in that order), with `env` besides.
+fn two_standbys_verifying(env: &[(&str, &str)]) -> (Issued, Standby, Standby, Shim) {
+    let mut primary = superuser();
+    let partner = create_partner(&mut primary);
+    let key = issue_with(
+        &mut primary,
+        "$1, '{orders:read}', rate_per_minute => 1000000",
+        &[&partner],
     );
+    let (first, second) = (Standby::start(), Standby::start());
+    first.catch_up(&mut primary);
+    second.catch_up(&mut primary);
+    let urls = replica_urls(&[&first, &second]);
+    let mut env = env.to_vec();
+    env.push(("APIKEY_SHIM_REPLICA_URLS", &urls));
+    let shim = Shim::start_with(&env);
+    wait_until_in_use(&shim, 2);
+    (key, first, second, shim)
+}
+
+#[test]
+fn a_standby_killed_under_load_fails_no_request() {
+    let (key, mut doomed, _survivor, shim) = two_standbys_verifying(&[]);
+    let (sent, failures) = under_load(&shim, &key.token, || doomed.kill());
+    assert!(sent >= 700, "the load ran: {sent} requests");
+    assert!(failures.is_empty(), "of {sent} requests: {failures:?}");
     let replicas = health(&shim)["replicas"].clone();
     let replicas = replicas.as_array().expect("replicas");
     assert_eq!(replicas[0]["in_use"], false, "{replicas:?}");
@@ -249,6 +256,30 @@ fn a_standby_killed_under_load_fails_no_request() {
         !shim.log().contains(&key.token),
         "no token in the shim's log"
     );
+}
+
+/// A standby that accepts connections and answers nothing (SIGSTOP) holds no request
+/// longer than `APIKEY_SHIM_REPLICA_TIMEOUT_MS`: far within the request's time limit, so
+/// none fails; back in use once it answers again.
+#[test]
+fn a_standby_that_hangs_under_load_fails_no_request() {
+    let (key, hung, _other, shim) = two_standbys_verifying(&[
+        ("APIKEY_SHIM_REPLICA_TIMEOUT_MS", "500"),
+        ("APIKEY_SHIM_REQUEST_TIMEOUT_MS", "5000"),
+    ]);
+    let (sent, failures) = under_load(&shim, &key.token, || hung.pause());
+    let replicas = health(&shim)["replicas"].clone();
+    hung.resume();
+    assert!(sent >= 700, "the load ran: {sent} requests");
+    assert!(failures.is_empty(), "of {sent} requests: {failures:?}");
+    let replicas = replicas.as_array().expect("replicas");
+    assert_eq!(replicas[0]["in_use"], false, "{replicas:?}");
+    assert_eq!(
+        replicas[0]["problem"], "did not answer within 500 ms (APIKEY_SHIM_REPLICA_TIMEOUT_MS)",
+        "{replicas:?}"
+    );
+    assert_eq!(replicas[1]["in_use"], true, "{replicas:?}");
+    wait_until_in_use(&shim, 2);
 }
 
 #[test]

@@ -1,10 +1,12 @@
 //! `GET /healthz`, `GET /metrics`, `GET /openapi.json`, `GET /v1/limits`: no key needed.
 
+use crate::abandon::Connection;
 use crate::db;
 use crate::error::AppError;
 use crate::metrics::{PoolUse, ReplicaUse};
 use crate::openapi::answers::ServerErrors;
 use crate::openapi::schemas;
+use crate::replicas::Failed;
 use crate::state::AppState;
 use axum::extract::State;
 use axum::http::header;
@@ -39,17 +41,29 @@ pub fn router() -> OpenApiRouter<AppState> {
     security(()),
 )]
 async fn healthz(State(state): State<AppState>) -> Result<Response, AppError> {
-    let primary = async {
-        let client = state.connection().await?;
-        let session: &Object = &client;
+    let answers = async |client: &Connection| {
+        let session: &Object = client;
         db::query_one(session, state.config.statements, "SELECT 1", &[]).await?;
         Ok::<(), AppError>(())
     };
-    let primary = primary.await;
     if state.replicas.is_empty() {
-        primary?;
+        answers(&state.connection().await?).await?;
         return Ok(axum::Json(json!({ "status": "ok" })).into_response());
     }
+    // With replicas, a primary that does not answer is waited for no longer than one of
+    // them: verification goes on without it, and a load balancer asks again soon.
+    let primary = match state.replicas.ask_primary(&state.pool, answers).await {
+        Ok(()) => Ok(()),
+        Err(Failed::Request(e)) => Err(e),
+        Err(failed) => {
+            let problem = state.replicas.problem(failed);
+            tracing::warn!(problem = %problem.public, detail = %problem.detail, "the primary did not answer /healthz");
+            Err(AppError::Unavailable(format!(
+                "the primary {}",
+                problem.public
+            )))
+        }
+    };
     let replicas: Vec<Value> = state
         .replicas
         .servers()

@@ -1,11 +1,13 @@
 //! `GET /v1/verify`: for partners, and for gateways (nginx auth_request, Traefik
 //! ForwardAuth, Envoy ext_authz) that forward the original request's headers.
 
+use crate::abandon::Connection;
 use crate::app::Caller;
 use crate::db;
 use crate::error::AppError;
 use crate::openapi::answers::CallerErrors;
 use crate::openapi::{parameters, schemas};
+use crate::replicas::Failed;
 use crate::state::AppState;
 use apikey_contract::reason::Reason;
 use apikey_contract::{redact, scope};
@@ -268,9 +270,13 @@ async fn verify(
 }
 
 /// The row of `apikey_verify` from the replicas in use, in turn, then from the primary: a
-/// replica that fails is taken out of use and the next one asked, so a standby lost under
-/// load fails no request. An `unknown_key` from a replica is asked again of the primary (the
-/// key may have been issued a moment ago); with the primary unreachable, it stands.
+/// replica that fails or does not answer within `APIKEY_SHIM_REPLICA_TIMEOUT_MS` is taken
+/// out of use and the next one asked (one merely busy is skipped), so a standby lost under
+/// load fails no request. A
+/// request a replica refuses (bad input) is refused: no server is taken out of use for it.
+/// An `unknown_key` from a replica is asked again of the primary (the key may have been
+/// issued a moment ago), waited for as long as a replica; without its answer, the
+/// replica's stands.
 async fn verified(
     state: &AppState,
     caller: &Caller,
@@ -278,13 +284,12 @@ async fn verified(
     cost: Option<i32>,
 ) -> Result<tokio_postgres::Row, AppError> {
     let statements = state.config.statements;
+    let verify = async |client: &Connection| {
+        db::verify(client, statements, &caller.key, required, caller.ip, cost).await
+    };
     let mut unknown_on_a_replica = None;
     for replica in state.replicas.in_turn() {
-        let answer = async {
-            let client = replica.connection().await?;
-            db::verify(&client, statements, &caller.key, required, caller.ip, cost).await
-        };
-        match answer.await {
+        match state.replicas.ask(replica, verify).await {
             Ok(row) if db::Verdict::from_row(&row)?.reason == Reason::UnknownKey.as_str() => {
                 unknown_on_a_replica = Some(row);
                 break;
@@ -293,20 +298,24 @@ async fn verified(
                 replica.answered();
                 return Ok(row);
             }
-            Err(e) => replica.out_of_use(format!("{e:?}")),
+            Err(Failed::Request(e)) => return Err(e),
+            Err(Failed::Server(problem)) => replica.out_of_use(problem),
+            Err(Failed::Busy) => {}
         }
     }
-    let on_primary = async {
+    let Some(unknown) = unknown_on_a_replica else {
         let client = state.connection().await?;
-        db::verify(&client, statements, &caller.key, required, caller.ip, cost).await
+        return verify(&client).await;
     };
-    match (on_primary.await, unknown_on_a_replica) {
-        (Ok(row), _) => Ok(row),
-        (Err(e), Some(row)) => {
-            tracing::warn!(error = ?e, "the primary did not answer for a key unknown to a replica");
-            Ok(row)
+    match state.replicas.ask_primary(&state.pool, verify).await {
+        Ok(row) => Ok(row),
+        Err(Failed::Request(e)) => Err(e),
+        Err(failed) => {
+            let problem = state.replicas.problem(failed);
+            tracing::warn!(problem = %problem.public, detail = %problem.detail,
+                "the primary did not answer for a key unknown to a replica");
+            Ok(unknown)
         }
-        (Err(e), None) => Err(e),
     }
 }
 
