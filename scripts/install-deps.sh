@@ -9,7 +9,7 @@ PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
 log() { printf '==> %s\n' "$*" >&2; }
 
 need_apt=()
-for pkg in postgresql-15 postgresql-server-dev-15 postgresql-contrib python3-venv libclang-dev clang sudo pkg-config libssl-dev openssl curl wrk chromium chromium-driver fonts-dejavu-core nginx caddy pgbouncer lintian; do
+for pkg in postgresql-15 postgresql-server-dev-15 postgresql-contrib python3-venv libclang-dev clang sudo pkg-config libssl-dev openssl curl jq wrk chromium chromium-driver fonts-dejavu-core nginx caddy pgbouncer lintian; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

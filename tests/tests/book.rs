@@ -5,8 +5,11 @@
 //! and SQL block is run by a test or says why not, and the SQL reference's examples run here,
 //! in psql, as a reader pastes them.
 
+use apikey_tests::shim::Shim;
 use apikey_tests::webdriver::Browser;
-use apikey_tests::{cli_args, connect_to, env_var, pgbin, Databases};
+use apikey_tests::{
+    cli_args, connect_to, create_partner, env_var, operator_key, pgbin, superuser, Databases,
+};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -320,4 +323,52 @@ fn the_sql_examples_of_the_book_run_in_psql_as_they_are() {
         1,
         &["https://hooks.acme.example/apikey", "apikey_webhook_delete"],
     );
+}
+
+/// What marks the shell blocks this file runs against a shim.
+const RUN_IN_BASH: &str = "run by tests/tests/book.rs (in bash, against a shim)";
+
+/// The HTTP reference's shell examples, as a reader pastes them after `scripts/up.sh`: bash
+/// with `PARTNER_ID` and `ADMIN_TOKEN` set (a partner and an `admin:*` key, as up.sh makes),
+/// the shim's address the only thing changed, stopping at the first failed command.
+#[test]
+fn the_http_examples_of_the_book_run_against_a_shim() {
+    let root = repository();
+    let (_, page) = pages(&root)
+        .into_iter()
+        .find(|(name, _)| name == "http.md")
+        .expect("http.md");
+    let script: Vec<String> = blocks(&page)
+        .into_iter()
+        .filter(|b| b.language == "sh" && b.marker == Some(RUN_IN_BASH))
+        .map(|b| b.body.join("\n"))
+        .collect();
+    assert!(
+        !script.is_empty(),
+        "http.md has blocks marked '{RUN_IN_BASH}'"
+    );
+    let mut db = superuser();
+    let partner = create_partner(&mut db);
+    let admin = operator_key(&mut db);
+    let shim = Shim::start();
+    let script = script
+        .join("\n")
+        .replace("http://127.0.0.1:8080", &shim.url(""));
+    let output = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .env("PARTNER_ID", partner.to_string())
+        .env("ADMIN_TOKEN", &admin.token)
+        .output()
+        .expect("run bash");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(
+        output.status.success(),
+        "the examples of http.md failed: {stderr}\n(what they printed: {stdout})"
+    );
+    // The new key verified, then rotated: a successor with its own token.
+    assert!(stdout.contains(r#""valid":true"#), "{stdout}");
+    assert!(stdout.contains(r#""rotated_from""#), "{stdout}");
 }
