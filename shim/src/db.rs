@@ -8,8 +8,8 @@
 //! the rest are sent unnamed with their parameter types (`query_typed`) or prepared and
 //! closed within one transaction.
 
-use crate::app::Caller;
 use crate::auth::PresentedKey;
+use crate::caller::Caller;
 use crate::error::AppError;
 use crate::rate::{Credits, Limits, Rate};
 use crate::state::AppState;

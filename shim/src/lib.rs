@@ -1,9 +1,11 @@
 //! apikey-shim: partners present keys over HTTP, operators manage keys over JSON. It maps
 //! HTTP to the apikey extension's SQL functions and holds no key logic of its own.
 //!
-//! `config` (flags/env), `auth` (which key, which client IP), `db` (pool, verify, acting as
-//! the key holder), `replicas` (the hot standbys verification may use), `rate` (rate-limit headers), `metrics`, `error` (one error type),
-//! `extract` (extractors with that error as rejection), `app` (router + middleware), `serve`
+//! `config` (flags/env), `auth` (which key, which client IP), `caller` (the extractor of
+//! both, and what handling a request noted of its key), `db` (pool, verify, acting as the
+//! key holder), `replicas` (the hot standbys verification may use), `abandon` (connections
+//! of requests that gave up), `rate` (rate-limit headers), `metrics`, `error` (one error
+//! type), `extract` (extractors with that error as rejection), `app` (router + middleware), `serve`
 //! (the accept loop and its connection limits), `routes/` one module per resource,
 //! `openapi` (the OpenAPI document, generated from the routes),
 //! `delivery` (the task that sends webhooks from the outbox), `github_signature` (the
@@ -12,6 +14,7 @@
 pub mod abandon;
 pub mod app;
 pub mod auth;
+pub mod caller;
 pub mod config;
 pub mod db;
 pub mod delivery;

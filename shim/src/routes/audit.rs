@@ -2,7 +2,7 @@
 //! A partner's key sees only its partner's rows (row-level security).
 
 use super::{decode_cursor, page, page_size, Managed};
-use crate::app::Caller;
+use crate::caller::Caller;
 use crate::db;
 use crate::error::AppError;
 use crate::extract::Query;

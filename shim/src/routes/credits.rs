@@ -3,7 +3,7 @@
 //! `keys:manage` key may read its own keys' balances and its own limits.
 
 use super::Managed;
-use crate::app::Caller;
+use crate::caller::Caller;
 use crate::db;
 use crate::error::AppError;
 use crate::extract::{Json, Path};

@@ -5,7 +5,7 @@
 use super::credits::check_interval;
 use super::keys::check_cidrs;
 use super::Managed;
-use crate::app::Caller;
+use crate::caller::Caller;
 use crate::db;
 use crate::error::AppError;
 use crate::extract::Json;

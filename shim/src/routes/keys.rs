@@ -3,7 +3,7 @@
 //! extension. What a partner may see or touch is decided by the database.
 
 use super::{decode_cursor, like_pattern, page, page_size, Managed};
-use crate::app::Caller;
+use crate::caller::Caller;
 use crate::db;
 use crate::error::AppError;
 use crate::extract::{Json, OptionalJson, Path, Query};

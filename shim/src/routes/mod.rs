@@ -42,7 +42,7 @@ pub fn all() -> OpenApiRouter<AppState> {
 }
 
 /// A management response. The acting key's rate-limit headers are added by the request
-/// middleware (see `app::RequestNote`), to errors as well.
+/// middleware (see `caller::RequestNote`), to errors as well.
 pub struct Managed {
     pub status: StatusCode,
     pub body: serde_json::Value,

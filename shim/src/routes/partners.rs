@@ -2,7 +2,7 @@
 //! operator key; the database refuses partners (403).
 
 use super::{decode_cursor, like_pattern, page, page_size, Managed};
-use crate::app::Caller;
+use crate::caller::Caller;
 use crate::db;
 use crate::error::AppError;
 use crate::extract::{Json, Path, Query};

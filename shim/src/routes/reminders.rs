@@ -8,7 +8,7 @@
 //! the key is older than `apikey.rotation_period`, a setting only the database knows).
 
 use super::Managed;
-use crate::app::Caller;
+use crate::caller::Caller;
 use crate::db;
 use crate::error::AppError;
 use crate::extract::Query;

@@ -4,7 +4,7 @@
 //! as for every management route).
 
 use super::Managed;
-use crate::app::Caller;
+use crate::caller::Caller;
 use crate::db;
 use crate::error::AppError;
 use crate::extract::Query;

@@ -2,7 +2,7 @@
 //! ForwardAuth, Envoy ext_authz) that forward the original request's headers.
 
 use crate::abandon::Connection;
-use crate::app::Caller;
+use crate::caller::Caller;
 use crate::db;
 use crate::error::AppError;
 use crate::openapi::answers::CallerErrors;

@@ -4,7 +4,7 @@
 //! touches only its partner's endpoints, by row-level security and the extension's checks.
 
 use super::{decode_cursor, page, page_size, Managed};
-use crate::app::Caller;
+use crate::caller::Caller;
 use crate::db;
 use crate::error::AppError;
 use crate::extract::{Json, OptionalJson, Path, Query};
