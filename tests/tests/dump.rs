@@ -326,7 +326,7 @@ fn dump_text(role: &str, db: &str, file: &std::path::Path) -> String {
         .join("\n")
 }
 
-/// The backup role the README documents dumps exactly what a superuser dumps. An
+/// The backup role the install chapter (docs/src/install.md) documents dumps exactly what a superuser dumps. An
 /// `apikey_admin` member cannot: it may not read key hashes, sealed webhook secrets or the
 /// audit sequence, and `pg_dump` says what stopped it.
 #[test]

@@ -66,7 +66,7 @@ fn method_headers_that_disagree_are_refused() {
         }
         send(request, None)
     };
-    // The README's nginx block sets X-Original-Method; a client adds X-Forwarded-Method.
+    // The gateways chapter's nginx config sets X-Original-Method; a client adds X-Forwarded-Method.
     let forged = ask(&[
         ("X-Original-Method", "DELETE"),
         ("X-Forwarded-Method", "GET"),

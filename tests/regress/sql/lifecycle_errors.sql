@@ -1,5 +1,5 @@
 -- What the management functions refuse: the SQLSTATE a client branches on and a message
--- naming the argument (README, "Decisions beyond the contract"). Generated ids in messages
+-- naming the argument (docs/src/decisions.md). Generated ids in messages
 -- are shown as <partner> and <key>. Everything is rolled back.
 \set ON_ERROR_ROLLBACK on
 BEGIN;

@@ -1,4 +1,4 @@
--- What each role may do (README, "Security model"), as the role itself (SET LOCAL ROLE)
+-- What each role may do (docs/src/security.md), as the role itself (SET LOCAL ROLE)
 -- inside one transaction that is rolled back. Generated ids are shown as <key>/<partner>.
 \set ON_ERROR_ROLLBACK on
 BEGIN;

@@ -1,4 +1,4 @@
--- Every reason apikey_verify gives (README, "Reason codes"), and which of them name the key.
+-- Every reason apikey_verify gives (docs/src/sql.md, "Reason codes"), and which of them name the key.
 -- Keys are put into each state the way an operator would, or by plain SQL where no function
 -- does it (an expiry in the past, a hash that does not match). Everything is rolled back.
 \set ON_ERROR_ROLLBACK on
